@@ -1,0 +1,255 @@
+//! Accounts through NSS (`getpwnam`, `getpwuid`, `getgrouplist`), never from
+//! a file of our own, so LDAP and SSSD hosts work unchanged.
+//!
+//! Eligibility and the admin role are computed afresh on every call: a change
+//! to /etc/group or to the config takes effect on the next request.
+
+use std::ffi::CString;
+use std::fmt;
+use std::path::PathBuf;
+
+use nix::unistd::{Gid, Group, Uid, User};
+use serde::{Deserialize, Serialize};
+
+/// A numeric user id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(pub u32);
+
+/// A numeric group id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GroupId(pub u32);
+
+impl UserId {
+    /// The superuser.
+    pub const ROOT: UserId = UserId(0);
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An OS account as NSS reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    /// The login name; also the name of the profile directory.
+    pub name: String,
+    /// The account's uid.
+    pub uid: UserId,
+    /// The account's primary group.
+    pub gid: GroupId,
+    /// The home directory.
+    pub home: PathBuf,
+}
+
+/// What can go wrong while asking NSS.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The name service itself failed (not "no such account").
+    #[error(
+        "the name service could not look up {what}: {source}; check /etc/nsswitch.conf and that the directory service is reachable"
+    )]
+    Nss {
+        /// What was being looked up.
+        what: String,
+        /// The errno NSS returned.
+        source: nix::Error,
+    },
+    /// A name that cannot be an account name (NUL byte, slash, leading dot).
+    #[error("{0:?} is not a valid account name")]
+    InvalidName(String),
+}
+
+/// Looks up an account by name. `Ok(None)` when there is no such account.
+pub fn by_name(name: &str) -> Result<Option<Account>, Error> {
+    if !is_valid_name(name) {
+        return Err(Error::InvalidName(name.to_owned()));
+    }
+    let user = User::from_name(name).map_err(|source| Error::Nss {
+        what: format!("account {name:?}"),
+        source,
+    })?;
+    Ok(user.map(Account::from))
+}
+
+/// Looks up an account by uid. `Ok(None)` when no account has that uid.
+pub fn by_uid(uid: UserId) -> Result<Option<Account>, Error> {
+    let user = User::from_uid(Uid::from_raw(uid.0)).map_err(|source| Error::Nss {
+        what: format!("uid {uid}"),
+        source,
+    })?;
+    Ok(user.map(Account::from))
+}
+
+/// Whether `name` can be a profile directory name: one path component that
+/// is not hidden (the daemon keeps its own temporary names hidden) and has
+/// no control characters.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && !name.starts_with('.')
+        && !name.starts_with('-')
+        && !name.contains('/')
+        && !name.chars().any(|c| c.is_control())
+}
+
+impl From<User> for Account {
+    fn from(u: User) -> Self {
+        Account {
+            name: u.name,
+            uid: UserId(u.uid.as_raw()),
+            gid: GroupId(u.gid.as_raw()),
+            home: u.dir,
+        }
+    }
+}
+
+impl Account {
+    /// Every group the account is in, its primary group included, as the
+    /// kernel would see it after login (`getgrouplist`).
+    pub fn groups(&self) -> Result<Vec<GroupId>, Error> {
+        let cname =
+            CString::new(self.name.as_str()).map_err(|_| Error::InvalidName(self.name.clone()))?;
+        let gids =
+            nix::unistd::getgrouplist(&cname, Gid::from_raw(self.gid.0)).map_err(|source| {
+                Error::Nss {
+                    what: format!("the groups of {:?}", self.name),
+                    source,
+                }
+            })?;
+        Ok(gids.into_iter().map(|g| GroupId(g.as_raw())).collect())
+    }
+
+    /// Whether the account is in the group named `group` (a primary group
+    /// counts). A group that does not exist has no members.
+    pub fn is_member_of(&self, group: &str) -> Result<bool, Error> {
+        let Some(gid) = group_id(group)? else {
+            return Ok(false);
+        };
+        Ok(gid == self.gid || self.groups()?.contains(&gid))
+    }
+}
+
+/// The gid of the group named `name`, if there is one.
+pub fn group_id(name: &str) -> Result<Option<GroupId>, Error> {
+    let group = Group::from_name(name).map_err(|source| Error::Nss {
+        what: format!("group {name:?}"),
+        source,
+    })?;
+    Ok(group.map(|g| GroupId(g.gid.as_raw())))
+}
+
+/// Who may have a profile and who is an admin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Lowest eligible uid.
+    pub uid_min: u32,
+    /// Highest eligible uid.
+    pub uid_max: u32,
+    /// When not empty, an account must be in one of these groups.
+    pub allowed_groups: Vec<String>,
+    /// Accounts that never get a profile.
+    pub denied_users: Vec<String>,
+    /// Accounts that are admins by name.
+    pub admins: Vec<String>,
+    /// Members of this group are admins.
+    pub admin_group: String,
+}
+
+/// Whether an account may have a profile, and if not, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Eligibility {
+    /// The account may have a profile.
+    Eligible,
+    /// The account may not; the text says why, for the 403 answer.
+    Ineligible(String),
+}
+
+impl Policy {
+    /// Decides whether `account` may have a profile.
+    pub fn eligibility(&self, account: &Account) -> Result<Eligibility, Error> {
+        let uid = account.uid.0;
+        if uid < self.uid_min || uid > self.uid_max {
+            return Ok(Eligibility::Ineligible(format!(
+                "account {} (uid {uid}) is outside the eligible uid range {}..{}",
+                account.name, self.uid_min, self.uid_max
+            )));
+        }
+        if self.denied_users.iter().any(|d| *d == account.name) {
+            return Ok(Eligibility::Ineligible(format!(
+                "account {} is listed in denied_users",
+                account.name
+            )));
+        }
+        if !self.allowed_groups.is_empty() {
+            let mut allowed = false;
+            for group in &self.allowed_groups {
+                if account.is_member_of(group)? {
+                    allowed = true;
+                    break;
+                }
+            }
+            if !allowed {
+                return Ok(Eligibility::Ineligible(format!(
+                    "account {} is in none of the allowed groups ({})",
+                    account.name,
+                    self.allowed_groups.join(", ")
+                )));
+            }
+        }
+        Ok(Eligibility::Eligible)
+    }
+
+    /// Whether `account` is an admin: root, listed in `admins`, or a member
+    /// of `admin_group`.
+    pub fn is_admin(&self, account: &Account) -> Result<bool, Error> {
+        if account.uid == UserId::ROOT || self.admins.iter().any(|a| *a == account.name) {
+            return Ok(true);
+        }
+        account.is_member_of(&self.admin_group)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_cannot_be_a_directory_are_invalid() {
+        for bad in ["", ".", "..", ".hidden", "a/b", "-rf", "a\nb"] {
+            assert!(!is_valid_name(bad), "{bad:?} accepted");
+        }
+        for good in ["alice", "john.doe", "user@example.com", "pft-alice"] {
+            assert!(is_valid_name(good), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn root_is_found_and_is_admin() -> Result<(), Error> {
+        let root = by_uid(UserId::ROOT)?.ok_or(Error::InvalidName("root".into()))?;
+        assert_eq!(root.name, "root");
+        let policy = Policy {
+            uid_min: 1000,
+            uid_max: 60000,
+            allowed_groups: vec![],
+            denied_users: vec![],
+            admins: vec![],
+            admin_group: "profiled-admin".into(),
+        };
+        assert!(policy.is_admin(&root)?);
+        assert!(matches!(
+            policy.eligibility(&root)?,
+            Eligibility::Ineligible(_)
+        ));
+        Ok(())
+    }
+}

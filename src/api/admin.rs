@@ -1,0 +1,261 @@
+//! `/v1/health`, `/v1/me`, and the admin's `/v1/profiles`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::extract::{ApiJson, ApiQuery, Caller, UserQuery};
+use super::{ApiError, AppState, blocking};
+use crate::accounts::{self, Account, Eligibility, UserId};
+use crate::audit::Auditor;
+use crate::profile::{ProfileListing, ProfileState};
+use crate::store::Problem;
+
+#[derive(Serialize)]
+pub(super) struct Health {
+    status: &'static str,
+    version: &'static str,
+}
+
+pub(super) async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// What `/v1/me` answers.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Me {
+    /// The account.
+    pub user: String,
+    /// Its uid.
+    pub uid: UserId,
+    /// `user` or `admin`.
+    pub role: String,
+    /// The profile directory, when the account has one.
+    pub profile: Option<String>,
+    /// Why it has no profile, when it has none.
+    pub note: Option<String>,
+    /// Files in the profile that need fixing.
+    pub problems: Vec<Problem>,
+}
+
+pub(super) async fn me(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<UserQuery>,
+) -> Result<Json<Me>, ApiError> {
+    let role = if caller.admin { "admin" } else { "user" }.to_owned();
+    let acting_on_self = q.user.as_deref().is_none_or(|u| u == caller.account.name);
+    if acting_on_self {
+        if let Some(reason) = &caller.ineligible {
+            return Ok(Json(Me {
+                user: caller.account.name.clone(),
+                uid: caller.account.uid,
+                role,
+                profile: None,
+                note: Some(format!("{reason}; admins name a profile with --user NAME")),
+                problems: Vec::new(),
+            }));
+        }
+    }
+    let profiles_dir = st.config().paths.profiles_dir.clone();
+    blocking(move || {
+        st.with_store(&caller, q.user.as_deref(), |s| {
+            let account = s.dir().account();
+            s.audit_access("profile.status", &account.name);
+            Ok(Json(Me {
+                user: account.name.clone(),
+                uid: account.uid,
+                role: if acting_on_self { role } else { "user".into() },
+                profile: Some(profiles_dir.join(&account.name).display().to_string()),
+                note: None,
+                problems: s.problems(),
+            }))
+        })
+    })
+    .await
+}
+
+/// One row of `GET /v1/profiles`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ProfileRow {
+    /// The directory name.
+    pub user: String,
+    /// The directory's owner.
+    pub owner_uid: UserId,
+    /// `ok`, `unclaimed`, `conflict`, `no_account`, `ineligible` or `not_a_directory`.
+    pub state: String,
+    /// What the state means, for a person.
+    pub detail: String,
+}
+
+fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+    if caller.admin {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "admin_only",
+            format!(
+                "{} is not an admin; admins are root, the accounts in `admins` and members of `admin_group`",
+                caller.account.name
+            ),
+        ))
+    }
+}
+
+pub(super) async fn list_profiles(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Vec<ProfileRow>>, ApiError> {
+    require_admin(&caller)?;
+    blocking(move || {
+        let policy = st.config().policy.clone();
+        let rows = st
+            .root
+            .list()?
+            .into_iter()
+            .map(|l| row(l, &policy))
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        Ok(Json(rows))
+    })
+    .await
+}
+
+fn row(l: ProfileListing, policy: &accounts::Policy) -> Result<ProfileRow, ApiError> {
+    let (state, detail) = if l.state == ProfileState::NotADirectory {
+        (
+            "not_a_directory",
+            "not a directory; it is never used as a profile".to_owned(),
+        )
+    } else {
+        match accounts::by_name(&l.name) {
+            Err(_) | Ok(None) => (
+                "no_account",
+                "no account has this name; archive or remove the directory".to_owned(),
+            ),
+            Ok(Some(account)) => match policy.eligibility(&account)? {
+                Eligibility::Ineligible(reason) => ("ineligible", reason),
+                Eligibility::Eligible if l.owner == account.uid => ("ok", String::new()),
+                Eligibility::Eligible if l.owner == UserId::ROOT => (
+                    "unclaimed",
+                    "owned by root; adopted on the account's first request".to_owned(),
+                ),
+                Eligibility::Eligible => (
+                    "conflict",
+                    format!(
+                        "owned by uid {}, not {} (uid {}); `profilectl profile adopt {}` hands it over",
+                        l.owner, account.name, account.uid, account.name
+                    ),
+                ),
+            },
+        }
+    };
+    Ok(ProfileRow {
+        user: l.name,
+        owner_uid: l.owner,
+        state: state.to_owned(),
+        detail,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateProfile {
+    user: String,
+}
+
+/// What creating or adopting a profile answers.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ProfileChange {
+    /// The account.
+    pub user: String,
+    /// `created`, `existing` or `adopted`.
+    pub outcome: String,
+    /// The owner before an adoption.
+    pub previous_owner: Option<UserId>,
+    /// Entries repaired by an adoption.
+    pub repaired: usize,
+    /// Entries an adoption left alone, with reasons.
+    pub skipped: Vec<String>,
+}
+
+fn eligible_account(st: &AppState, name: &str) -> Result<Account, ApiError> {
+    let account = accounts::by_name(name)?
+        .ok_or_else(|| ApiError::not_found(format!("no account named {name:?}")))?;
+    if let Eligibility::Ineligible(reason) = st.config().policy.eligibility(&account)? {
+        return Err(ApiError::new(StatusCode::CONFLICT, "not_eligible", reason));
+    }
+    Ok(account)
+}
+
+pub(super) async fn create_profile(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateProfile>,
+) -> Result<(StatusCode, Json<ProfileChange>), ApiError> {
+    require_admin(&caller)?;
+    blocking(move || {
+        let account = eligible_account(&st, &body.user)?;
+        let (profile, created) = st.root.ensure_profile(&account)?;
+        let outcome = if created { "created" } else { "existing" };
+        if created {
+            st.audit_provision(&caller.account.name, &profile, "profile.create");
+        }
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok((
+            status,
+            Json(ProfileChange {
+                user: account.name,
+                outcome: outcome.to_owned(),
+                previous_owner: None,
+                repaired: 0,
+                skipped: Vec::new(),
+            }),
+        ))
+    })
+    .await
+}
+
+pub(super) async fn adopt_profile(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(user): Path<String>,
+) -> Result<Json<ProfileChange>, ApiError> {
+    require_admin(&caller)?;
+    blocking(move || {
+        let account = eligible_account(&st, &user)?;
+        let report = st.root.adopt(&account)?;
+        let profile = st.root.open_profile(&account)?.ok_or_else(|| {
+            ApiError::internal(format!("{user}'s profile vanished while being adopted"))
+        })?;
+        let result = format!(
+            "ok: previous owner uid {}, {} entries repaired, {} left as they were",
+            report.previous_owner.map_or(0, |u| u.0),
+            report.repaired,
+            report.skipped.len()
+        );
+        Auditor {
+            system: st.system_log(),
+            actor: &caller.account.name,
+            on_behalf: true,
+        }
+        .record(&profile, "profile.adopt", &user, &result);
+        Ok(Json(ProfileChange {
+            user: account.name,
+            outcome: "adopted".into(),
+            previous_owner: report.previous_owner,
+            repaired: report.repaired,
+            skipped: report.skipped,
+        }))
+    })
+    .await
+}

@@ -1,0 +1,139 @@
+//! Request extractors: who is calling, and JSON bodies and query strings
+//! whose rejections are problem+json like every other error.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::problem::ApiError;
+use crate::accounts::{self, Account, Eligibility, Policy, UserId};
+
+/// The kernel's word on who is at the other end of a connection
+/// (`SO_PEERCRED`, read once at accept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer's effective uid when it connected.
+    pub uid: UserId,
+}
+
+/// The account making the request and its role, looked up afresh for every
+/// request so a change to /etc/group or the config applies at once.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The account.
+    pub account: Account,
+    /// Whether it is an admin.
+    pub admin: bool,
+    /// Why it has no profile of its own, when it has none (root, or an
+    /// admin outside the eligible range).
+    pub ineligible: Option<String>,
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Caller, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<Peer>()
+            .copied()
+            .ok_or_else(|| ApiError::internal("a request arrived without peer credentials"))?;
+        let policy = state.config().policy.clone();
+        // NSS may block (LDAP, SSSD): keep it off the async threads.
+        tokio::task::spawn_blocking(move || identify(peer.uid, &policy))
+            .await
+            .map_err(ApiError::internal)?
+    }
+}
+
+/// Resolves `uid` to a caller, or the 403 that explains why it is not one.
+pub fn identify(uid: UserId, policy: &Policy) -> Result<Caller, ApiError> {
+    let account = accounts::by_uid(uid)?.ok_or_else(|| {
+        ApiError::forbidden(
+            "unknown_account",
+            format!("uid {uid} has no account in the name service; profiled serves accounts only"),
+        )
+    })?;
+    let admin = policy.is_admin(&account)?;
+    let ineligible = match policy.eligibility(&account)? {
+        Eligibility::Eligible => None,
+        Eligibility::Ineligible(reason) => Some(reason),
+    };
+    match ineligible {
+        Some(reason) if !admin => Err(ApiError::forbidden(
+            "not_eligible",
+            format!("{reason}, so it has no profile; ask an admin if you need one"),
+        )),
+        ineligible => Ok(Caller {
+            account,
+            admin,
+            ineligible,
+        }),
+    }
+}
+
+/// A query string with only `?user=`.
+#[derive(Debug, serde::Deserialize)]
+pub struct UserQuery {
+    /// The account whose profile to act on (admins only).
+    pub user: Option<String>,
+}
+
+/// A JSON body; a bad one answers problem+json (413 over the size limit,
+/// 415 without `Content-Type: application/json`, 400/422 naming the field).
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is over the limit (limits.max_body_bytes in profiled.toml)",
+                ),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "send the body as JSON with Content-Type: application/json",
+                ),
+                StatusCode::UNPROCESSABLE_ENTITY => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_input",
+                    rejection.body_text(),
+                ),
+                status => ApiError::new(status, "invalid_json", rejection.body_text()),
+            }),
+        }
+    }
+}
+
+/// A query string; a bad one answers problem+json 400 naming the parameter.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                rejection.body_text(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The HTTP API (v1): JSON in and out, errors as problem+json. See
+//! docs/API.md for every route.
+//!
+//! Every handler runs its file work on the blocking pool (fsync, NSS) and
+//! reaches a profile only through [`AppState::with_store`], which decides
+//! whose profile the request may touch (rule 4).
+
+mod admin;
+mod extract;
+mod memories;
+mod persona;
+mod problem;
+mod tasks;
+
+pub use admin::{Me, ProfileChange, ProfileRow};
+pub use extract::{Caller, Peer, identify};
+pub use problem::ApiError;
+
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, StatusCode, Uri};
+use axum::routing::{get, post};
+
+use crate::accounts::{self, Eligibility};
+use crate::audit::{self, Auditor, SystemLog};
+use crate::config::Config;
+use crate::profile::{ProfileDir, ProfilesRoot};
+use crate::store::Store;
+use crate::timefmt;
+
+/// What every request shares.
+pub struct AppState {
+    config: RwLock<Arc<Config>>,
+    root: ProfilesRoot,
+    system_log: SystemLog,
+}
+
+impl AppState {
+    /// State over an opened profiles root.
+    pub fn new(config: Config, root: ProfilesRoot) -> AppState {
+        let system_log = SystemLog::new(config.paths.audit_dir());
+        AppState {
+            config: RwLock::new(Arc::new(config)),
+            root,
+            system_log,
+        }
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts a new, already validated config in force.
+    pub fn set_config(&self, config: Config) {
+        let new = Arc::new(config);
+        match self.config.write() {
+            Ok(mut c) => *c = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+
+    /// The system audit log.
+    pub fn system_log(&self) -> &SystemLog {
+        &self.system_log
+    }
+
+    /// Runs `f` on the store of the profile the request may act on: the
+    /// caller's own (provisioned on first use), or with `?user=NAME`
+    /// another's, for admins only.
+    pub fn with_store<T>(
+        &self,
+        caller: &Caller,
+        user: Option<&str>,
+        f: impl FnOnce(&Store<'_>) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let (profile, on_behalf) = self.target(caller, user)?;
+        let auditor = Auditor {
+            system: &self.system_log,
+            actor: &caller.account.name,
+            on_behalf,
+        };
+        f(&Store::new(&profile, &auditor))
+    }
+
+    fn target(&self, caller: &Caller, user: Option<&str>) -> Result<(ProfileDir, bool), ApiError> {
+        match user {
+            Some(name) if name != caller.account.name => {
+                if !caller.admin {
+                    return Err(ApiError::forbidden(
+                        "forbidden_user",
+                        "only admins may act on another account's profile (?user= / --user)",
+                    ));
+                }
+                let account = accounts::by_name(name)?
+                    .ok_or_else(|| ApiError::not_found(format!("no account named {name:?}")))?;
+                if let Eligibility::Ineligible(reason) =
+                    self.config().policy.eligibility(&account)?
+                {
+                    return Err(ApiError::new(StatusCode::CONFLICT, "not_eligible", reason));
+                }
+                let profile = self.root.open_profile(&account)?.ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "no_profile",
+                        format!(
+                            "{name} has no profile yet; create it with `profilectl profile create {name}`"
+                        ),
+                    )
+                })?;
+                Ok((profile, true))
+            }
+            _ => {
+                if let Some(reason) = &caller.ineligible {
+                    return Err(ApiError::forbidden(
+                        "no_own_profile",
+                        format!(
+                            "{reason}, so it has no profile of its own; as an admin, name one with --user NAME"
+                        ),
+                    ));
+                }
+                let (profile, created) = self.root.ensure_profile(&caller.account)?;
+                if created {
+                    self.audit_provision(&caller.account.name, &profile, "profile.create");
+                }
+                Ok((profile, false))
+            }
+        }
+    }
+
+    /// Records the creation or adoption of `profile` in its own log and
+    /// the system log: both are acts of the daemon on the account's behalf.
+    fn audit_provision(&self, actor: &str, profile: &ProfileDir, action: &str) {
+        let user = profile.account().name.as_str();
+        Auditor {
+            system: &self.system_log,
+            actor,
+            on_behalf: false,
+        }
+        .record(profile, action, user, "ok");
+        self.system_log.append(&audit::Line {
+            time: timefmt::now_rfc3339(),
+            actor,
+            user,
+            action,
+            target: user,
+            result: "ok",
+        });
+    }
+}
+
+/// Runs blocking work (file I/O, NSS, fsync) off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// The v1 router over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.config().limits.max_body_bytes;
+    Router::new()
+        .route("/v1/health", get(admin::health))
+        .route("/v1/me", get(admin::me))
+        .route("/v1/memories", post(memories::create).get(memories::list))
+        .route(
+            "/v1/memories/{id}",
+            get(memories::show)
+                .put(memories::update)
+                .delete(memories::remove),
+        )
+        .route("/v1/tasks", post(tasks::create).get(tasks::list))
+        .route(
+            "/v1/tasks/{id}",
+            get(tasks::show).patch(tasks::update).delete(tasks::remove),
+        )
+        .route("/v1/persona", get(persona::show).put(persona::replace))
+        .route(
+            "/v1/profiles",
+            get(admin::list_profiles).post(admin::create_profile),
+        )
+        .route("/v1/profiles/{user}/adopt", post(admin::adopt_profile))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route {}; see docs/API.md", uri.path()))
+}
+
+async fn no_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not accept {method}; see docs/API.md", uri.path()),
+    )
+}
+
+/// Clamps a requested page size to `1..=max`, defaulting to 50.
+fn page_size(requested: Option<usize>, max: usize) -> usize {
+    requested.unwrap_or(50).clamp(1, max.max(1))
+}

@@ -1,0 +1,146 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// profilectl: your profiled profile from the shell. The daemon knows who
+/// you are from the socket; no password is needed.
+#[derive(Parser)]
+#[command(version, about)]
+pub struct Args {
+    /// The daemon's socket.
+    #[arg(long, global = true, env = "PROFILED_SOCKET", default_value = profiled::client::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Act on another account's profile (admins only).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Who you are, your profile, and any files in it that need fixing.
+    Status,
+    /// Capture a memory: TEXT, or `-` to read it from standard input.
+    Capture {
+        /// The text, or `-` for standard input.
+        text: String,
+        /// A tag (repeatable).
+        #[arg(long = "tag", short)]
+        tags: Vec<String>,
+    },
+    /// List memories, newest first.
+    Memories {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Start after this id (the `next` of a previous page).
+        #[arg(long)]
+        before: Option<String>,
+    },
+    /// Show or remove one memory.
+    #[command(subcommand)]
+    Memory(MemoryCommand),
+    /// Tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// The assistant's persona.
+    #[command(subcommand)]
+    Persona(PersonaCommand),
+    /// Profiles on this host (admins).
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+    /// Send a raw request, e.g. `profilectl api GET /v1/me`; prints the body,
+    /// exits 1 on an error status.
+    Api {
+        /// GET, POST, PUT, PATCH or DELETE.
+        method: String,
+        /// The path and query, e.g. /v1/tasks?status=todo.
+        path: String,
+        /// A JSON body.
+        body: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MemoryCommand {
+    /// Show a memory.
+    Show {
+        /// Its id.
+        id: String,
+    },
+    /// Delete a memory.
+    Rm {
+        /// Its id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TaskCommand {
+    /// Add a task.
+    Add {
+        /// A one-line title.
+        title: String,
+        /// Due date, e.g. 2026-12-01.
+        #[arg(long)]
+        due: Option<String>,
+        /// A tag (repeatable).
+        #[arg(long = "tag", short)]
+        tags: Vec<String>,
+    },
+    /// List tasks, newest first.
+    List {
+        /// Only tasks in this status: todo, in_progress, done, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Mark a task done.
+    Done {
+        /// Its id.
+        id: String,
+    },
+    /// Delete a task.
+    Rm {
+        /// Its id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PersonaCommand {
+    /// Show the persona.
+    Show,
+    /// Set one key: name, pronouns, identity, tone, language, or values
+    /// (comma-separated).
+    Set {
+        /// The key.
+        key: String,
+        /// The value; empty removes it.
+        value: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ProfileCommand {
+    /// List the profiles directory with each entry's state.
+    List,
+    /// Create a profile for an eligible account.
+    Create {
+        /// The account.
+        name: String,
+    },
+    /// Hand a conflicting profile to the current account of that name.
+    Adopt {
+        /// The account.
+        name: String,
+    },
+}

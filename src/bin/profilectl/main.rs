@@ -1,0 +1,205 @@
+//! `profilectl`: the command-line client of profiled's Unix socket.
+//!
+//! Exit status: 0 success, 1 error (the daemon's message on stderr),
+//! 2 usage.
+
+mod args;
+mod render;
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::Parser;
+use hyper::Method;
+use profiled::api::{Me, ProfileChange, ProfileRow};
+use profiled::client::{self, Client};
+use profiled::store::{Memory, Page, Persona, Task};
+use serde_json::{Value, json};
+
+use args::{Args, Command, MemoryCommand, PersonaCommand, ProfileCommand, TaskCommand};
+
+/// What a command failed with.
+enum Failure {
+    /// The daemon or the connection.
+    Client(client::Error),
+    /// The user's input (exit 2).
+    Usage(String),
+}
+
+impl From<client::Error> for Failure {
+    fn from(e: client::Error) -> Self {
+        Failure::Client(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("profilectl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Client(e)) => {
+            eprintln!("profilectl: {e}");
+            ExitCode::FAILURE
+        }
+        Err(Failure::Usage(msg)) => {
+            eprintln!("profilectl: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    let client = Client::new(&args.socket, args.user.clone());
+    let out = render::Output { json: args.json };
+    match args.command {
+        Command::Status => out.me(&client.get::<Me>("/v1/me").await?),
+        Command::Capture { text, tags } => {
+            let text = if text == "-" { read_stdin()? } else { text };
+            let m: Memory = client
+                .send(
+                    Method::POST,
+                    "/v1/memories",
+                    &json!({"text": text, "tags": tags, "source": "profilectl"}),
+                )
+                .await?;
+            out.created(&m.id, &m);
+        }
+        Command::Memories { limit, before } => {
+            let mut path = format!("/v1/memories?limit={limit}");
+            if let Some(b) = before {
+                path.push_str(&format!("&before={}", client::encode(&b)));
+            }
+            out.memories(&client.get::<Page<Memory>>(&path).await?);
+        }
+        Command::Memory(MemoryCommand::Show { id }) => {
+            out.memory(&client.get::<Memory>(&record_path("memories", &id)).await?)
+        }
+        Command::Memory(MemoryCommand::Rm { id }) => {
+            delete(&client, &record_path("memories", &id)).await?;
+            out.done(&format!("removed {id}"));
+        }
+        Command::Task(TaskCommand::Add { title, due, tags }) => {
+            let t: Task = client
+                .send(
+                    Method::POST,
+                    "/v1/tasks",
+                    &json!({"title": title, "due": due, "tags": tags}),
+                )
+                .await?;
+            out.created(&t.id, &t);
+        }
+        Command::Task(TaskCommand::List { status, limit }) => {
+            let mut path = format!("/v1/tasks?limit={limit}");
+            if let Some(s) = status {
+                path.push_str(&format!("&status={}", client::encode(&s)));
+            }
+            out.tasks(&client.get::<Page<Task>>(&path).await?);
+        }
+        Command::Task(TaskCommand::Done { id }) => {
+            let t: Task = client
+                .send(
+                    Method::PATCH,
+                    &record_path("tasks", &id),
+                    &json!({"status": "done"}),
+                )
+                .await?;
+            out.task_line(&t);
+        }
+        Command::Task(TaskCommand::Rm { id }) => {
+            delete(&client, &record_path("tasks", &id)).await?;
+            out.done(&format!("removed {id}"));
+        }
+        Command::Persona(PersonaCommand::Show) => {
+            out.persona(&client.get::<Persona>("/v1/persona").await?)
+        }
+        Command::Persona(PersonaCommand::Set { key, value }) => {
+            let current: Value = client.get("/v1/persona").await?;
+            let updated = set_persona_key(current, &key, &value)?;
+            let p: Persona = client.send(Method::PUT, "/v1/persona", &updated).await?;
+            out.persona(&p);
+        }
+        Command::Profile(ProfileCommand::List) => {
+            out.profiles(&client.get::<Vec<ProfileRow>>("/v1/profiles").await?)
+        }
+        Command::Profile(ProfileCommand::Create { name }) => {
+            let c: ProfileChange = client
+                .send(Method::POST, "/v1/profiles", &json!({"user": name}))
+                .await?;
+            out.profile_change(&c);
+        }
+        Command::Profile(ProfileCommand::Adopt { name }) => {
+            let path = format!("/v1/profiles/{}/adopt", client::encode(&name));
+            let c: ProfileChange = client.send(Method::POST, &path, &json!({})).await?;
+            out.profile_change(&c);
+        }
+        Command::Api { method, path, body } => {
+            let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .map_err(|_| Failure::Usage(format!("{method:?} is not an HTTP method")))?;
+            let body = body
+                .map(|b| serde_json::from_str::<Value>(&b))
+                .transpose()
+                .map_err(|e| Failure::Usage(format!("the body is not JSON: {e}")))?;
+            let resp = client.call(method, &path, body.as_ref()).await?;
+            out.raw(&resp.body);
+            resp.ok()?;
+        }
+    }
+    Ok(())
+}
+
+fn record_path(kind: &str, id: &str) -> String {
+    format!("/v1/{kind}/{}", client::encode(id))
+}
+
+async fn delete(client: &Client, path: &str) -> Result<(), Failure> {
+    Ok(client.call(Method::DELETE, path, None).await?.ok()?)
+}
+
+fn read_stdin() -> Result<String, Failure> {
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| Failure::Usage(format!("cannot read standard input: {e}")))?;
+    Ok(s)
+}
+
+/// Sets `key` in the persona JSON `current`; `values` takes a
+/// comma-separated list, an empty value removes the key.
+fn set_persona_key(mut current: Value, key: &str, value: &str) -> Result<Value, Failure> {
+    if !Persona::KEYS.contains(&key) {
+        return Err(Failure::Usage(format!(
+            "unknown persona key {key:?}; use one of: {}",
+            Persona::KEYS.join(", ")
+        )));
+    }
+    let new = if key == "values" {
+        Value::from(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect::<Vec<_>>(),
+        )
+    } else if value.is_empty() {
+        Value::Null
+    } else {
+        Value::from(value)
+    };
+    if let Some(obj) = current.as_object_mut() {
+        if new.is_null() {
+            obj.remove(key);
+        } else {
+            obj.insert(key.to_owned(), new);
+        }
+    }
+    Ok(current)
+}

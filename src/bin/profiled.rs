@@ -1,0 +1,73 @@
+//! `profiled`: the daemon, and offline maintenance that needs no daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use profiled::config::Config;
+
+/// Per-account AI-assistant profiles on a shared Linux host.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// The system config (default /etc/profiled/profiled.toml, or the
+    /// built-in defaults when that file does not exist).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (the default).
+    Run,
+    /// Validate the config and exit 0 (valid) or 1 (invalid, with file:line).
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PROFILED_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match args.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => match Config::load_or_default(args.config.as_deref()) {
+            Ok(c) => {
+                let source = c
+                    .source
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                println!("{source}: ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("profiled: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("profiled: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(profiled::daemon::run(args.config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("profiled: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

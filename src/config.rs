@@ -1,0 +1,373 @@
+//! The system configuration, `/etc/profiled/profiled.toml`.
+//!
+//! Every error names the file, the line and the key, so an admin can go
+//! straight to the mistake; an unknown key is an error, not silently ignored.
+
+use std::num::NonZeroU64;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::accounts::{self, Policy};
+
+/// Where the system config lives unless `--config` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/profiled/profiled.toml";
+
+/// A problem with the config file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", file.display())]
+    Read {
+        /// The config file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was read but something in it is wrong.
+    #[error("{}:{line}: {reason}", file.display())]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// What is wrong and, where it helps, what to write instead.
+        reason: String,
+    },
+}
+
+/// Where things live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paths {
+    /// State: keys, sessions, the system audit log.
+    pub state_dir: PathBuf,
+    /// The profiles root: one directory per account.
+    pub profiles_dir: PathBuf,
+    /// Runtime files: the socket and lock files.
+    pub runtime_dir: PathBuf,
+    /// The Unix socket the API listens on.
+    pub socket: PathBuf,
+}
+
+impl Paths {
+    /// The system audit log directory.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.state_dir.join("audit")
+    }
+}
+
+/// Size limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Largest profile file the daemon reads.
+    pub max_record_bytes: u64,
+    /// Largest page a listing returns.
+    pub max_page_size: usize,
+}
+
+/// The whole validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The file it came from, if any.
+    pub source: Option<PathBuf>,
+    /// Where things live.
+    pub paths: Paths,
+    /// Who gets a profile and who is admin.
+    pub policy: Policy,
+    /// Size limits.
+    pub limits: Limits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    paths: RawPaths,
+    #[serde(default)]
+    accounts: RawAccounts,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    state_dir: Option<AbsolutePath>,
+    profiles_dir: Option<AbsolutePath>,
+    runtime_dir: Option<AbsolutePath>,
+    socket: Option<AbsolutePath>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAccounts {
+    uid_min: Option<toml::Spanned<u32>>,
+    uid_max: Option<u32>,
+    #[serde(default)]
+    allowed_groups: Vec<Name>,
+    #[serde(default)]
+    denied_users: Vec<Name>,
+    #[serde(default)]
+    admins: Vec<Name>,
+    admin_group: Option<Name>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_body_bytes: Option<NonZeroU64>,
+    max_record_bytes: Option<NonZeroU64>,
+    max_page_size: Option<NonZeroU64>,
+}
+
+/// A path that must be absolute; relative ones are refused at parse time so
+/// the error carries the line.
+struct AbsolutePath(PathBuf);
+
+impl<'de> Deserialize<'de> for AbsolutePath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let p = PathBuf::from(&s);
+        if !p.is_absolute() {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is not an absolute path; write it starting with /"
+            )));
+        }
+        Ok(AbsolutePath(p))
+    }
+}
+
+/// An account or group name.
+struct Name(String);
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if !accounts::is_valid_name(&s) {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is not a valid account or group name"
+            )));
+        }
+        Ok(Name(s))
+    }
+}
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Loads `path` when given; otherwise the default path if it exists,
+    /// else the built-in defaults (a fresh install runs without a config).
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config, Error> {
+        match path {
+            Some(p) => Config::load(p),
+            None if Path::new(DEFAULT_PATH).exists() => Config::load(Path::new(DEFAULT_PATH)),
+            None => Config::parse("", Path::new("(built-in defaults)")),
+        }
+    }
+
+    /// Validates `text`, naming `file` in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, Error> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            invalid(file, text, span, e.message().to_owned())
+        })?;
+        let (login_min, login_max) = login_defs_uid_range();
+
+        let state_dir = raw
+            .paths
+            .state_dir
+            .map(|p| p.0)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/profiled"));
+        let runtime_dir = raw
+            .paths
+            .runtime_dir
+            .map(|p| p.0)
+            .unwrap_or_else(|| PathBuf::from("/run/profiled"));
+        let paths = Paths {
+            profiles_dir: raw
+                .paths
+                .profiles_dir
+                .map(|p| p.0)
+                .unwrap_or_else(|| state_dir.join("profiles")),
+            socket: raw
+                .paths
+                .socket
+                .map(|p| p.0)
+                .unwrap_or_else(|| runtime_dir.join("api.sock")),
+            state_dir,
+            runtime_dir,
+        };
+
+        let uid_max = raw.accounts.uid_max.unwrap_or(login_max);
+        let uid_min = match raw.accounts.uid_min {
+            Some(spanned) => {
+                let span = spanned.span();
+                let v = spanned.into_inner();
+                if v > uid_max {
+                    return Err(invalid(
+                        file,
+                        text,
+                        span,
+                        format!("uid_min ({v}) is greater than uid_max ({uid_max})"),
+                    ));
+                }
+                v
+            }
+            None => login_min.min(uid_max),
+        };
+        let names = |v: Vec<Name>| v.into_iter().map(|n| n.0).collect::<Vec<_>>();
+        let policy = Policy {
+            uid_min,
+            uid_max,
+            allowed_groups: names(raw.accounts.allowed_groups),
+            denied_users: names(raw.accounts.denied_users),
+            admins: names(raw.accounts.admins),
+            admin_group: raw
+                .accounts
+                .admin_group
+                .map(|n| n.0)
+                .unwrap_or_else(|| "profiled-admin".to_owned()),
+        };
+
+        let mib = 1024 * 1024;
+        let limits = Limits {
+            max_body_bytes: usize_of(raw.limits.max_body_bytes, mib),
+            max_record_bytes: raw.limits.max_record_bytes.map_or(mib, NonZeroU64::get),
+            max_page_size: usize_of(raw.limits.max_page_size, 200),
+        };
+
+        Ok(Config {
+            source: Some(file.to_owned()),
+            paths,
+            policy,
+            limits,
+        })
+    }
+}
+
+fn usize_of(v: Option<NonZeroU64>, default: u64) -> usize {
+    usize::try_from(v.map_or(default, NonZeroU64::get)).unwrap_or(usize::MAX)
+}
+
+/// Builds an `Invalid` error for the byte range `span` of `text`, prefixing
+/// the reason with the dotted key found there.
+fn invalid(file: &Path, text: &str, span: Range<usize>, reason: String) -> Error {
+    let start = span.start.min(text.len());
+    let line = text[..start].matches('\n').count() + 1;
+    let reason = match key_at(text, start) {
+        Some(key) if !reason.contains(&key) => format!("{key}: {reason}"),
+        _ => reason,
+    };
+    Error::Invalid {
+        file: file.to_owned(),
+        line,
+        reason,
+    }
+}
+
+/// The dotted key (`section.key`) on the line containing byte `pos`, found
+/// from the nearest `[section]` header above it.
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    Some(match section {
+        Some(s) => format!("{s}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
+/// `UID_MIN`/`UID_MAX` from /etc/login.defs, or 1000..60000 where absent.
+fn login_defs_uid_range() -> (u32, u32) {
+    let text = std::fs::read_to_string("/etc/login.defs").unwrap_or_default();
+    let value = |key: &str| {
+        text.lines().find_map(|l| {
+            let mut parts = l.split_whitespace();
+            (parts.next() == Some(key))
+                .then(|| parts.next()?.parse::<u32>().ok())
+                .flatten()
+        })
+    };
+    (
+        value("UID_MIN").unwrap_or(1000),
+        value("UID_MAX").unwrap_or(60000),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Error> {
+        Config::parse(text, Path::new("/etc/profiled/profiled.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() -> Result<(), Error> {
+        let c = parse("")?;
+        assert_eq!(
+            c.paths.profiles_dir,
+            PathBuf::from("/var/lib/profiled/profiles")
+        );
+        assert_eq!(c.paths.socket, PathBuf::from("/run/profiled/api.sock"));
+        assert_eq!(c.policy.admin_group, "profiled-admin");
+        assert!(c.policy.uid_min <= c.policy.uid_max);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("[paths]\nstate_dir = \"/srv\"\n\n[accounts]\nadmin_grup = \"x\"\n")
+            .err()
+            .map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.starts_with("/etc/profiled/profiled.toml:5: "), "{err}");
+        assert!(err.contains("admin_grup"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = parse("[limits]\nmax_body_bytes = 0\n")
+            .err()
+            .map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.contains(":2: limits.max_body_bytes:"), "{err}");
+
+        let err = parse("[paths]\nsocket = \"run/api.sock\"\n")
+            .err()
+            .map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(
+            err.contains(":2: paths.socket:") && err.contains("absolute"),
+            "{err}"
+        );
+
+        let err = parse("[accounts]\nuid_min = 5000\nuid_max = 2000\n")
+            .err()
+            .map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(
+            err.contains(":2: ") && err.contains("greater than uid_max"),
+            "{err}"
+        );
+    }
+}

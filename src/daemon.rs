@@ -1,0 +1,180 @@
+//! The daemon's life: start-up checks, the socket, readiness, signals
+//! (SIGTERM/SIGINT stop, SIGHUP reloads the config) and shutdown.
+
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::api::{self, AppState};
+use crate::config::{self, Config};
+use crate::profile::{self, ProfilesRoot};
+use crate::server;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config is invalid.
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    /// The profiles root is unsafe or unusable.
+    #[error(transparent)]
+    Profile(#[from] profile::Error),
+    /// A directory the daemon needs is unusable.
+    #[error("{}: {reason}", path.display())]
+    Setup {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+}
+
+fn setup(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Setup {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Runs the daemon with the config at `config_path` (or the default) until
+/// SIGTERM or SIGINT.
+pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
+    let config = Config::load_or_default(config_path.as_deref())?;
+    prepare_dirs(&config)?;
+    let root = ProfilesRoot::open(&config.paths.profiles_dir, config.limits.max_record_bytes)?;
+    let socket = config.paths.socket.clone();
+    let listener = bind_socket(&socket)?;
+    let state = Arc::new(AppState::new(config, root));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(server::serve_unix(
+        listener,
+        api::router(state.clone()),
+        stop_rx,
+    ));
+    tracing::info!("serving on {}", socket.display());
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("could not notify systemd of readiness: {e}");
+    }
+
+    let sig = |kind| signal(kind).map_err(|e| setup(Path::new("signals"), e.to_string()));
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    let mut hup = sig(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&state, config_path.as_deref()),
+        }
+    }
+    tracing::info!("stopping: finishing requests in flight");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    if let Err(e) = server.await {
+        tracing::error!("the server task failed: {e}");
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// Re-reads the config; a bad one is refused and the old one stays.
+fn reload(state: &AppState, path: Option<&Path>) {
+    match Config::load_or_default(path) {
+        Ok(new) => {
+            let old = state.config();
+            if new.paths != old.paths || new.limits.max_body_bytes != old.limits.max_body_bytes {
+                tracing::warn!(
+                    "config reloaded; changes to [paths] and limits.max_body_bytes take effect at the next restart"
+                );
+            } else {
+                tracing::info!("config reloaded");
+            }
+            state.set_config(new);
+        }
+        Err(e) => tracing::error!("config reload refused, the previous config stays in force: {e}"),
+    }
+}
+
+/// Creates the state and runtime directories and checks that only root
+/// can change them.
+fn prepare_dirs(config: &Config) -> Result<(), Error> {
+    let p = &config.paths;
+    ensure_root_dir(&p.state_dir, 0o755)?;
+    ensure_root_dir(&p.audit_dir(), 0o700)?;
+    ensure_root_dir(&p.runtime_dir, 0o755)?;
+    ensure_root_dir(&p.runtime_dir.join("locks"), 0o700)?;
+    if let Some(parent) = p.socket.parent() {
+        ensure_root_dir(parent, 0o755)?;
+    }
+    Ok(())
+}
+
+fn ensure_root_dir(path: &Path, mode: u32) -> Result<(), Error> {
+    if !path.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+            .map_err(|e| setup(path, format!("cannot create it: {e}")))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| setup(path, format!("cannot chmod it: {e}")))?;
+    }
+    let md = std::fs::symlink_metadata(path).map_err(|e| setup(path, e.to_string()))?;
+    if !md.is_dir() {
+        return Err(setup(
+            path,
+            "is not a directory; remove it or change [paths] in the config",
+        ));
+    }
+    if md.uid() != 0 {
+        return Err(setup(
+            path,
+            format!(
+                "is owned by uid {}, not root; fix: chown root:root {}",
+                md.uid(),
+                path.display()
+            ),
+        ));
+    }
+    if md.mode() & 0o022 != 0 {
+        return Err(setup(
+            path,
+            format!(
+                "is group- or world-writable (mode {:04o}); fix: chmod go-w {}",
+                md.mode() & 0o7777,
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Binds the API socket (mode 0666: the kernel's peer credentials, not the
+/// socket's mode, decide who may do what), replacing a stale one.
+fn bind_socket(path: &Path) -> Result<UnixListener, Error> {
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        if !md.file_type().is_socket() {
+            return Err(setup(
+                path,
+                "exists and is not a socket; remove it or change paths.socket",
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(setup(
+                path,
+                "another profiled is already serving this socket",
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| setup(path, format!("cannot remove the stale socket: {e}")))?;
+    }
+    let listener =
+        UnixListener::bind(path).map_err(|e| setup(path, format!("cannot bind: {e}")))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| setup(path, format!("cannot chmod the socket: {e}")))?;
+    Ok(listener)
+}

@@ -1,0 +1,15 @@
+//! profiled: per-account AI-assistant profiles on a shared Linux host.
+//!
+//! The daemon (`profiled`) and its client (`profilectl`) share this library.
+//! Each module has one job; see `docs/` and DESIGN.md for the whole picture.
+
+pub mod accounts;
+pub mod api;
+pub mod audit;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod profile;
+pub mod server;
+pub mod store;
+pub mod timefmt;

@@ -1,0 +1,326 @@
+//! [`ProfileDir`]: an open, checked profile directory and the only way to
+//! read or write a file inside it.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+
+use super::sys::{
+    check_dir, check_regular, check_rel, errno, lstat_at, open_beneath, open_dir_beneath,
+    split_parent, stat,
+};
+use super::{Error, Result};
+use crate::accounts::Account;
+
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+/// Whether a write may replace an existing file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Replace whatever regular file is there (an update).
+    Replace,
+    /// Fail with [`Error::Io`] (`EEXIST`) if the name is taken (a new record).
+    CreateNew,
+}
+
+/// What kind of entry a directory listing found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (never followed).
+    Symlink,
+    /// A FIFO, socket or device.
+    Other,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The entry's name.
+    pub name: String,
+    /// Its kind, as the directory reports it.
+    pub kind: EntryKind,
+}
+
+/// An open profile directory whose owner was checked against its account.
+#[derive(Debug)]
+pub struct ProfileDir {
+    fd: OwnedFd,
+    account: Account,
+    max_file: u64,
+}
+
+impl ProfileDir {
+    /// Wraps `fd`, already checked to be a directory owned by `account`.
+    pub(super) fn new(fd: OwnedFd, account: Account, max_file: u64) -> ProfileDir {
+        ProfileDir {
+            fd,
+            account,
+            max_file,
+        }
+    }
+
+    /// The account this profile belongs to.
+    pub fn account(&self) -> &Account {
+        &self.account
+    }
+
+    /// The profile's own directory handle.
+    pub(super) fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Reads the regular file `rel`, refusing links, FIFOs, hard links,
+    /// files owned by anyone but the account and files over the size limit.
+    pub fn read(&self, rel: &str) -> Result<Vec<u8>> {
+        check_rel(rel)?;
+        let fd = open_beneath(&self.fd, rel, OFlags::RDONLY, Mode::empty())?;
+        let st = stat(&fd, rel)?;
+        check_regular(&st, self.account.uid, self.max_file, rel)?;
+        let mut buf = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0));
+        // The file may grow between fstat and read: read one byte past the
+        // limit so growth is caught rather than silently truncated.
+        File::from(fd)
+            .take(self.max_file.saturating_add(1))
+            .read_to_end(&mut buf)
+            .map_err(|source| Error::Io {
+                path: rel.to_owned(),
+                op: "read",
+                source,
+            })?;
+        let size = buf.len() as u64;
+        if size > self.max_file {
+            return Err(Error::Refused {
+                path: rel.to_owned(),
+                reason: super::Refusal::TooLarge {
+                    size,
+                    limit: self.max_file,
+                },
+            });
+        }
+        Ok(buf)
+    }
+
+    /// Whether something (even a link, which is not followed) is at `rel`.
+    /// A path through a link is refused.
+    pub fn exists(&self, rel: &str) -> Result<bool> {
+        check_rel(rel)?;
+        match open_beneath(&self.fd, rel, OFlags::PATH, Mode::empty()) {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `data` to `rel` atomically (rule 2): a temporary file in the
+    /// same checked directory, owned by the account, mode 0600, fsynced,
+    /// renamed over the target, then the directory fsynced. Missing parent
+    /// directories are created (0700, owned by the account).
+    pub fn write(&self, rel: &str, data: &[u8], mode: WriteMode) -> Result<()> {
+        check_rel(rel)?;
+        let (parent, name) = split_parent(rel);
+        let dir = self.ensure_dir_opt(parent)?;
+        let tmp = format!(".{name}.{}.tmp", ulid::Ulid::generate());
+        let io = |op: &'static str| {
+            move |e: Errno| Error::Io {
+                path: rel.to_owned(),
+                op,
+                source: e.into(),
+            }
+        };
+        let fd = open_beneath(
+            &dir,
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+            Mode::from_raw_mode(FILE_MODE),
+        )
+        .map_err(|e| e.at(rel))?;
+        let written = (|| {
+            self.own(&fd, FILE_MODE).map_err(io("chown"))?;
+            let mut file = File::from(fd);
+            file.write_all(data).map_err(|source| Error::Io {
+                path: rel.to_owned(),
+                op: "write",
+                source,
+            })?;
+            rustix::fs::fdatasync(&file).map_err(io("fsync"))?;
+            match mode {
+                WriteMode::Replace => rustix::fs::renameat(&dir, tmp.as_str(), &dir, name),
+                WriteMode::CreateNew => rustix::fs::renameat_with(
+                    &dir,
+                    tmp.as_str(),
+                    &dir,
+                    name,
+                    RenameFlags::NOREPLACE,
+                ),
+            }
+            .map_err(|e| errno(rel, "rename", e))
+        })();
+        if let Err(e) = written {
+            // Best effort: the temporary name is hidden and never read as a
+            // record, so a failed unlink only leaves litter.
+            let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
+            return Err(e);
+        }
+        rustix::fs::fsync(&dir).map_err(io("fsync directory"))
+    }
+
+    /// Appends `line` to the log file `rel`, creating it (and its parents)
+    /// owned by the account. One `write` per line, so concurrent appenders
+    /// never interleave inside a line.
+    pub fn append(&self, rel: &str, line: &[u8]) -> Result<()> {
+        check_rel(rel)?;
+        let (parent, name) = split_parent(rel);
+        let dir = self.ensure_dir_opt(parent)?;
+        let fd = open_beneath(
+            &dir,
+            name,
+            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
+            Mode::from_raw_mode(FILE_MODE),
+        )
+        .map_err(|e| e.at(rel))?;
+        let st = stat(&fd, rel)?;
+        if st.st_uid == 0 && st.st_size == 0 && st.st_nlink == 1 {
+            // Just created by this process (root): hand it to the account.
+            self.own(&fd, FILE_MODE)
+                .map_err(|e| errno(rel, "chown", e))?;
+        }
+        check_regular(&stat(&fd, rel)?, self.account.uid, u64::MAX, rel)?;
+        let mut file = File::from(fd);
+        let done = file.write(line).map_err(|source| Error::Io {
+            path: rel.to_owned(),
+            op: "append",
+            source,
+        })?;
+        if done != line.len() {
+            return Err(Error::Io {
+                path: rel.to_owned(),
+                op: "append",
+                source: std::io::Error::new(std::io::ErrorKind::WriteZero, "short write"),
+            });
+        }
+        rustix::fs::fdatasync(&file).map_err(|e| errno(rel, "fsync", e))
+    }
+
+    /// Removes the file `rel` (never a directory). A link is removed, not
+    /// followed.
+    pub fn remove(&self, rel: &str) -> Result<()> {
+        check_rel(rel)?;
+        let (parent, name) = split_parent(rel);
+        let dir = match parent {
+            Some(p) => open_dir_beneath(&self.fd, p).map_err(|e| e.at(rel))?,
+            None => self.dup()?,
+        };
+        rustix::fs::unlinkat(&dir, name, AtFlags::empty()).map_err(|e| errno(rel, "remove", e))?;
+        rustix::fs::fsync(&dir).map_err(|e| errno(rel, "fsync directory", e))
+    }
+
+    /// Lists the directory `rel` (`""` for the profile itself), unsorted.
+    /// Names that are not UTF-8 are left out.
+    pub fn list(&self, rel: &str) -> Result<Vec<Entry>> {
+        let fd = if rel.is_empty() {
+            self.dup()?
+        } else {
+            check_rel(rel)?;
+            open_dir_beneath(&self.fd, rel)?
+        };
+        check_dir(&stat(&fd, rel)?, self.account.uid, rel)?;
+        let mut out = Vec::new();
+        let dir = rustix::fs::Dir::read_from(&fd).map_err(|e| errno(rel, "read directory", e))?;
+        for entry in dir {
+            let entry = entry.map_err(|e| errno(rel, "read directory", e))?;
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if name == "." || name == ".." {
+                continue;
+            }
+            let mut ft = entry.file_type();
+            if ft == FileType::Unknown {
+                ft = FileType::from_raw_mode(lstat_at(&fd, name, rel)?.st_mode);
+            }
+            let kind = match ft {
+                FileType::RegularFile => EntryKind::File,
+                FileType::Directory => EntryKind::Dir,
+                FileType::Symlink => EntryKind::Symlink,
+                _ => EntryKind::Other,
+            };
+            out.push(Entry {
+                name: name.to_owned(),
+                kind,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Opens `rel` as a directory, creating each missing component (0700,
+    /// owned by the account) and checking each existing one is a directory
+    /// the account owns.
+    pub fn ensure_dir(&self, rel: &str) -> Result<OwnedFd> {
+        check_rel(rel)?;
+        let mut cur: Option<OwnedFd> = None;
+        let mut end = 0;
+        for comp in rel.split('/') {
+            end += comp.len();
+            let shown = &rel[..end];
+            end += 1;
+            let parent = cur.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd);
+            let fd = match open_dir_beneath(parent, comp) {
+                Ok(fd) => fd,
+                Err(Error::NotFound { .. }) => {
+                    match rustix::fs::mkdirat(parent, comp, Mode::from_raw_mode(DIR_MODE)) {
+                        Ok(()) => {
+                            let fd = open_dir_beneath(parent, comp).map_err(|e| e.at(shown))?;
+                            self.own(&fd, DIR_MODE)
+                                .map_err(|e| errno(shown, "chown", e))?;
+                            fd
+                        }
+                        // Another request created it meanwhile.
+                        Err(Errno::EXIST) => {
+                            open_dir_beneath(parent, comp).map_err(|e| e.at(shown))?
+                        }
+                        Err(e) => return Err(errno(shown, "mkdir", e)),
+                    }
+                }
+                Err(e) => return Err(e.at(shown)),
+            };
+            check_dir(&stat(&fd, shown)?, self.account.uid, shown)?;
+            cur = Some(fd);
+        }
+        cur.ok_or_else(|| Error::BadPath {
+            path: rel.to_owned(),
+        })
+    }
+
+    fn ensure_dir_opt(&self, rel: Option<&str>) -> Result<OwnedFd> {
+        match rel {
+            Some(p) => self.ensure_dir(p),
+            None => self.dup(),
+        }
+    }
+
+    fn dup(&self) -> Result<OwnedFd> {
+        self.fd.try_clone().map_err(|source| Error::Io {
+            path: ".".to_owned(),
+            op: "dup",
+            source,
+        })
+    }
+
+    /// Gives `fd` to the account with `mode`, on the handle (never by path).
+    fn own(&self, fd: impl AsFd, mode: u32) -> std::result::Result<(), Errno> {
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::from_raw(self.account.uid.0)),
+            Some(rustix::fs::Gid::from_raw(self.account.gid.0)),
+        )?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+    }
+}

@@ -1,0 +1,363 @@
+//! Memories: `memory/episodic/YYYY/MM/<id>.md`, one per file, newest first.
+
+use serde::{Deserialize, Serialize};
+use toml::value::Datetime;
+
+use super::frontmatter::{self, Document};
+use super::{
+    Error, Page, Problem, Result, Store, check_tags, line_of_key, new_id, problem_of, record_stems,
+    valid_id,
+};
+use crate::profile::{self, EntryKind, WriteMode};
+use crate::timefmt;
+
+const DIR: &str = "memory/episodic";
+const PREFIX: &str = "evt";
+const KNOWN: &[&str] = &["id", "created", "updated", "tags", "processed", "source"];
+
+#[derive(Serialize, Deserialize, Default)]
+struct Front {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<Datetime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    updated: Option<Datetime>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    processed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+}
+
+/// A memory as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Memory {
+    /// The id (the file name without `.md`).
+    pub id: String,
+    /// The file, relative to the profile.
+    pub path: String,
+    /// When it was created.
+    pub created: Option<String>,
+    /// When it was last changed through profiled.
+    pub updated: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Whether the organize agent has seen it.
+    pub processed: bool,
+    /// Where it came from (`profilectl`, `api`, `ingest`…).
+    pub source: Option<String>,
+    /// The text.
+    pub text: String,
+}
+
+/// A memory to capture.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMemory {
+    /// The text; must not be empty.
+    pub text: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Where it came from.
+    pub source: Option<String>,
+}
+
+/// A replacement for a memory's text and, optionally, tags and flag.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryUpdate {
+    /// The new text.
+    pub text: String,
+    /// New tags; kept when absent.
+    pub tags: Option<Vec<String>>,
+    /// New processed flag; kept when absent.
+    pub processed: Option<bool>,
+}
+
+impl Store<'_> {
+    /// Captures a new memory.
+    pub fn create_memory(&self, new: NewMemory) -> Result<Memory> {
+        check_text(&new.text)?;
+        check_tags(&new.tags)?;
+        let id = new_id(PREFIX);
+        let rel = path_for(&id).ok_or_else(|| Error::Input {
+            field: "id".into(),
+            reason: "could not derive a path for a new id".into(),
+        })?;
+        let front = Front {
+            id: Some(id.clone()),
+            created: Some(timefmt::now_toml()),
+            tags: new.tags,
+            source: new.source,
+            ..Front::default()
+        };
+        let body = with_newline(&new.text);
+        self.write_memory(
+            &rel,
+            &front,
+            &toml::Table::new(),
+            &body,
+            WriteMode::CreateNew,
+        )?;
+        self.audit("memory.create", &id, "ok");
+        Ok(to_memory(&id, &rel, front, body))
+    }
+
+    /// One page of memories, newest first, starting after the id `before`.
+    pub fn list_memories(&self, limit: usize, before: Option<&str>) -> Result<Page<Memory>> {
+        let mut page = Page {
+            items: Vec::new(),
+            next: None,
+            problems: Vec::new(),
+        };
+        let cursor_month = before.and_then(month_of);
+        'walk: for (year, month) in self.months()? {
+            if let Some(c) = &cursor_month {
+                if (year.as_str(), month.as_str()) > (c.0.as_str(), c.1.as_str()) {
+                    continue;
+                }
+            }
+            let dir = format!("{DIR}/{year}/{month}");
+            let entries = match self.dir.list(&dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    page.problems.extend(problem_of(e.into()));
+                    continue;
+                }
+            };
+            for stem in record_stems(entries) {
+                if before.is_some_and(|b| stem.as_str() >= b) {
+                    continue;
+                }
+                if page.items.len() == limit {
+                    page.next = page.items.last().map(|m: &Memory| m.id.clone());
+                    break 'walk;
+                }
+                let rel = format!("{dir}/{stem}.md");
+                match self.read_memory(&stem, &rel) {
+                    Ok((m, _)) => page.items.push(m),
+                    Err(e) => page.problems.extend(problem_of(e)),
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    /// The memory `id`.
+    pub fn get_memory(&self, id: &str) -> Result<Memory> {
+        let rel = self.locate(id)?;
+        Ok(self.read_memory(id, &rel)?.0)
+    }
+
+    /// Replaces the text (and optionally tags and flag) of memory `id`,
+    /// keeping every other front-matter key.
+    pub fn update_memory(&self, id: &str, update: MemoryUpdate) -> Result<Memory> {
+        check_text(&update.text)?;
+        if let Some(tags) = &update.tags {
+            check_tags(tags)?;
+        }
+        let rel = self.locate(id)?;
+        let (_, doc) = self.read_memory(id, &rel)?;
+        let mut front = doc.front;
+        front.id = Some(id.to_owned());
+        front.updated = Some(timefmt::now_toml());
+        if let Some(tags) = update.tags {
+            front.tags = tags;
+        }
+        if let Some(p) = update.processed {
+            front.processed = p;
+        }
+        let body = with_newline(&update.text);
+        self.write_memory(&rel, &front, &doc.extra, &body, WriteMode::Replace)?;
+        self.audit("memory.update", id, "ok");
+        Ok(to_memory(id, &rel, front, body))
+    }
+
+    /// Deletes memory `id`.
+    pub fn delete_memory(&self, id: &str) -> Result<()> {
+        let rel = self.locate(id)?;
+        self.dir.remove(&rel)?;
+        self.audit("memory.delete", id, "ok");
+        Ok(())
+    }
+
+    /// Problems of every memory file.
+    pub(super) fn memory_problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let months = match self.months() {
+            Ok(m) => m,
+            Err(e) => return problem_of(e).into_iter().collect(),
+        };
+        for (year, month) in months {
+            let dir = format!("{DIR}/{year}/{month}");
+            match self.dir.list(&dir) {
+                Ok(entries) => {
+                    for stem in record_stems(entries) {
+                        let rel = format!("{dir}/{stem}.md");
+                        if let Err(e) = self.read_memory(&stem, &rel) {
+                            out.extend(problem_of(e));
+                        }
+                    }
+                }
+                Err(e) => out.extend(problem_of(e.into())),
+            }
+        }
+        out
+    }
+
+    /// The `(YYYY, MM)` directories, newest first.
+    fn months(&self) -> Result<Vec<(String, String)>> {
+        let years = match self.dir.list(DIR) {
+            Ok(e) => e,
+            Err(profile::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut years = digit_dirs(years, 4);
+        years.sort_unstable_by(|a, b| b.cmp(a));
+        let mut out = Vec::new();
+        for year in years {
+            let mut months = digit_dirs(self.dir.list(&format!("{DIR}/{year}"))?, 2);
+            months.sort_unstable_by(|a, b| b.cmp(a));
+            out.extend(months.into_iter().map(|m| (year.clone(), m)));
+        }
+        Ok(out)
+    }
+
+    /// The path of memory `id`: where its id says it is, else wherever a
+    /// person moved it within the YYYY/MM tree.
+    fn locate(&self, id: &str) -> Result<String> {
+        let not_found = || Error::NotFound {
+            kind: "memory",
+            id: id.to_owned(),
+        };
+        if !valid_id(id) {
+            return Err(not_found());
+        }
+        if let Some(rel) = path_for(id) {
+            if self.exists(&rel)? {
+                return Ok(rel);
+            }
+        }
+        for (year, month) in self.months()? {
+            let rel = format!("{DIR}/{year}/{month}/{id}.md");
+            if self.exists(&rel)? {
+                return Ok(rel);
+            }
+        }
+        Err(not_found())
+    }
+
+    fn exists(&self, rel: &str) -> Result<bool> {
+        Ok(self.dir.exists(rel)?)
+    }
+
+    fn read_memory(&self, stem: &str, rel: &str) -> Result<(Memory, Document<Front>)> {
+        let text = self.read_text(rel)?;
+        let invalid = |line, reason| Error::Invalid {
+            problem: Problem {
+                file: rel.to_owned(),
+                line: Some(line),
+                reason,
+            },
+        };
+        let doc =
+            frontmatter::parse::<Front>(&text, KNOWN).map_err(|e| invalid(e.line, e.reason))?;
+        if let Some(id) = &doc.front.id {
+            if id != stem {
+                return Err(invalid(
+                    line_of_key(&text, "id").unwrap_or(2),
+                    format!(
+                        "id {id:?} does not match the file name {stem}.md; rename one to match"
+                    ),
+                ));
+            }
+        }
+        let memory = Memory {
+            id: stem.to_owned(),
+            path: rel.to_owned(),
+            created: doc.front.created.as_ref().map(ToString::to_string),
+            updated: doc.front.updated.as_ref().map(ToString::to_string),
+            tags: doc.front.tags.clone(),
+            processed: doc.front.processed,
+            source: doc.front.source.clone(),
+            text: doc.body.clone(),
+        };
+        Ok((memory, doc))
+    }
+
+    fn write_memory(
+        &self,
+        rel: &str,
+        front: &Front,
+        extra: &toml::Table,
+        body: &str,
+        mode: WriteMode,
+    ) -> Result<()> {
+        let text = frontmatter::render(front, extra, body).map_err(|reason| Error::Input {
+            field: "memory".into(),
+            reason,
+        })?;
+        self.dir.write(rel, text.as_bytes(), mode)?;
+        Ok(())
+    }
+}
+
+fn to_memory(id: &str, rel: &str, front: Front, body: String) -> Memory {
+    Memory {
+        id: id.to_owned(),
+        path: rel.to_owned(),
+        created: front.created.map(|d| d.to_string()),
+        updated: front.updated.map(|d| d.to_string()),
+        tags: front.tags,
+        processed: front.processed,
+        source: front.source,
+        text: body,
+    }
+}
+
+fn check_text(text: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(Error::Input {
+            field: "text".into(),
+            reason: "must not be empty".into(),
+        });
+    }
+    Ok(())
+}
+
+fn with_newline(text: &str) -> String {
+    let mut s = text.to_owned();
+    if !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
+fn digit_dirs(entries: Vec<profile::Entry>, len: usize) -> Vec<String> {
+    entries
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Dir)
+        .map(|e| e.name)
+        .filter(|n| n.len() == len && n.bytes().all(|b| b.is_ascii_digit()))
+        .collect()
+}
+
+/// `(YYYY, MM)` of an id made by [`new_id`](super::new_id).
+fn month_of(id: &str) -> Option<(String, String)> {
+    let ulid = id.strip_prefix(PREFIX)?.strip_prefix('-')?;
+    let ms = ulid::Ulid::from_string(ulid).ok()?.timestamp_ms();
+    let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(ms / 1000).ok()?).ok()?;
+    Some((
+        format!("{:04}", t.year()),
+        format!("{:02}", t.month() as u8),
+    ))
+}
+
+/// Where memory `id` is written: the month its ULID was made in.
+fn path_for(id: &str) -> Option<String> {
+    let (y, m) = month_of(id)?;
+    Some(format!("{DIR}/{y}/{m}/{id}.md"))
+}

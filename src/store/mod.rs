@@ -1,0 +1,248 @@
+//! Records on top of the profile layer: memories, tasks, the persona and
+//! the user's settings, as files a person can open in any editor.
+//!
+//! A file that cannot be parsed or is unsafe to read never fails a whole
+//! listing: it is skipped and reported as a [`Problem`] with file and line.
+
+pub mod frontmatter;
+mod memory;
+mod persona;
+mod settings;
+mod task;
+
+pub use memory::{Memory, MemoryUpdate, NewMemory};
+pub use persona::Persona;
+pub use settings::UserSettings;
+pub use task::{NewTask, Task, TaskPatch, TaskStatus};
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::Auditor;
+use crate::profile::{self, ProfileDir};
+
+/// Something wrong with one file of a profile, for the user to fix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// Path relative to the profile.
+    pub file: String,
+    /// 1-based line, where one applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// What is wrong and what to do.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file, self.reason),
+            None => write!(f, "{}: {}", self.file, self.reason),
+        }
+    }
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The records, newest first.
+    pub items: Vec<T>,
+    /// The cursor for the next page (`before=`), when there is one.
+    pub next: Option<String>,
+    /// Files skipped while building this page.
+    pub problems: Vec<Problem>,
+}
+
+/// An error of the record store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No record with that id.
+    #[error("no {kind} with id {id:?}")]
+    NotFound {
+        /// `memory`, `task`…
+        kind: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The record's file exists but cannot be parsed.
+    #[error("{problem}")]
+    Invalid {
+        /// Where and why.
+        problem: Problem,
+    },
+    /// The request's input is wrong.
+    #[error("{field}: {reason}")]
+    Input {
+        /// The offending field.
+        field: String,
+        /// What is wrong and what to send instead.
+        reason: String,
+    },
+    /// The profile layer refused or failed.
+    #[error(transparent)]
+    Profile(#[from] profile::Error),
+}
+
+/// Result of the store.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The records of one profile, acted on by one actor.
+pub struct Store<'a> {
+    dir: &'a ProfileDir,
+    audit: &'a Auditor<'a>,
+}
+
+impl<'a> Store<'a> {
+    /// The store of `dir`; refusals and changes are recorded with `audit`.
+    pub fn new(dir: &'a ProfileDir, audit: &'a Auditor<'a>) -> Store<'a> {
+        Store { dir, audit }
+    }
+
+    /// The profile directory.
+    pub fn dir(&self) -> &ProfileDir {
+        self.dir
+    }
+
+    /// Records a change in the audit log.
+    pub fn audit(&self, action: &str, target: &str, result: &str) {
+        self.audit.record(self.dir, action, target, result);
+    }
+
+    /// Records a read; only an admin's read of another profile is kept.
+    pub fn audit_access(&self, action: &str, target: &str) {
+        self.audit.record_access(self.dir, action, target);
+    }
+
+    /// Reads `rel` as UTF-8 text. Refusals (rule 1) are audited.
+    fn read_text(&self, rel: &str) -> Result<String> {
+        let bytes = match self.dir.read(rel) {
+            Ok(b) => b,
+            Err(e @ profile::Error::Refused { .. }) => {
+                self.audit("read", rel, &format!("refused: {e}"));
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        String::from_utf8(bytes).map_err(|e| {
+            let line = e.as_bytes()[..e.utf8_error().valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            Error::Invalid {
+                problem: Problem {
+                    file: rel.to_owned(),
+                    line: Some(line),
+                    reason: "not valid UTF-8 text; save the file as UTF-8".into(),
+                },
+            }
+        })
+    }
+
+    /// Reads and parses the TOML file `rel`; `Ok(None)` when it is absent.
+    fn read_toml<T: serde::de::DeserializeOwned>(&self, rel: &str) -> Result<Option<T>> {
+        let text = match self.read_text(rel) {
+            Ok(t) => t,
+            Err(Error::Profile(profile::Error::NotFound { .. })) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        toml::from_str(&text).map(Some).map_err(|e| {
+            let at = e.span().map_or(0, |s| s.start.min(text.len()));
+            Error::Invalid {
+                problem: Problem {
+                    file: rel.to_owned(),
+                    line: Some(text[..at].matches('\n').count() + 1),
+                    reason: e.message().to_owned(),
+                },
+            }
+        })
+    }
+
+    /// Every problem in the profile: unparsable or unsafe records, an
+    /// invalid persona or settings file.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = self.memory_problems();
+        out.extend(self.task_problems());
+        if let Err(e) = self.persona() {
+            out.extend(problem_of(e));
+        }
+        if let Err(e) = self.settings() {
+            out.extend(problem_of(e));
+        }
+        out
+    }
+}
+
+/// Turns a store error met while reading one file into a [`Problem`];
+/// `NotFound` is not a problem.
+fn problem_of(e: Error) -> Option<Problem> {
+    match e {
+        Error::Invalid { problem } => Some(problem),
+        Error::Profile(profile::Error::NotFound { .. }) | Error::NotFound { .. } => None,
+        Error::Profile(profile::Error::Refused { path, reason }) => Some(Problem {
+            file: path,
+            line: None,
+            reason: format!("refused: {reason}"),
+        }),
+        Error::Profile(e) => Some(Problem {
+            file: String::new(),
+            line: None,
+            reason: e.to_string(),
+        }),
+        Error::Input { field, reason } => Some(Problem {
+            file: field,
+            line: None,
+            reason,
+        }),
+    }
+}
+
+/// Whether `id` can name a record file: 1 to 128 of `[A-Za-z0-9_-]`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A new record id: `prefix` and a ULID, so ids sort by creation time.
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}", ulid::Ulid::generate())
+}
+
+/// The record ids among `entries`: regular `*.md` files that are not hidden
+/// (the daemon's temporary files are hidden), sorted newest first.
+fn record_stems(entries: Vec<profile::Entry>) -> Vec<String> {
+    let mut stems: Vec<String> = entries
+        .into_iter()
+        .filter(|e| !e.name.starts_with('.'))
+        .filter_map(|e| e.name.strip_suffix(".md").map(str::to_owned))
+        .filter(|s| valid_id(s))
+        .collect();
+    stems.sort_unstable_by(|a, b| b.cmp(a));
+    stems
+}
+
+/// Checks a list of tags from a request.
+fn check_tags(tags: &[String]) -> Result<()> {
+    for t in tags {
+        if t.trim().is_empty() || t.len() > 64 || t.chars().any(char::is_control) {
+            return Err(Error::Input {
+                field: "tags".into(),
+                reason: format!("tag {t:?} must be 1 to 64 characters without control characters"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Where in the file `key = …` stands, for an error about that key.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}

@@ -1,0 +1,330 @@
+//! Tasks: `memory/tasks/<id>.md`, one per file, with a status.
+
+use serde::{Deserialize, Serialize};
+use toml::value::Datetime;
+
+use super::frontmatter::{self, Document};
+use super::{
+    Error, Page, Problem, Result, Store, check_tags, line_of_key, new_id, problem_of, record_stems,
+    valid_id,
+};
+use crate::profile::{self, WriteMode};
+use crate::timefmt;
+
+const DIR: &str = "memory/tasks";
+const PREFIX: &str = "task";
+const KNOWN: &[&str] = &["id", "created", "updated", "status", "title", "due", "tags"];
+
+/// Where a task stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Not started.
+    #[default]
+    Todo,
+    /// Being worked on.
+    InProgress,
+    /// Finished.
+    Done,
+    /// Dropped.
+    Cancelled,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Front {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    title: String,
+    #[serde(default)]
+    status: TaskStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<Datetime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    updated: Option<Datetime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    due: Option<Datetime>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+/// A task as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Task {
+    /// The id (the file name without `.md`).
+    pub id: String,
+    /// The file, relative to the profile.
+    pub path: String,
+    /// A one-line title.
+    pub title: String,
+    /// Where it stands.
+    pub status: TaskStatus,
+    /// When it was created.
+    pub created: Option<String>,
+    /// When it was last changed through profiled.
+    pub updated: Option<String>,
+    /// When it is due (a TOML date or datetime).
+    pub due: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Free text below the front matter.
+    pub notes: String,
+}
+
+/// A task to add.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTask {
+    /// A one-line title; must not be empty.
+    pub title: String,
+    /// Free text.
+    #[serde(default)]
+    pub notes: String,
+    /// Defaults to `todo`.
+    #[serde(default)]
+    pub status: TaskStatus,
+    /// `2026-12-01` or `2026-12-01T09:00:00Z`.
+    pub due: Option<String>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Changes to a task; absent fields are kept.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskPatch {
+    /// New title.
+    pub title: Option<String>,
+    /// New notes.
+    pub notes: Option<String>,
+    /// New status.
+    pub status: Option<TaskStatus>,
+    /// New due date; `""` removes it.
+    pub due: Option<String>,
+    /// New tags.
+    pub tags: Option<Vec<String>>,
+}
+
+impl Store<'_> {
+    /// Adds a task.
+    pub fn create_task(&self, new: NewTask) -> Result<Task> {
+        check_title(&new.title)?;
+        check_tags(&new.tags)?;
+        let id = new_id(PREFIX);
+        let rel = format!("{DIR}/{id}.md");
+        let front = Front {
+            id: Some(id.clone()),
+            title: new.title.trim().to_owned(),
+            status: new.status,
+            created: Some(timefmt::now_toml()),
+            updated: None,
+            due: parse_due(new.due.as_deref())?,
+            tags: new.tags,
+        };
+        self.write_task(
+            &rel,
+            &front,
+            &toml::Table::new(),
+            &new.notes,
+            WriteMode::CreateNew,
+        )?;
+        self.audit("task.create", &id, "ok");
+        Ok(to_task(&id, &rel, front, new.notes))
+    }
+
+    /// One page of tasks, newest first, optionally only those in `status`.
+    pub fn list_tasks(
+        &self,
+        status: Option<TaskStatus>,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Page<Task>> {
+        let mut page = Page {
+            items: Vec::new(),
+            next: None,
+            problems: Vec::new(),
+        };
+        for stem in self.task_stems()? {
+            if before.is_some_and(|b| stem.as_str() >= b) {
+                continue;
+            }
+            let rel = format!("{DIR}/{stem}.md");
+            match self.read_task(&stem, &rel) {
+                Ok((t, _)) if status.is_none_or(|s| s == t.status) => {
+                    if page.items.len() == limit {
+                        page.next = page.items.last().map(|t: &Task| t.id.clone());
+                        break;
+                    }
+                    page.items.push(t);
+                }
+                Ok(_) => {}
+                Err(e) => page.problems.extend(problem_of(e)),
+            }
+        }
+        Ok(page)
+    }
+
+    /// The task `id`.
+    pub fn get_task(&self, id: &str) -> Result<Task> {
+        let rel = self.task_path(id)?;
+        Ok(self.read_task(id, &rel)?.0)
+    }
+
+    /// Applies `patch` to task `id`, keeping every other front-matter key.
+    pub fn update_task(&self, id: &str, patch: TaskPatch) -> Result<Task> {
+        let rel = self.task_path(id)?;
+        let (_, doc) = self.read_task(id, &rel)?;
+        let mut front = doc.front;
+        let mut notes = doc.body;
+        if let Some(title) = patch.title {
+            check_title(&title)?;
+            front.title = title.trim().to_owned();
+        }
+        if let Some(tags) = patch.tags {
+            check_tags(&tags)?;
+            front.tags = tags;
+        }
+        if let Some(s) = patch.status {
+            front.status = s;
+        }
+        if let Some(due) = patch.due {
+            front.due = parse_due(Some(&due).filter(|d| !d.is_empty()).map(String::as_str))?;
+        }
+        if let Some(n) = patch.notes {
+            notes = n;
+        }
+        front.id = Some(id.to_owned());
+        front.updated = Some(timefmt::now_toml());
+        self.write_task(&rel, &front, &doc.extra, &notes, WriteMode::Replace)?;
+        self.audit("task.update", id, "ok");
+        Ok(to_task(id, &rel, front, notes))
+    }
+
+    /// Deletes task `id`.
+    pub fn delete_task(&self, id: &str) -> Result<()> {
+        let rel = self.task_path(id)?;
+        self.dir.remove(&rel)?;
+        self.audit("task.delete", id, "ok");
+        Ok(())
+    }
+
+    /// Problems of every task file.
+    pub(super) fn task_problems(&self) -> Vec<Problem> {
+        match self.task_stems() {
+            Ok(stems) => stems
+                .into_iter()
+                .filter_map(|stem| {
+                    let rel = format!("{DIR}/{stem}.md");
+                    self.read_task(&stem, &rel).err().and_then(problem_of)
+                })
+                .collect(),
+            Err(e) => problem_of(e).into_iter().collect(),
+        }
+    }
+
+    fn task_stems(&self) -> Result<Vec<String>> {
+        match self.dir.list(DIR) {
+            Ok(entries) => Ok(record_stems(entries)),
+            Err(profile::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn task_path(&self, id: &str) -> Result<String> {
+        let rel = format!("{DIR}/{id}.md");
+        if valid_id(id) && self.dir.exists(&rel)? {
+            Ok(rel)
+        } else {
+            Err(Error::NotFound {
+                kind: "task",
+                id: id.to_owned(),
+            })
+        }
+    }
+
+    fn read_task(&self, stem: &str, rel: &str) -> Result<(Task, Document<Front>)> {
+        let text = self.read_text(rel)?;
+        let invalid = |line, reason| Error::Invalid {
+            problem: Problem {
+                file: rel.to_owned(),
+                line: Some(line),
+                reason,
+            },
+        };
+        let doc =
+            frontmatter::parse::<Front>(&text, KNOWN).map_err(|e| invalid(e.line, e.reason))?;
+        if let Some(id) = &doc.front.id {
+            if id != stem {
+                return Err(invalid(
+                    line_of_key(&text, "id").unwrap_or(2),
+                    format!(
+                        "id {id:?} does not match the file name {stem}.md; rename one to match"
+                    ),
+                ));
+            }
+        }
+        let f = &doc.front;
+        let task = Task {
+            id: stem.to_owned(),
+            path: rel.to_owned(),
+            title: f.title.clone(),
+            status: f.status,
+            created: f.created.as_ref().map(ToString::to_string),
+            updated: f.updated.as_ref().map(ToString::to_string),
+            due: f.due.as_ref().map(ToString::to_string),
+            tags: f.tags.clone(),
+            notes: doc.body.clone(),
+        };
+        Ok((task, doc))
+    }
+
+    fn write_task(
+        &self,
+        rel: &str,
+        front: &Front,
+        extra: &toml::Table,
+        notes: &str,
+        mode: WriteMode,
+    ) -> Result<()> {
+        let text = frontmatter::render(front, extra, notes).map_err(|reason| Error::Input {
+            field: "task".into(),
+            reason,
+        })?;
+        self.dir.write(rel, text.as_bytes(), mode)?;
+        Ok(())
+    }
+}
+
+fn to_task(id: &str, rel: &str, front: Front, notes: String) -> Task {
+    Task {
+        id: id.to_owned(),
+        path: rel.to_owned(),
+        title: front.title,
+        status: front.status,
+        created: front.created.map(|d| d.to_string()),
+        updated: front.updated.map(|d| d.to_string()),
+        due: front.due.map(|d| d.to_string()),
+        tags: front.tags,
+        notes,
+    }
+}
+
+fn check_title(title: &str) -> Result<()> {
+    if title.trim().is_empty() || title.contains('\n') {
+        return Err(Error::Input {
+            field: "title".into(),
+            reason: "must be one non-empty line".into(),
+        });
+    }
+    Ok(())
+}
+
+fn parse_due(due: Option<&str>) -> Result<Option<Datetime>> {
+    due.map(|d| {
+        d.parse::<Datetime>().map_err(|_| Error::Input {
+            field: "due".into(),
+            reason: format!("{d:?} is not a date; write 2026-12-01 or 2026-12-01T09:00:00Z"),
+        })
+    })
+    .transpose()
+}
