@@ -184,7 +184,7 @@ impl Policy {
                 account.name, self.uid_min, self.uid_max
             )));
         }
-        if self.denied_users.iter().any(|d| *d == account.name) {
+        if self.denied_users.contains(&account.name) {
             return Ok(Eligibility::Ineligible(format!(
                 "account {} is listed in denied_users",
                 account.name
@@ -212,7 +212,7 @@ impl Policy {
     /// Whether `account` is an admin: root, listed in `admins`, or a member
     /// of `admin_group`.
     pub fn is_admin(&self, account: &Account) -> Result<bool, Error> {
-        if account.uid == UserId::ROOT || self.admins.iter().any(|a| *a == account.name) {
+        if account.uid == UserId::ROOT || self.admins.contains(&account.name) {
             return Ok(true);
         }
         account.is_member_of(&self.admin_group)

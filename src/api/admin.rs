@@ -51,17 +51,15 @@ pub(super) async fn me(
 ) -> Result<Json<Me>, ApiError> {
     let role = if caller.admin { "admin" } else { "user" }.to_owned();
     let acting_on_self = q.user.as_deref().is_none_or(|u| u == caller.account.name);
-    if acting_on_self {
-        if let Some(reason) = &caller.ineligible {
-            return Ok(Json(Me {
-                user: caller.account.name.clone(),
-                uid: caller.account.uid,
-                role,
-                profile: None,
-                note: Some(format!("{reason}; admins name a profile with --user NAME")),
-                problems: Vec::new(),
-            }));
-        }
+    if acting_on_self && let Some(reason) = &caller.ineligible {
+        return Ok(Json(Me {
+            user: caller.account.name.clone(),
+            uid: caller.account.uid,
+            role,
+            profile: None,
+            note: Some(format!("{reason}; admins name a profile with --user NAME")),
+            problems: Vec::new(),
+        }));
     }
     let profiles_dir = st.config().paths.profiles_dir.clone();
     blocking(move || {

@@ -258,12 +258,11 @@ impl ProfilesRoot {
             return;
         };
         for entry in dir.flatten() {
-            if let Ok(name) = entry.file_name().to_str() {
-                if name.starts_with(PROVISION_PREFIX) {
-                    if let Err(e) = remove_tree(self.fd.as_fd(), name, 0) {
-                        tracing::warn!("could not remove stale {name}: {e}");
-                    }
-                }
+            if let Ok(name) = entry.file_name().to_str()
+                && name.starts_with(PROVISION_PREFIX)
+                && let Err(e) = remove_tree(self.fd.as_fd(), name, 0)
+            {
+                tracing::warn!("could not remove stale {name}: {e}");
             }
         }
     }
@@ -424,10 +423,11 @@ fn remove_tree(parent: std::os::fd::BorrowedFd<'_>, name: &str, depth: usize) ->
         let fd = open_dir_beneath(parent, name)?;
         let entries = rustix::fs::Dir::read_from(&fd).map_err(|e| errno(name, "list", e))?;
         for entry in entries.flatten() {
-            if let Ok(child) = entry.file_name().to_str() {
-                if child != "." && child != ".." {
-                    remove_tree(fd.as_fd(), child, depth + 1)?;
-                }
+            if let Ok(child) = entry.file_name().to_str()
+                && child != "."
+                && child != ".."
+            {
+                remove_tree(fd.as_fd(), child, depth + 1)?;
             }
         }
         rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR).map_err(|e| errno(name, "remove", e))

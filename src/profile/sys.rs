@@ -31,9 +31,15 @@ pub(super) fn open_beneath(
 ) -> Result<OwnedFd> {
     // openat2 answers EAGAIN when a concurrent rename raced the lookup; the
     // kernel asks callers to retry.
+    // openat2 refuses O_PATH combined with anything but these.
+    let always = if flags.contains(OFlags::PATH) {
+        OFlags::NOFOLLOW | OFlags::CLOEXEC
+    } else {
+        ALWAYS
+    };
     let mut tries = 0;
     loop {
-        match rustix::fs::openat2(dir.as_fd(), rel, flags | ALWAYS, mode, BENEATH) {
+        match rustix::fs::openat2(dir.as_fd(), rel, flags | always, mode, BENEATH) {
             Ok(fd) => return Ok(fd),
             Err(Errno::AGAIN) if tries < 16 => tries += 1,
             Err(e) => return Err(errno(rel, "open", e)),

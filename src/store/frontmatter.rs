@@ -75,7 +75,7 @@ pub fn parse<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<Document
         line: line_of(e.span()),
         reason: e.message().to_owned(),
     })?;
-    extra.retain(|k, _| !known.iter().any(|n| *n == k));
+    extra.retain(|k, _| !known.contains(&k));
     Ok(Document {
         front,
         extra,

@@ -115,10 +115,10 @@ impl Store<'_> {
         };
         let cursor_month = before.and_then(month_of);
         'walk: for (year, month) in self.months()? {
-            if let Some(c) = &cursor_month {
-                if (year.as_str(), month.as_str()) > (c.0.as_str(), c.1.as_str()) {
-                    continue;
-                }
+            if let Some(c) = &cursor_month
+                && (year.as_str(), month.as_str()) > (c.0.as_str(), c.1.as_str())
+            {
+                continue;
             }
             let dir = format!("{DIR}/{year}/{month}");
             let entries = match self.dir.list(&dir) {
@@ -184,9 +184,15 @@ impl Store<'_> {
         Ok(())
     }
 
-    /// Problems of every memory file.
+    /// Problems of every memory file, and links where the YYYY/MM tree
+    /// has directories.
     pub(super) fn memory_problems(&self) -> Vec<Problem> {
-        let mut out = Vec::new();
+        let mut out = self.unfollowed_links(DIR);
+        if let Ok(years) = self.dir.list(DIR) {
+            for year in digit_dirs(years, 4) {
+                out.extend(self.unfollowed_links(&format!("{DIR}/{year}")));
+            }
+        }
         let months = match self.months() {
             Ok(m) => m,
             Err(e) => return problem_of(e).into_iter().collect(),
@@ -236,10 +242,10 @@ impl Store<'_> {
         if !valid_id(id) {
             return Err(not_found());
         }
-        if let Some(rel) = path_for(id) {
-            if self.exists(&rel)? {
-                return Ok(rel);
-            }
+        if let Some(rel) = path_for(id)
+            && self.exists(&rel)?
+        {
+            return Ok(rel);
         }
         for (year, month) in self.months()? {
             let rel = format!("{DIR}/{year}/{month}/{id}.md");
@@ -265,15 +271,13 @@ impl Store<'_> {
         };
         let doc =
             frontmatter::parse::<Front>(&text, KNOWN).map_err(|e| invalid(e.line, e.reason))?;
-        if let Some(id) = &doc.front.id {
-            if id != stem {
-                return Err(invalid(
-                    line_of_key(&text, "id").unwrap_or(2),
-                    format!(
-                        "id {id:?} does not match the file name {stem}.md; rename one to match"
-                    ),
-                ));
-            }
+        if let Some(id) = &doc.front.id
+            && id != stem
+        {
+            return Err(invalid(
+                line_of_key(&text, "id").unwrap_or(2),
+                format!("id {id:?} does not match the file name {stem}.md; rename one to match"),
+            ));
         }
         let memory = Memory {
             id: stem.to_owned(),

@@ -157,6 +157,23 @@ impl<'a> Store<'a> {
         })
     }
 
+    /// A problem for each symbolic link directly in `rel`: links are never
+    /// followed, so whatever they point to is invisible to profiled.
+    fn unfollowed_links(&self, rel: &str) -> Vec<Problem> {
+        let Ok(entries) = self.dir.list(rel) else {
+            return Vec::new();
+        };
+        entries
+            .into_iter()
+            .filter(|e| e.kind == profile::EntryKind::Symlink && !e.name.ends_with(".md"))
+            .map(|e| Problem {
+                file: format!("{rel}/{}", e.name),
+                line: None,
+                reason: format!("refused: {}", profile::Refusal::Symlink),
+            })
+            .collect()
+    }
+
     /// Every problem in the profile: unparsable or unsafe records, an
     /// invalid persona or settings file.
     pub fn problems(&self) -> Vec<Problem> {

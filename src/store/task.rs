@@ -253,15 +253,13 @@ impl Store<'_> {
         };
         let doc =
             frontmatter::parse::<Front>(&text, KNOWN).map_err(|e| invalid(e.line, e.reason))?;
-        if let Some(id) = &doc.front.id {
-            if id != stem {
-                return Err(invalid(
-                    line_of_key(&text, "id").unwrap_or(2),
-                    format!(
-                        "id {id:?} does not match the file name {stem}.md; rename one to match"
-                    ),
-                ));
-            }
+        if let Some(id) = &doc.front.id
+            && id != stem
+        {
+            return Err(invalid(
+                line_of_key(&text, "id").unwrap_or(2),
+                format!("id {id:?} does not match the file name {stem}.md; rename one to match"),
+            ));
         }
         let f = &doc.front;
         let task = Task {

@@ -1,0 +1,247 @@
+//! Records as files a person edits: hand edits are read as they are, broken
+//! ones are reported with file and line, bad input changes nothing.
+
+mod common;
+
+use common::{Daemon, TestUser, capture, memory_file, require_root};
+
+#[test]
+fn hand_edits_are_served_and_broken_files_are_named_with_their_line() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("");
+    let id = capture(&d, &alice, "first draft");
+    let keep = capture(&d, &alice, "another memory");
+    let file = memory_file(&d, &alice, &id);
+
+    // alice edits the file herself, as her editor would (temp and rename).
+    let original = std::fs::read_to_string(&file).expect("read");
+    let edited = original.replace("first draft", "final text, edited in vim");
+    let tmp = file.with_extension("md.swp");
+    let out = alice
+        .command("sh")
+        .arg("-c")
+        .arg("cat > \"$1\" && mv \"$1\" \"$2\"")
+        .arg("sh")
+        .arg(&tmp)
+        .arg(&file)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .expect("stdin")
+                .write_all(edited.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("edit as alice");
+    assert!(out.status.success());
+    let shown = d.ok(Some(&alice), &["memory", "show", &id]);
+    assert!(shown.contains("final text, edited in vim"), "{shown}");
+
+    // She breaks the front matter with a typo.
+    let broken = edited.replacen("processed = false", "processed = flase", 1);
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("processed"))
+        .expect("tags line")
+        + 1;
+    std::fs::write(&file, &broken).expect("break it");
+    let (status, page) = d.api(Some(&alice), "GET", "/v1/memories", None);
+    assert_eq!(status, 200, "{page}");
+    let items = page["items"].as_array().expect("items");
+    assert!(items.iter().any(|m| m["id"] == keep.as_str()), "{page}");
+    assert!(!items.iter().any(|m| m["id"] == id.as_str()), "{page}");
+    let rel = file
+        .strip_prefix(d.profile(&alice))
+        .expect("relative")
+        .display()
+        .to_string();
+    let (_, me) = d.api(Some(&alice), "GET", "/v1/me", None);
+    let problems = me["problems"].as_array().expect("problems");
+    assert_eq!(problems.len(), 1, "{me}");
+    assert_eq!(problems[0]["file"], rel.as_str());
+    assert_eq!(problems[0]["line"], line);
+    let status_text = d.ctl(Some(&alice), &["status"]);
+    let err = String::from_utf8_lossy(&status_text.stderr);
+    assert!(err.contains(&format!("{rel}:{line}:")), "{err}");
+    let (status, body) = d.api(Some(&alice), "GET", &format!("/v1/memories/{id}"), None);
+    assert_eq!(status, 422);
+    assert_eq!(body["code"], "invalid_record");
+
+    // Fixing it clears the problem.
+    std::fs::write(&file, &edited).expect("fix it");
+    let (_, me) = d.api(Some(&alice), "GET", "/v1/me", None);
+    assert_eq!(me["problems"].as_array().map(Vec::len), Some(0), "{me}");
+
+    // A key added by hand survives an update through the API.
+    std::fs::write(&file, edited.replacen("+++\n", "+++\nmood = \"calm\"\n", 1)).expect("add key");
+    let (status, _) = d.api(
+        Some(&alice),
+        "PUT",
+        &format!("/v1/memories/{id}"),
+        Some(r#"{"text":"rewritten","tags":["x"]}"#),
+    );
+    assert_eq!(status, 200);
+    let now = std::fs::read_to_string(&file).expect("read");
+    assert!(
+        now.contains("mood = \"calm\"") && now.ends_with("+++\nrewritten\n"),
+        "{now}"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_precise_error_and_changes_nothing() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("[limits]\nmax_body_bytes = 4096\n");
+    d.ok(Some(&alice), &["status"]);
+    let count = || {
+        let (_, page) = d.api(Some(&alice), "GET", "/v1/memories", None);
+        page["items"].as_array().map_or(0, Vec::len)
+    };
+
+    let big = format!(r#"{{"text":"{}"}}"#, "x".repeat(10_000));
+    let (status, body) = d.api(Some(&alice), "POST", "/v1/memories", Some(&big));
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["code"], "body_too_large");
+
+    let (status, body) = d.api(
+        Some(&alice),
+        "POST",
+        "/v1/memories",
+        Some(r#"{"text":"  "}"#),
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("invalid_input")),
+        "{body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("text:"),
+        "{body}"
+    );
+
+    let (status, body) = d.api(
+        Some(&alice),
+        "POST",
+        "/v1/memories",
+        Some(r#"{"text":"x","colour":"red"}"#),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("colour"),
+        "{body}"
+    );
+
+    let (status, body) = d.api(
+        Some(&alice),
+        "POST",
+        "/v1/tasks",
+        Some(r#"{"title":"t","due":"soon"}"#),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("due:"),
+        "{body}"
+    );
+
+    let (status, body) = d.api(Some(&alice), "GET", "/v1/tasks?status=maybe", None);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_query")),
+        "{body}"
+    );
+
+    let (status, body) = d.api(Some(&alice), "PUT", "/v1/persona", Some(r#"{"nmae":"x"}"#));
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap_or_default().contains("nmae"),
+        "{body}"
+    );
+
+    assert_eq!(count(), 0, "a refused request wrote a memory");
+    let tasks = std::fs::read_dir(d.profile(&alice).join("memory/tasks"))
+        .expect("tasks")
+        .count();
+    assert_eq!(tasks, 0, "a refused request wrote a task");
+}
+
+#[test]
+fn tasks_persona_and_stdin_capture_through_profilectl() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("");
+
+    let out = d.ctl_stdin(
+        Some(&alice),
+        &["capture", "-"],
+        Some("from a pipe\nsecond line\n"),
+    );
+    assert!(out.status.success());
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let shown = d.ok(Some(&alice), &["memory", "show", &id]);
+    assert!(shown.contains("from a pipe\nsecond line\n"), "{shown}");
+    d.ok(Some(&alice), &["memory", "rm", &id]);
+    let out = d.ctl(Some(&alice), &["memory", "show", &id]);
+    assert_eq!(out.status.code(), Some(1));
+
+    let t1 = d.ok(
+        Some(&alice),
+        &["task", "add", "write the report", "--due", "2026-12-01"],
+    );
+    let t1 = t1.trim();
+    let t2 = d.ok(Some(&alice), &["task", "add", "book travel"]);
+    let t2 = t2.trim();
+    d.ok(Some(&alice), &["task", "done", t1]);
+    let todo = d.ok(Some(&alice), &["task", "list", "--status", "todo"]);
+    assert!(todo.contains(t2) && !todo.contains(t1), "{todo}");
+    let done = d.ok(Some(&alice), &["task", "list", "--status", "done"]);
+    assert!(
+        done.contains(t1) && done.contains("due 2026-12-01"),
+        "{done}"
+    );
+    d.ok(Some(&alice), &["task", "rm", t2]);
+    let all = d.ok(Some(&alice), &["task", "list"]);
+    assert!(!all.contains(t2), "{all}");
+    let file = d.profile(&alice).join(format!("memory/tasks/{t1}.md"));
+    let text = std::fs::read_to_string(file).expect("task file");
+    assert!(
+        text.contains("status = \"done\"") && text.contains("due = 2026-12-01"),
+        "{text}"
+    );
+
+    d.ok(Some(&alice), &["persona", "set", "name", "Sage"]);
+    d.ok(
+        Some(&alice),
+        &["persona", "set", "values", "honesty, curiosity"],
+    );
+    let shown = d.ok(Some(&alice), &["persona", "show"]);
+    assert!(shown.contains("name = \"Sage\""), "{shown}");
+    assert!(
+        shown.contains("values = [\"honesty\", \"curiosity\"]"),
+        "{shown}"
+    );
+    let out = d.ctl(Some(&alice), &["persona", "set", "colour", "red"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // Usage errors exit 2.
+    let out = d.ctl(Some(&alice), &["task", "frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+}
