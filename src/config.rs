@@ -105,7 +105,7 @@ struct RawPaths {
 #[serde(deny_unknown_fields)]
 struct RawAccounts {
     uid_min: Option<toml::Spanned<u32>>,
-    uid_max: Option<u32>,
+    uid_max: Option<toml::Spanned<u32>>,
     #[serde(default)]
     allowed_groups: Vec<Name>,
     #[serde(default)]
@@ -208,7 +208,11 @@ impl Config {
             runtime_dir,
         };
 
-        let uid_max = raw.accounts.uid_max.unwrap_or(login_max);
+        let uid_max_span = raw.accounts.uid_max.as_ref().map(toml::Spanned::span);
+        let uid_max = raw
+            .accounts
+            .uid_max
+            .map_or(login_max, toml::Spanned::into_inner);
         let uid_min = match raw.accounts.uid_min {
             Some(spanned) => {
                 let span = spanned.span();
@@ -223,7 +227,17 @@ impl Config {
                 }
                 v
             }
-            None => login_min.min(uid_max),
+            None if login_min > uid_max => {
+                return Err(invalid(
+                    file,
+                    text,
+                    uid_max_span.unwrap_or(0..0),
+                    format!(
+                        "uid_max ({uid_max}) is below the default uid_min ({login_min}, from /etc/login.defs); set uid_min too"
+                    ),
+                ));
+            }
+            None => login_min,
         };
         let names = |v: Vec<Name>| v.into_iter().map(|n| n.0).collect::<Vec<_>>();
         let policy = Policy {

@@ -44,6 +44,12 @@ fn setup(path: &Path, reason: impl Into<String>) -> Error {
 /// SIGTERM or SIGINT.
 pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
     let config = Config::load_or_default(config_path.as_deref())?;
+    // Reload re-reads the file the daemon started from; if that file goes
+    // away, a reload fails loudly instead of falling back to defaults.
+    let reload_from = config_path.or_else(|| {
+        let default = Path::new(config::DEFAULT_PATH);
+        default.exists().then(|| default.to_owned())
+    });
     prepare_dirs(&config)?;
     let root = ProfilesRoot::open(&config.paths.profiles_dir, config.limits.max_record_bytes)?;
     let socket = config.paths.socket.clone();
@@ -68,7 +74,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&state, config_path.as_deref()),
+            _ = hup.recv() => reload(&state, reload_from.as_deref()),
         }
     }
     tracing::info!("stopping: finishing requests in flight");
@@ -83,12 +89,19 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
 
 /// Re-reads the config; a bad one is refused and the old one stays.
 fn reload(state: &AppState, path: Option<&Path>) {
-    match Config::load_or_default(path) {
+    let loaded = match path {
+        Some(p) => Config::load(p),
+        None => Config::load_or_default(None),
+    };
+    match loaded {
         Ok(new) => {
             let old = state.config();
-            if new.paths != old.paths || new.limits.max_body_bytes != old.limits.max_body_bytes {
+            if new.paths != old.paths
+                || new.limits.max_body_bytes != old.limits.max_body_bytes
+                || new.limits.max_record_bytes != old.limits.max_record_bytes
+            {
                 tracing::warn!(
-                    "config reloaded; changes to [paths] and limits.max_body_bytes take effect at the next restart"
+                    "config reloaded; changes to [paths], limits.max_body_bytes and limits.max_record_bytes take effect at the next restart"
                 );
             } else {
                 tracing::info!("config reloaded");
@@ -150,7 +163,7 @@ fn ensure_root_dir(path: &Path, mode: u32) -> Result<(), Error> {
             ),
         ));
     }
-    Ok(())
+    Ok(profile::check_ancestors(path)?)
 }
 
 /// Binds the API socket (mode 0666: the kernel's peer credentials, not the

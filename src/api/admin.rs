@@ -3,15 +3,14 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::extract::{ApiJson, ApiQuery, Caller, UserQuery};
+use super::extract::{AdminCaller, ApiJson, ApiPath, ApiQuery, Caller, UserQuery};
 use super::{ApiError, AppState, blocking};
 use crate::accounts::{self, Account, Eligibility, UserId};
-use crate::audit::Auditor;
-use crate::profile::{ProfileListing, ProfileState};
+use crate::profile::{AdoptReport, ProfileListing, ProfileState, Provenance};
 use crate::store::Problem;
 
 #[derive(Serialize)]
@@ -61,16 +60,28 @@ pub(super) async fn me(
             problems: Vec::new(),
         }));
     }
-    let profiles_dir = st.config().paths.profiles_dir.clone();
+    let config = st.config();
     blocking(move || {
         st.with_store(&caller, q.user.as_deref(), |s| {
             let account = s.dir().account();
             s.audit_access("profile.status", &account.name);
+            let role = if acting_on_self || !config.policy.is_admin(account)? {
+                role
+            } else {
+                "admin".to_owned()
+            };
             Ok(Json(Me {
                 user: account.name.clone(),
                 uid: account.uid,
-                role: if acting_on_self { role } else { "user".into() },
-                profile: Some(profiles_dir.join(&account.name).display().to_string()),
+                role,
+                profile: Some(
+                    config
+                        .paths
+                        .profiles_dir
+                        .join(&account.name)
+                        .display()
+                        .to_string(),
+                ),
                 note: None,
                 problems: s.problems(),
             }))
@@ -92,25 +103,10 @@ pub struct ProfileRow {
     pub detail: String,
 }
 
-fn require_admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.admin {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "admin_only",
-            format!(
-                "{} is not an admin; admins are root, the accounts in `admins` and members of `admin_group`",
-                caller.account.name
-            ),
-        ))
-    }
-}
-
 pub(super) async fn list_profiles(
     State(st): State<Arc<AppState>>,
-    caller: Caller,
+    AdminCaller(_): AdminCaller,
 ) -> Result<Json<Vec<ProfileRow>>, ApiError> {
-    require_admin(&caller)?;
     blocking(move || {
         let policy = st.config().policy.clone();
         let rows = st
@@ -132,10 +128,12 @@ fn row(l: ProfileListing, policy: &accounts::Policy) -> Result<ProfileRow, ApiEr
         )
     } else {
         match accounts::by_name(&l.name) {
-            Err(_) | Ok(None) => (
+            // A name that cannot be an account, or no such account.
+            Err(accounts::Error::InvalidName(_)) | Ok(None) => (
                 "no_account",
                 "no account has this name; archive or remove the directory".to_owned(),
             ),
+            Err(e) => return Err(e.into()),
             Ok(Some(account)) => match policy.eligibility(&account)? {
                 Eligibility::Ineligible(reason) => ("ineligible", reason),
                 Eligibility::Eligible if l.owner == account.uid => ("ok", String::new()),
@@ -182,6 +180,28 @@ pub struct ProfileChange {
     pub skipped: Vec<String>,
 }
 
+impl ProfileChange {
+    fn new(account: &Account, outcome: &str) -> ProfileChange {
+        ProfileChange {
+            user: account.name.clone(),
+            outcome: outcome.to_owned(),
+            previous_owner: None,
+            repaired: 0,
+            skipped: Vec::new(),
+        }
+    }
+
+    fn adopted(account: &Account, report: AdoptReport) -> ProfileChange {
+        ProfileChange {
+            user: account.name.clone(),
+            outcome: "adopted".to_owned(),
+            previous_owner: report.previous_owner,
+            repaired: report.repaired,
+            skipped: report.skipped,
+        }
+    }
+}
+
 fn eligible_account(st: &AppState, name: &str) -> Result<Account, ApiError> {
     let account = accounts::by_name(name)?
         .ok_or_else(|| ApiError::not_found(format!("no account named {name:?}")))?;
@@ -193,67 +213,42 @@ fn eligible_account(st: &AppState, name: &str) -> Result<Account, ApiError> {
 
 pub(super) async fn create_profile(
     State(st): State<Arc<AppState>>,
-    caller: Caller,
+    AdminCaller(caller): AdminCaller,
     ApiJson(body): ApiJson<CreateProfile>,
 ) -> Result<(StatusCode, Json<ProfileChange>), ApiError> {
-    require_admin(&caller)?;
     blocking(move || {
         let account = eligible_account(&st, &body.user)?;
-        let (profile, created) = st.root.ensure_profile(&account)?;
-        let outcome = if created { "created" } else { "existing" };
-        if created {
-            st.audit_provision(&caller.account.name, &profile, "profile.create");
-        }
-        let status = if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
+        let (profile, provenance) = st.root.ensure_profile(&account)?;
+        st.audit_provenance(&caller.account.name, &profile, &provenance);
+        let (status, change) = match provenance {
+            Provenance::Created => (StatusCode::CREATED, ProfileChange::new(&account, "created")),
+            Provenance::Existing => (StatusCode::OK, ProfileChange::new(&account, "existing")),
+            Provenance::Adopted(report) => {
+                (StatusCode::OK, ProfileChange::adopted(&account, report))
+            }
         };
-        Ok((
-            status,
-            Json(ProfileChange {
-                user: account.name,
-                outcome: outcome.to_owned(),
-                previous_owner: None,
-                repaired: 0,
-                skipped: Vec::new(),
-            }),
-        ))
+        Ok((status, Json(change)))
     })
     .await
 }
 
 pub(super) async fn adopt_profile(
     State(st): State<Arc<AppState>>,
-    caller: Caller,
-    Path(user): Path<String>,
+    AdminCaller(caller): AdminCaller,
+    ApiPath(user): ApiPath<String>,
 ) -> Result<Json<ProfileChange>, ApiError> {
-    require_admin(&caller)?;
     blocking(move || {
         let account = eligible_account(&st, &user)?;
         let report = st.root.adopt(&account)?;
-        let profile = st.root.open_profile(&account)?.ok_or_else(|| {
+        let (profile, _) = st.root.open_profile(&account)?.ok_or_else(|| {
             ApiError::internal(format!("{user}'s profile vanished while being adopted"))
         })?;
-        let result = format!(
-            "ok: previous owner uid {}, {} entries repaired, {} left as they were",
-            report.previous_owner.map_or(0, |u| u.0),
-            report.repaired,
-            report.skipped.len()
+        st.audit_provenance(
+            &caller.account.name,
+            &profile,
+            &Provenance::Adopted(report.clone()),
         );
-        Auditor {
-            system: st.system_log(),
-            actor: &caller.account.name,
-            on_behalf: true,
-        }
-        .record(&profile, "profile.adopt", &user, &result);
-        Ok(Json(ProfileChange {
-            user: account.name,
-            outcome: "adopted".into(),
-            previous_owner: report.previous_owner,
-            repaired: report.repaired,
-            skipped: report.skipped,
-        }))
+        Ok(Json(ProfileChange::adopted(&account, report)))
     })
     .await
 }

@@ -53,6 +53,32 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     }
 }
 
+/// A caller that must be an admin; anyone else is refused before the
+/// request body is even read.
+#[derive(Clone, Debug)]
+pub struct AdminCaller(pub Caller);
+
+impl FromRequestParts<Arc<AppState>> for AdminCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<AdminCaller, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if !caller.admin {
+            return Err(ApiError::forbidden(
+                "admin_only",
+                format!(
+                    "{} is not an admin; admins are root, the accounts in `admins` and members of `admin_group`",
+                    caller.account.name
+                ),
+            ));
+        }
+        Ok(AdminCaller(caller))
+    }
+}
+
 /// Resolves `uid` to a caller, or the 403 that explains why it is not one.
 pub fn identify(uid: UserId, policy: &Policy) -> Result<Caller, ApiError> {
     let account = accounts::by_uid(uid)?.ok_or_else(|| {
@@ -76,6 +102,25 @@ pub fn identify(uid: UserId, policy: &Policy) -> Result<Caller, ApiError> {
             admin,
             ineligible,
         }),
+    }
+}
+
+/// A path parameter; a bad one (not UTF-8) answers problem+json 400.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(rejection) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                rejection.body_text(),
+            )),
+        }
     }
 }
 

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 
-use super::extract::{ApiJson, ApiQuery, Caller, UserQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, UserQuery};
 use super::{ApiError, AppState, blocking, page_size};
 use crate::store::{Memory, MemoryUpdate, NewMemory, Page};
 
@@ -53,7 +53,7 @@ pub(super) async fn list(
 pub(super) async fn show(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UserQuery>,
 ) -> Result<Json<Memory>, ApiError> {
     blocking(move || {
@@ -69,7 +69,7 @@ pub(super) async fn show(
 pub(super) async fn update(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UserQuery>,
     ApiJson(update): ApiJson<MemoryUpdate>,
 ) -> Result<Json<Memory>, ApiError> {
@@ -84,7 +84,7 @@ pub(super) async fn update(
 pub(super) async fn remove(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UserQuery>,
 ) -> Result<StatusCode, ApiError> {
     blocking(move || {

@@ -26,7 +26,7 @@ use axum::routing::{get, post};
 use crate::accounts::{self, Eligibility};
 use crate::audit::{self, Auditor, SystemLog};
 use crate::config::Config;
-use crate::profile::{ProfileDir, ProfilesRoot};
+use crate::profile::{AdoptReport, ProfileDir, ProfilesRoot, Provenance};
 use crate::store::Store;
 use crate::timefmt;
 
@@ -104,7 +104,7 @@ impl AppState {
                 {
                     return Err(ApiError::new(StatusCode::CONFLICT, "not_eligible", reason));
                 }
-                let profile = self.root.open_profile(&account)?.ok_or_else(|| {
+                let (profile, provenance) = self.root.open_profile(&account)?.ok_or_else(|| {
                     ApiError::new(
                         StatusCode::NOT_FOUND,
                         "no_profile",
@@ -113,6 +113,7 @@ impl AppState {
                         ),
                     )
                 })?;
+                self.audit_provenance(&caller.account.name, &profile, &provenance);
                 Ok((profile, true))
             }
             _ => {
@@ -124,34 +125,53 @@ impl AppState {
                         ),
                     ));
                 }
-                let (profile, created) = self.root.ensure_profile(&caller.account)?;
-                if created {
-                    self.audit_provision(&caller.account.name, &profile, "profile.create");
-                }
+                let (profile, provenance) = self.root.ensure_profile(&caller.account)?;
+                self.audit_provenance(&caller.account.name, &profile, &provenance);
                 Ok((profile, false))
             }
         }
     }
 
-    /// Records the creation or adoption of `profile` in its own log and
-    /// the system log: both are acts of the daemon on the account's behalf.
-    fn audit_provision(&self, actor: &str, profile: &ProfileDir, action: &str) {
+    /// Records the creation or adoption of `profile` in its own log and in
+    /// the system log; an existing profile records nothing.
+    fn audit_provenance(&self, actor: &str, profile: &ProfileDir, provenance: &Provenance) {
+        let (action, result) = match provenance {
+            Provenance::Existing => return,
+            Provenance::Created => ("profile.create", "ok".to_owned()),
+            Provenance::Adopted(report) => ("profile.adopt", adoption_result(report)),
+        };
         let user = profile.account().name.as_str();
         Auditor {
             system: &self.system_log,
             actor,
             on_behalf: false,
         }
-        .record(profile, action, user, "ok");
+        .record(profile, action, user, &result);
         self.system_log.append(&audit::Line {
             time: timefmt::now_rfc3339(),
             actor,
             user,
             action,
             target: user,
-            result: "ok",
+            result: &result,
         });
     }
+}
+
+/// The audit result of an adoption: what changed and what was left.
+fn adoption_result(report: &AdoptReport) -> String {
+    let mut out = format!(
+        "ok: previous owner uid {}, {} entries repaired",
+        report.previous_owner.map_or(0, |u| u.0),
+        report.repaired
+    );
+    if !report.skipped.is_empty() {
+        out.push_str(&format!(
+            "; left as they were: {}",
+            report.skipped.join("; ")
+        ));
+    }
+    out
 }
 
 /// Runs blocking work (file I/O, NSS, fsync) off the async threads.

@@ -8,7 +8,7 @@ use profiled::config::Config;
 
 /// Per-account AI-assistant profiles on a shared Linux host.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// The system config (default /etc/profiled/profiled.toml, or the
     /// built-in defaults when that file does not exist).
@@ -34,6 +34,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match args.command.unwrap_or(Command::Run) {
         Command::CheckConfig => match Config::load_or_default(args.config.as_deref()) {

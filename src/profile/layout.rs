@@ -19,8 +19,8 @@ pub const LAYOUT_DIRS: &[&str] = &[
 
 /// `profile.toml` of a new profile: every setting commented, so the file
 /// documents itself.
-pub const PROFILE_TOML: &str = r#"# Your profiled settings. Edit freely; an invalid file keeps the last good
-# settings in force and `profilectl status` tells you the file and line.
+pub const PROFILE_TOML: &str = r#"# Your profiled settings. Edit freely; if something here is wrong,
+# `profilectl status` names the line and what to fix.
 
 # The name your assistant calls you.
 # display_name = "Alice"

@@ -14,7 +14,9 @@ mod sys;
 
 pub use dir::{Entry, EntryKind, ProfileDir, WriteMode};
 pub use layout::LAYOUT_DIRS;
-pub use root::{AdoptReport, ProfileListing, ProfileState, ProfilesRoot};
+pub use root::{
+    AdoptReport, ProfileListing, ProfileState, ProfilesRoot, Provenance, check_ancestors,
+};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -119,8 +121,9 @@ pub enum Error {
         /// The account's uid.
         expected: UserId,
     },
-    /// The profiles root is unsafe; the daemon refuses to start.
-    #[error("unsafe profiles root {}: {reason}; fix: {fix}", path.display())]
+    /// The profiles root, or a directory above it or above the state or
+    /// runtime directory, is unsafe; the daemon refuses to start.
+    #[error("unsafe directory {}: {reason}; fix: {fix}", path.display())]
     UnsafeRoot {
         /// The path.
         path: PathBuf,

@@ -45,6 +45,17 @@ pub enum ProfileState {
     NotADirectory,
 }
 
+/// How an opened profile came to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Provenance {
+    /// It was there, owned by the account.
+    Existing,
+    /// It was provisioned now.
+    Created,
+    /// A root-owned tree was adopted now.
+    Adopted(AdoptReport),
+}
+
 /// What an adoption changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AdoptReport {
@@ -90,14 +101,7 @@ impl ProfilesRoot {
             source: e.into(),
         })?;
         check_root_owned(path, st.st_uid, st.st_mode, false)?;
-        for ancestor in path.ancestors().skip(1) {
-            let md = std::fs::metadata(ancestor).map_err(|source| Error::Io {
-                path: ancestor.display().to_string(),
-                op: "stat an ancestor of the profiles root",
-                source,
-            })?;
-            check_root_owned(ancestor, md.uid(), md.mode(), true)?;
-        }
+        check_ancestors(path)?;
         let root = ProfilesRoot {
             fd,
             path: path.to_owned(),
@@ -114,9 +118,10 @@ impl ProfilesRoot {
 
     /// Opens `account`'s profile. `Ok(None)` when it does not exist. A tree
     /// owned by root (placed by an admin, e.g. a copy of an example profile)
-    /// is adopted: ownership and modes repaired, content kept. A tree owned
-    /// by another uid is an [`Error::Conflict`].
-    pub fn open_profile(&self, account: &Account) -> Result<Option<ProfileDir>> {
+    /// is adopted: ownership and modes repaired, content kept, missing
+    /// layout directories added. A tree owned by another uid is an
+    /// [`Error::Conflict`].
+    pub fn open_profile(&self, account: &Account) -> Result<Option<(ProfileDir, Provenance)>> {
         let name = account.name.as_str();
         let fd = match open_dir_beneath(&self.fd, name) {
             Ok(fd) => fd,
@@ -129,7 +134,8 @@ impl ProfilesRoot {
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))
                     .map_err(|e| errno(name, "chmod", e))?;
             }
-            return Ok(Some(ProfileDir::new(fd, account.clone(), self.max_file)));
+            let profile = ProfileDir::new(fd, account.clone(), self.max_file);
+            return Ok(Some((profile, Provenance::Existing)));
         }
         if st.st_uid != 0 {
             return Err(Error::Conflict {
@@ -139,24 +145,24 @@ impl ProfilesRoot {
             });
         }
         let profile = ProfileDir::new(fd, account.clone(), self.max_file);
-        adopt_tree(&profile, &[UserId::ROOT])?;
-        Ok(Some(profile))
+        let mut report = adopt_tree(&profile, &[UserId::ROOT])?;
+        report.previous_owner = Some(UserId::ROOT);
+        complete_layout(&profile)?;
+        Ok(Some((profile, Provenance::Adopted(report))))
     }
 
-    /// Opens `account`'s profile, provisioning it when missing. The flag
-    /// says whether it was created now.
-    pub fn ensure_profile(&self, account: &Account) -> Result<(ProfileDir, bool)> {
-        if let Some(p) = self.open_profile(account)? {
-            return Ok((p, false));
+    /// Opens `account`'s profile, provisioning it when missing.
+    pub fn ensure_profile(&self, account: &Account) -> Result<(ProfileDir, Provenance)> {
+        if let Some(opened) = self.open_profile(account)? {
+            return Ok(opened);
         }
         match self.provision(account) {
-            Ok(p) => Ok((p, true)),
+            Ok(p) => Ok((p, Provenance::Created)),
             // Another request provisioned it first.
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
-                let p = self.open_profile(account)?.ok_or_else(|| Error::NotFound {
+                self.open_profile(account)?.ok_or_else(|| Error::NotFound {
                     path: account.name.clone(),
-                })?;
-                Ok((p, false))
+                })
             }
             Err(e) => Err(e),
         }
@@ -176,9 +182,7 @@ impl ProfilesRoot {
             let fd = open_dir_beneath(&self.fd, &tmp)?;
             chown(&fd, account, 0o700).map_err(|e| errno(&tmp, "chown", e))?;
             let profile = ProfileDir::new(fd, account.clone(), self.max_file);
-            for dir in LAYOUT_DIRS {
-                profile.ensure_dir(dir)?;
-            }
+            complete_layout(&profile)?;
             profile.write(
                 "profile.toml",
                 PROFILE_TOML.as_bytes(),
@@ -221,6 +225,7 @@ impl ProfilesRoot {
         let profile = ProfileDir::new(fd, account.clone(), self.max_file);
         let mut report = adopt_tree(&profile, &[UserId::ROOT, previous])?;
         report.previous_owner = Some(previous);
+        complete_layout(&profile)?;
         Ok(report)
     }
 
@@ -266,6 +271,28 @@ impl ProfilesRoot {
             }
         }
     }
+}
+
+/// Adds the layout directories a profile lacks (0700, owned by the account).
+fn complete_layout(profile: &ProfileDir) -> Result<()> {
+    for dir in LAYOUT_DIRS {
+        profile.ensure_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Refuses `path` if a directory above it could be changed by someone other
+/// than root: whoever can rename an ancestor can swap what lies below it.
+pub fn check_ancestors(path: &Path) -> Result<()> {
+    for ancestor in path.ancestors().skip(1) {
+        let md = std::fs::metadata(ancestor).map_err(|source| Error::Io {
+            path: ancestor.display().to_string(),
+            op: "stat an ancestor directory",
+            source,
+        })?;
+        check_root_owned(ancestor, md.uid(), md.mode(), true)?;
+    }
+    Ok(())
 }
 
 /// Refuses `path` unless root owns it and nobody else can write to it (a

@@ -49,7 +49,26 @@ pub(super) fn open_beneath(
 
 /// Opens the directory `rel` beneath `dir`.
 pub(super) fn open_dir_beneath(dir: impl AsFd, rel: &str) -> Result<OwnedFd> {
-    open_beneath(dir, rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+    let dir = dir.as_fd();
+    match open_beneath(dir, rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()) {
+        // O_DIRECTORY|O_NOFOLLOW answers ENOTDIR for a final link; say
+        // "link", which is what the person placed there.
+        Err(Error::Refused {
+            reason: Refusal::NotADirectory,
+            ..
+        }) if is_link(dir, rel) => Err(Error::Refused {
+            path: rel.to_owned(),
+            reason: Refusal::Symlink,
+        }),
+        other => other,
+    }
+}
+
+/// Whether `rel` beneath `dir` is itself a symbolic link.
+fn is_link(dir: impl AsFd, rel: &str) -> bool {
+    open_beneath(dir, rel, OFlags::PATH, Mode::empty())
+        .and_then(|fd| stat(&fd, rel))
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
 }
 
 /// `fstat`, with the path for the error.

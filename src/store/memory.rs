@@ -114,7 +114,16 @@ impl Store<'_> {
             problems: Vec::new(),
         };
         let cursor_month = before.and_then(month_of);
-        'walk: for (year, month) in self.months()? {
+        // An unusable tree (a refused directory) is a problem to report,
+        // not a failure of the whole listing.
+        let months = match self.months() {
+            Ok(m) => m,
+            Err(e) => {
+                page.problems.extend(problem_of(e));
+                return Ok(page);
+            }
+        };
+        'walk: for (year, month) in months {
             if let Some(c) = &cursor_month
                 && (year.as_str(), month.as_str()) > (c.0.as_str(), c.1.as_str())
             {

@@ -116,9 +116,9 @@ impl<'a> Store<'a> {
     fn read_text(&self, rel: &str) -> Result<String> {
         let bytes = match self.dir.read(rel) {
             Ok(b) => b,
-            Err(e @ profile::Error::Refused { .. }) => {
-                self.audit("read", rel, &format!("refused: {e}"));
-                return Err(e.into());
+            Err(profile::Error::Refused { path, reason }) => {
+                self.audit("read", rel, &format!("refused: {reason}"));
+                return Err(profile::Error::Refused { path, reason }.into());
             }
             Err(e) => return Err(e.into()),
         };
@@ -243,7 +243,7 @@ fn record_stems(entries: Vec<profile::Entry>) -> Vec<String> {
 /// Checks a list of tags from a request.
 fn check_tags(tags: &[String]) -> Result<()> {
     for t in tags {
-        if t.trim().is_empty() || t.len() > 64 || t.chars().any(char::is_control) {
+        if t.trim().is_empty() || t.chars().count() > 64 || t.chars().any(char::is_control) {
             return Err(Error::Input {
                 field: "tags".into(),
                 reason: format!("tag {t:?} must be 1 to 64 characters without control characters"),

@@ -144,7 +144,14 @@ impl Store<'_> {
             next: None,
             problems: Vec::new(),
         };
-        for stem in self.task_stems()? {
+        let stems = match self.task_stems() {
+            Ok(s) => s,
+            Err(e) => {
+                page.problems.extend(problem_of(e));
+                return Ok(page);
+            }
+        };
+        for stem in stems {
             if before.is_some_and(|b| stem.as_str() >= b) {
                 continue;
             }
@@ -191,7 +198,7 @@ impl Store<'_> {
             front.due = parse_due(Some(&due).filter(|d| !d.is_empty()).map(String::as_str))?;
         }
         if let Some(n) = patch.notes {
-            notes = n;
+            notes = normalize_notes(n);
         }
         front.id = Some(id.to_owned());
         front.updated = Some(timefmt::now_toml());
@@ -318,11 +325,22 @@ fn check_title(title: &str) -> Result<()> {
 }
 
 fn parse_due(due: Option<&str>) -> Result<Option<Datetime>> {
-    due.map(|d| {
-        d.parse::<Datetime>().map_err(|_| Error::Input {
+    due.map(|d| match d.parse::<Datetime>() {
+        // A bare time of day has no day to be due on.
+        Ok(dt) if dt.date.is_some() => Ok(dt),
+        _ => Err(Error::Input {
             field: "due".into(),
             reason: format!("{d:?} is not a date; write 2026-12-01 or 2026-12-01T09:00:00Z"),
-        })
+        }),
     })
     .transpose()
+}
+
+/// Notes as stored: ending in a newline, like every text file.
+fn normalize_notes(notes: String) -> String {
+    if notes.is_empty() || notes.ends_with('\n') {
+        notes
+    } else {
+        notes + "\n"
+    }
 }

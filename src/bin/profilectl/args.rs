@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 /// profilectl: your profiled profile from the shell. The daemon knows who
 /// you are from the socket; no password is needed.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 pub struct Args {
     /// The daemon's socket.
     #[arg(long, global = true, env = "PROFILED_SOCKET", default_value = profiled::client::DEFAULT_SOCKET)]
@@ -59,6 +59,7 @@ pub enum Command {
     /// exits 1 on an error status.
     Api {
         /// GET, POST, PUT, PATCH or DELETE.
+        #[arg(value_parser = ["GET", "POST", "PUT", "PATCH", "DELETE", "get", "post", "put", "patch", "delete"])]
         method: String,
         /// The path and query, e.g. /v1/tasks?status=todo.
         path: String,
@@ -102,6 +103,9 @@ pub enum TaskCommand {
         /// How many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Start after this id (the `next` of a previous page).
+        #[arg(long)]
+        before: Option<String>,
     },
     /// Mark a task done.
     Done {

@@ -97,10 +97,17 @@ async fn run(args: Args) -> Result<(), Failure> {
                 .await?;
             out.created(&t.id, &t);
         }
-        Command::Task(TaskCommand::List { status, limit }) => {
+        Command::Task(TaskCommand::List {
+            status,
+            limit,
+            before,
+        }) => {
             let mut path = format!("/v1/tasks?limit={limit}");
             if let Some(s) = status {
                 path.push_str(&format!("&status={}", client::encode(&s)));
+            }
+            if let Some(b) = before {
+                path.push_str(&format!("&before={}", client::encode(&b)));
             }
             out.tasks(&client.get::<Page<Task>>(&path).await?);
         }
@@ -122,8 +129,9 @@ async fn run(args: Args) -> Result<(), Failure> {
             out.persona(&client.get::<Persona>("/v1/persona").await?)
         }
         Command::Persona(PersonaCommand::Set { key, value }) => {
+            check_persona_key(&key)?;
             let current: Value = client.get("/v1/persona").await?;
-            let updated = set_persona_key(current, &key, &value)?;
+            let updated = set_persona_key(current, &key, &value);
             let p: Persona = client.send(Method::PUT, "/v1/persona", &updated).await?;
             out.persona(&p);
         }
@@ -142,6 +150,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             out.profile_change(&c);
         }
         Command::Api { method, path, body } => {
+            // clap allows only the five methods the API uses.
             let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
                 .map_err(|_| Failure::Usage(format!("{method:?} is not an HTTP method")))?;
             let body = body
@@ -172,15 +181,21 @@ fn read_stdin() -> Result<String, Failure> {
     Ok(s)
 }
 
-/// Sets `key` in the persona JSON `current`; `values` takes a
-/// comma-separated list, an empty value removes the key.
-fn set_persona_key(mut current: Value, key: &str, value: &str) -> Result<Value, Failure> {
-    if !Persona::KEYS.contains(&key) {
-        return Err(Failure::Usage(format!(
+/// Refuses a persona key the daemon would refuse, before asking it.
+fn check_persona_key(key: &str) -> Result<(), Failure> {
+    if Persona::KEYS.contains(&key) {
+        Ok(())
+    } else {
+        Err(Failure::Usage(format!(
             "unknown persona key {key:?}; use one of: {}",
             Persona::KEYS.join(", ")
-        )));
+        )))
     }
+}
+
+/// Sets `key` in the persona JSON `current`; `values` takes a
+/// comma-separated list, an empty value removes the key.
+fn set_persona_key(mut current: Value, key: &str, value: &str) -> Value {
     let new = if key == "values" {
         Value::from(
             value
@@ -201,5 +216,5 @@ fn set_persona_key(mut current: Value, key: &str, value: &str) -> Result<Value, 
             obj.insert(key.to_owned(), new);
         }
     }
-    Ok(current)
+    current
 }

@@ -86,6 +86,9 @@ impl Output {
         for t in &page.items {
             self.task_line(t);
         }
+        if let Some(next) = &page.next {
+            println!("(more: --before {next})");
+        }
         problems(&page.problems, "");
     }
 
