@@ -79,6 +79,8 @@ pub struct Config {
     pub policy: Policy,
     /// Size limits.
     pub limits: Limits,
+    /// Provider keys: which providers may fall back to the host's key.
+    pub credentials: crate::creds::Settings,
 }
 
 #[derive(Deserialize, Default)]
@@ -90,6 +92,8 @@ struct RawConfig {
     accounts: RawAccounts,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    credentials: crate::creds::RawSettings,
 }
 
 #[derive(Deserialize, Default)]
@@ -265,6 +269,7 @@ impl Config {
             paths,
             policy,
             limits,
+            credentials: raw.credentials.into(),
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod audit;
 pub mod client;
 pub mod config;
+pub mod creds;
 pub mod daemon;
 pub mod profile;
 pub mod server;

@@ -83,7 +83,7 @@ pub(super) async fn me(
                         .to_string(),
                 ),
                 note: None,
-                problems: s.problems(),
+                problems: super::credentials::problems(&config.paths.state_dir, s),
             }))
         })
     })

@@ -6,6 +6,7 @@
 //! whose profile the request may touch (rule 4).
 
 mod admin;
+mod credentials;
 mod extract;
 mod memories;
 mod persona;
@@ -140,6 +141,7 @@ impl AppState {
             Provenance::Created => ("profile.create", "ok".to_owned()),
             Provenance::Adopted(report) => ("profile.adopt", adoption_result(report)),
         };
+        crate::creds::provision(&self.config().paths.state_dir, profile);
         let user = profile.account().name.as_str();
         Auditor {
             system: &self.system_log,
@@ -207,6 +209,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(admin::list_profiles).post(admin::create_profile),
         )
         .route("/v1/profiles/{user}/adopt", post(admin::adopt_profile))
+        .merge(credentials::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -24,6 +24,14 @@ enum Command {
     Run,
     /// Validate the config and exit 0 (valid) or 1 (invalid, with file:line).
     CheckConfig,
+    /// Re-encrypt credentials under new daemon identities; the old ones are
+    /// removed once the new files are safely written. Needs root, not the
+    /// daemon.
+    RotateKeys {
+        /// Only this account's identity (default: every identity, the host's too).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +60,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::RotateKeys { user } => {
+            profiled::creds::rotate_keys_cli(args.config.as_deref(), user.as_deref())
+        }
         Command::Run => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -222,6 +222,36 @@ impl ProfileDir {
         rustix::fs::fsync(&dir).map_err(|e| errno(rel, "fsync directory", e))
     }
 
+    /// Renames the entry `from` to `to` inside the profile, never over an
+    /// existing entry (`EEXIST`) and without following links (a link is
+    /// renamed itself), then fsyncs the directories. Both parents must
+    /// exist. Used to set a file aside byte for byte.
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        check_rel(from)?;
+        check_rel(to)?;
+        let (from_parent, from_name) = split_parent(from);
+        let (to_parent, to_name) = split_parent(to);
+        let open_parent = |parent: Option<&str>, rel: &str| match parent {
+            Some(p) => open_dir_beneath(&self.fd, p).map_err(|e| e.at(rel)),
+            None => self.dup(),
+        };
+        let from_dir = open_parent(from_parent, from)?;
+        let to_dir = open_parent(to_parent, to)?;
+        rustix::fs::renameat_with(
+            &from_dir,
+            from_name,
+            &to_dir,
+            to_name,
+            RenameFlags::NOREPLACE,
+        )
+        .map_err(|e| errno(from, "rename", e))?;
+        rustix::fs::fsync(&to_dir).map_err(|e| errno(to, "fsync directory", e))?;
+        if from_parent != to_parent {
+            rustix::fs::fsync(&from_dir).map_err(|e| errno(from, "fsync directory", e))?;
+        }
+        Ok(())
+    }
+
     /// Lists the directory `rel` (`""` for the profile itself), unsorted.
     /// Names that are not UTF-8 are left out.
     pub fn list(&self, rel: &str) -> Result<Vec<Entry>> {

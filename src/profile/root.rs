@@ -72,6 +72,10 @@ impl ProfilesRoot {
     /// missing. Refuses a root, or any ancestor, that someone other than
     /// root could change: such a root would let a user swap profiles.
     pub fn open(path: &Path, max_file: u64) -> Result<ProfilesRoot> {
+        ProfilesRoot::open_checked(path, max_file, true)
+    }
+
+    fn open_checked(path: &Path, max_file: u64, cleanup: bool) -> Result<ProfilesRoot> {
         if !path.exists() {
             std::fs::create_dir_all(path).map_err(|source| Error::Io {
                 path: path.display().to_string(),
@@ -107,8 +111,18 @@ impl ProfilesRoot {
             path: path.to_owned(),
             max_file,
         };
-        root.remove_stale_provisions();
+        if cleanup {
+            root.remove_stale_provisions();
+        }
         Ok(root)
+    }
+
+    /// Opens the profiles root like [`ProfilesRoot::open`], for tools that
+    /// may run beside the daemon (`profiled rotate-keys`): it leaves the
+    /// `.provision-*` directories alone, since they may be the daemon's
+    /// provisioning in flight.
+    pub fn open_beside_daemon(path: &Path, max_file: u64) -> Result<ProfilesRoot> {
+        ProfilesRoot::open_checked(path, max_file, false)
     }
 
     /// The path the root was opened at.

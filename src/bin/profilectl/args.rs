@@ -55,6 +55,9 @@ pub enum Command {
     /// Profiles on this host (admins).
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// Your provider API keys, encrypted with age in credentials.age.
+    #[command(subcommand)]
+    Creds(crate::creds::CredsCommand),
     /// Send a raw request, e.g. `profilectl api GET /v1/me`; prints the body,
     /// exits 1 on an error status.
     Api {

@@ -4,6 +4,7 @@
 //! 2 usage.
 
 mod args;
+mod creds;
 mod render;
 
 use std::io::Read;
@@ -149,6 +150,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             let c: ProfileChange = client.send(Method::POST, &path, &json!({})).await?;
             out.profile_change(&c);
         }
+        Command::Creds(cmd) => creds::run(&client, &out, cmd).await?,
         Command::Api { method, path, body } => {
             // clap allows only the five methods the API uses.
             let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())

@@ -1,0 +1,56 @@
+//! Credentials: each account's provider API keys, age-encrypted.
+//!
+//! `profiles/<user>/credentials.age` maps a provider name to a secret and
+//! its metadata. It is encrypted (age, X25519) to the account's daemon
+//! identity in `<state_dir>/keys/<user>.key` and to the recipients the
+//! account added (an age or SSH public key of theirs), so a copied profile
+//! leaks nothing and its owner can open it offline with the age CLI. The
+//! host's `<state_dir>/credentials.age` (identity `keys/.host.key`) is the
+//! admin-managed fallback. See docs/FORMATS.md.
+//!
+//! One job per file:
+//!
+//! - `error`: the module's one error type;
+//! - `secret`: [`Secret`], a zeroizing, never-printed string;
+//! - `format`: the plaintext inside the age envelope, and the envelope;
+//! - `keys`: the identities and locks in `keys/`;
+//! - `statefs`: root-owned files of the state directory;
+//! - `vault`: reading and changing a credentials file ([`Vault`]);
+//! - `resolve`: the agents' lookup, with fallback and `last_used`;
+//! - `rotate`: `profiled rotate-keys`;
+//! - `settings`: the `[credentials]` config section.
+
+mod error;
+mod format;
+mod keys;
+mod resolve;
+mod rotate;
+mod secret;
+mod settings;
+mod statefs;
+mod vault;
+
+pub use error::{Error, Result};
+pub use format::{EntryInfo, MAX_RECIPIENTS, RESERVED_PROVIDERS, check_provider};
+pub use keys::KeyStore;
+pub use resolve::{LAST_USED_GRANULARITY, Resolved, Source};
+pub use rotate::{Rotation, rotate_keys, run_cli as rotate_keys_cli};
+pub use secret::{MAX_SECRET_BYTES, Secret};
+pub use settings::{Fallback, RawSettings, Settings};
+pub use vault::{FILE, Listing, NewKey, Place, Revealed, Vault};
+
+use std::path::Path;
+
+use crate::profile::ProfileDir;
+
+/// Makes the daemon identity of a profile just created or adopted (the
+/// provisioning hook). Failures are logged: the identity is made on first
+/// use anyway.
+pub fn provision(state_dir: &Path, profile: &ProfileDir) {
+    if let Err(e) = Vault::open(state_dir).and_then(|v| v.provision(profile)) {
+        tracing::error!(
+            "could not make the daemon identity of {}: {e}; it will be made on first use",
+            profile.account().name
+        );
+    }
+}
