@@ -139,6 +139,84 @@ impl Account {
     }
 }
 
+impl Account {
+    /// Why the account may not log in any more, if it may not: its password
+    /// is locked (`passwd -l`, `usermod -L`) or the account has expired
+    /// (`chage -E`). Read from the shadow database through NSS, afresh on
+    /// every call, so existing sessions stop the moment an admin locks it.
+    pub fn login_blocked(&self) -> Result<Option<String>, Error> {
+        let Some(entry) = shadow_entry(&self.name)? else {
+            return Ok(None);
+        };
+        if entry.password_locked {
+            return Ok(Some(format!("the account {} is locked", self.name)));
+        }
+        let today = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 86_400);
+        if let Some(expire) = entry.expire_day
+            && expire <= today
+        {
+            return Ok(Some(format!("the account {} has expired", self.name)));
+        }
+        Ok(None)
+    }
+}
+
+/// What the shadow database says about an account.
+struct ShadowEntry {
+    password_locked: bool,
+    expire_day: Option<u64>,
+}
+
+/// The account's shadow entry (`getspnam_r`); `None` when it has none.
+fn shadow_entry(name: &str) -> Result<Option<ShadowEntry>, Error> {
+    let cname = CString::new(name).map_err(|_| Error::InvalidName(name.to_owned()))?;
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: an all-zero `spwd` is a valid value of a plain C struct of
+        // pointers and integers; getspnam_r overwrites it before we read it.
+        let mut entry: libc::spwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::spwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call: `cname` is a
+        // NUL-terminated string, `entry` and `result` are live locals, and
+        // `buf` is a live buffer of the length passed. The strings the entry
+        // points to live in `buf`, which outlives their use below.
+        let rc = unsafe {
+            libc::getspnam_r(
+                cname.as_ptr(),
+                &mut entry,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc == libc::ENOENT || (rc == 0 && result.is_null()) {
+            return Ok(None);
+        }
+        if rc != 0 {
+            return Err(Error::Nss {
+                what: format!("the shadow entry of {name:?}"),
+                source: nix::Error::from_raw(rc),
+            });
+        }
+        // SAFETY: on success `sp_pwdp` is either null or a NUL-terminated
+        // string inside `buf`, which is still alive.
+        let locked = !entry.sp_pwdp.is_null()
+            && unsafe { std::ffi::CStr::from_ptr(entry.sp_pwdp) }
+                .to_bytes()
+                .starts_with(b"!");
+        return Ok(Some(ShadowEntry {
+            password_locked: locked,
+            expire_day: u64::try_from(entry.sp_expire).ok().filter(|d| *d > 0),
+        }));
+    }
+}
+
 /// The gid of the group named `name`, if there is one.
 pub fn group_id(name: &str) -> Result<Option<GroupId>, Error> {
     let group = Group::from_name(name).map_err(|source| Error::Nss {

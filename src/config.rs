@@ -3,9 +3,12 @@
 //! Every error names the file, the line and the key, so an admin can go
 //! straight to the mistake; an unknown key is an error, not silently ignored.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::num::NonZeroU64;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -57,6 +60,43 @@ impl Paths {
     }
 }
 
+/// The loopback TCP listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tcp {
+    /// Where to listen (loopback only); `None` when disabled.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Logins, sessions and tokens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Auth {
+    /// The PAM service (a file in /etc/pam.d).
+    pub pam_service: String,
+    /// PAM conversations run at once; more wait their turn.
+    pub max_concurrent_logins: usize,
+    /// A session unused this long expires.
+    pub session_idle: Duration,
+    /// A session expires this long after login, used or not.
+    pub session_max: Duration,
+    /// The longest lifetime a personal token may ask for.
+    pub token_max: Duration,
+    /// Failed logins allowed before delays start (per account).
+    pub login_free_attempts: u32,
+    /// Failed logins allowed from one client address before delays start.
+    pub client_free_attempts: u32,
+    /// The longest delay a run of failed logins earns.
+    pub login_max_delay: Duration,
+}
+
+/// A per-account request rate: a token bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    /// Tokens added per second.
+    pub per_second: u32,
+    /// Bucket size: the burst allowed after a quiet spell.
+    pub burst: u32,
+}
+
 /// Size limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -66,6 +106,17 @@ pub struct Limits {
     pub max_record_bytes: u64,
     /// Largest page a listing returns.
     pub max_page_size: usize,
+    /// Request rate per account.
+    pub rate: Rate,
+    /// Per-account overrides of `rate`.
+    pub rate_overrides: BTreeMap<String, Rate>,
+}
+
+impl Limits {
+    /// The request rate of `user`.
+    pub fn rate_of(&self, user: &str) -> Rate {
+        self.rate_overrides.get(user).copied().unwrap_or(self.rate)
+    }
 }
 
 /// The whole validated configuration.
@@ -77,8 +128,12 @@ pub struct Config {
     pub paths: Paths,
     /// Who gets a profile and who is admin.
     pub policy: Policy,
-    /// Size limits.
+    /// Size and rate limits.
     pub limits: Limits,
+    /// The TCP listener.
+    pub tcp: Tcp,
+    /// Logins, sessions and tokens.
+    pub auth: Auth,
     /// Provider keys: which providers may fall back to the host's key.
     pub credentials: crate::creds::Settings,
 }
@@ -93,7 +148,37 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    tcp: RawTcp,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
     credentials: crate::creds::RawSettings,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTcp {
+    listen: Option<ListenAddr>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    pam_service: Option<Name>,
+    max_concurrent_logins: Option<NonZeroU64>,
+    session_idle_timeout: Option<HumanDuration>,
+    session_max_lifetime: Option<HumanDuration>,
+    token_max_lifetime: Option<HumanDuration>,
+    login_free_attempts: Option<u32>,
+    client_free_attempts: Option<u32>,
+    login_max_delay: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    requests_per_second: NonZeroU64,
+    request_burst: NonZeroU64,
 }
 
 #[derive(Deserialize, Default)]
@@ -125,6 +210,10 @@ struct RawLimits {
     max_body_bytes: Option<NonZeroU64>,
     max_record_bytes: Option<NonZeroU64>,
     max_page_size: Option<NonZeroU64>,
+    requests_per_second: Option<NonZeroU64>,
+    request_burst: Option<NonZeroU64>,
+    #[serde(default)]
+    per_user: BTreeMap<String, RawRate>,
 }
 
 /// A path that must be absolute; relative ones are refused at parse time so
@@ -142,6 +231,60 @@ impl<'de> Deserialize<'de> for AbsolutePath {
         }
         Ok(AbsolutePath(p))
     }
+}
+
+/// `listen`: a loopback socket address, or `""` to switch TCP off. A
+/// non-loopback address is refused: the API trusts loopback only.
+struct ListenAddr(Option<SocketAddr>);
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Ok(ListenAddr(None));
+        }
+        let addr: SocketAddr = s.parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not an address:port; write e.g. \"127.0.0.1:7733\" or \"[::1]:7733\""
+            ))
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(serde::de::Error::custom(format!(
+                "{addr} is not a loopback address; profiled listens on 127.0.0.1 or ::1 only \
+                 (put a reverse proxy in front for anything else)"
+            )));
+        }
+        Ok(ListenAddr(Some(addr)))
+    }
+}
+
+/// A duration written as a number and a unit: `90s`, `15m`, `8h`, `30d`.
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(HumanDuration).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration; write a number and a unit, e.g. \"90s\", \"15m\", \"8h\", \"30d\""
+            ))
+        })
+    }
+}
+
+/// Parses `90s`, `15m`, `8h`, `30d` (a positive whole number and a unit).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let unit = s.chars().last()?;
+    let n: u64 = s[..s.len() - unit.len_utf8()].trim().parse().ok()?;
+    let secs = match unit {
+        's' => n,
+        'm' => n.checked_mul(60)?,
+        'h' => n.checked_mul(3600)?,
+        'd' => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 /// An account or group name.
@@ -258,10 +401,44 @@ impl Config {
         };
 
         let mib = 1024 * 1024;
+        let rate = |per_second: Option<NonZeroU64>, burst: Option<NonZeroU64>| Rate {
+            per_second: u32_of(per_second, 50),
+            burst: u32_of(burst, 200),
+        };
         let limits = Limits {
             max_body_bytes: usize_of(raw.limits.max_body_bytes, mib),
             max_record_bytes: raw.limits.max_record_bytes.map_or(mib, NonZeroU64::get),
             max_page_size: usize_of(raw.limits.max_page_size, 200),
+            rate: rate(raw.limits.requests_per_second, raw.limits.request_burst),
+            rate_overrides: raw
+                .limits
+                .per_user
+                .into_iter()
+                .map(|(user, r)| {
+                    (
+                        user,
+                        rate(Some(r.requests_per_second), Some(r.request_burst)),
+                    )
+                })
+                .collect(),
+        };
+        let default_listen = SocketAddr::from(([127, 0, 0, 1], 7733));
+        let tcp = Tcp {
+            listen: raw.tcp.listen.map_or(Some(default_listen), |l| l.0),
+        };
+        let dur = |d: Option<HumanDuration>, default: u64| {
+            d.map_or(Duration::from_secs(default), |d| d.0)
+        };
+        let a = raw.auth;
+        let auth = Auth {
+            pam_service: a.pam_service.map_or_else(|| "profiled".to_owned(), |n| n.0),
+            max_concurrent_logins: usize_of(a.max_concurrent_logins, 4),
+            session_idle: dur(a.session_idle_timeout, 8 * 3600),
+            session_max: dur(a.session_max_lifetime, 7 * 86_400),
+            token_max: dur(a.token_max_lifetime, 365 * 86_400),
+            login_free_attempts: a.login_free_attempts.unwrap_or(5),
+            client_free_attempts: a.client_free_attempts.unwrap_or(20),
+            login_max_delay: dur(a.login_max_delay, 15 * 60),
         };
 
         Ok(Config {
@@ -269,9 +446,15 @@ impl Config {
             paths,
             policy,
             limits,
+            tcp,
+            auth,
             credentials: raw.credentials.into(),
         })
     }
+}
+
+fn u32_of(v: Option<NonZeroU64>, default: u32) -> u32 {
+    v.map_or(default, |v| u32::try_from(v.get()).unwrap_or(u32::MAX))
 }
 
 fn usize_of(v: Option<NonZeroU64>, default: u64) -> usize {
@@ -361,6 +544,60 @@ mod tests {
         let err = err.unwrap_or_default();
         assert!(err.starts_with("/etc/profiled/profiled.toml:5: "), "{err}");
         assert!(err.contains("admin_grup"), "{err}");
+    }
+
+    #[test]
+    fn tcp_listens_on_loopback_only() -> Result<(), Error> {
+        assert_eq!(
+            parse("")?.tcp.listen.map(|a| a.to_string()),
+            Some("127.0.0.1:7733".to_owned())
+        );
+        assert_eq!(parse("[tcp]\nlisten = \"\"\n")?.tcp.listen, None);
+        assert!(
+            parse("[tcp]\nlisten = \"[::1]:9000\"\n")?
+                .tcp
+                .listen
+                .is_some()
+        );
+        let err = parse("[tcp]\nlisten = \"0.0.0.0:7733\"\n")
+            .err()
+            .map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(
+            err.contains(":2: tcp.listen:") && err.contains("not a loopback"),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn durations_and_rates_parse_with_their_units() -> Result<(), Error> {
+        let c = parse(
+            "[auth]\nsession_idle_timeout = \"30m\"\n[limits]\nrequests_per_second = 5\nrequest_burst = 10\n[limits.per_user.bot]\nrequests_per_second = 100\nrequest_burst = 500\n",
+        )?;
+        assert_eq!(c.auth.session_idle, Duration::from_secs(1800));
+        assert_eq!(
+            c.limits.rate_of("alice"),
+            Rate {
+                per_second: 5,
+                burst: 10
+            }
+        );
+        assert_eq!(
+            c.limits.rate_of("bot"),
+            Rate {
+                per_second: 100,
+                burst: 500
+            }
+        );
+        let err = parse("[auth]\nsession_max_lifetime = \"7 weeks\"\n")
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.unwrap_or_default()
+                .contains("auth.session_max_lifetime")
+        );
+        Ok(())
     }
 
     #[test]

@@ -5,14 +5,16 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt}
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::net::UnixListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
+use crate::auth::tokens::TokenStore;
 use crate::config::{self, Config};
 use crate::profile::{self, ProfilesRoot};
 use crate::server;
+use crate::usage;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,17 +53,40 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         default.exists().then(|| default.to_owned())
     });
     prepare_dirs(&config)?;
+    check_pam_service(&config.auth.pam_service)?;
     let root = ProfilesRoot::open(&config.paths.profiles_dir, config.limits.max_record_bytes)?;
+    let sessions = config.paths.state_dir.join("sessions");
+    let tokens = TokenStore::open(&sessions).map_err(|e| setup(&sessions, e.to_string()))?;
     let socket = config.paths.socket.clone();
     let listener = bind_socket(&socket)?;
-    let state = Arc::new(AppState::new(config, root));
+    let tcp = match config.tcp.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| setup(Path::new(&addr.to_string()), format!("cannot listen: {e}")))?,
+        ),
+        None => None,
+    };
+    let state = Arc::new(AppState::new(config, root, tokens));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(server::serve_unix(
+    let mut servers = vec![tokio::spawn(server::serve_unix(
         listener,
         api::router(state.clone()),
-        stop_rx,
-    ));
+        stop_rx.clone(),
+    ))];
     tracing::info!("serving on {}", socket.display());
+    if let Some(tcp) = tcp {
+        let addr = tcp
+            .local_addr()
+            .map_err(|e| setup(Path::new("tcp"), e.to_string()))?;
+        servers.push(tokio::spawn(server::serve_tcp(
+            tcp,
+            api::tcp_router(state.clone(), addr.port()),
+            stop_rx.clone(),
+        )));
+        tracing::info!("serving on http://{addr}");
+    }
+    let flusher = tokio::spawn(flush_usage_every(state.clone(), stop_rx));
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!("could not notify systemd of readiness: {e}");
     }
@@ -80,11 +105,50 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
     tracing::info!("stopping: finishing requests in flight");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
-    if let Err(e) = server.await {
-        tracing::error!("the server task failed: {e}");
+    for server in servers {
+        if let Err(e) = server.await {
+            tracing::error!("a server task failed: {e}");
+        }
+    }
+    if let Err(e) = flusher.await {
+        tracing::error!("the usage flusher failed: {e}");
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Refuses to start without the PAM service file: Linux-PAM silently falls
+/// back to the `other` service, which may allow or deny everything.
+fn check_pam_service(service: &str) -> Result<(), Error> {
+    let path = Path::new("/etc/pam.d").join(service);
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(setup(
+            &path,
+            "the PAM service file is missing; install etc/pam.d/profiled there (or set auth.pam_service to an existing service)",
+        ))
+    }
+}
+
+/// How often request counts go to the users' usage logs.
+const USAGE_FLUSH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Writes the request counts every minute and once more at shutdown.
+async fn flush_usage_every(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(USAGE_FLUSH) => false,
+            _ = stop.changed() => true,
+        };
+        let st = state.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || usage::flush(&st)).await {
+            tracing::error!("writing usage counts failed: {e}");
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Re-reads the config; a bad one is refused and the old one stays.

@@ -6,11 +6,15 @@
 pub mod accounts;
 pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod creds;
 pub mod daemon;
+pub mod metrics;
 pub mod profile;
 pub mod server;
+pub mod statefile;
 pub mod store;
 pub mod timefmt;
+pub mod usage;

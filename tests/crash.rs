@@ -14,7 +14,8 @@ fn kill_9_during_concurrent_captures_loses_no_acknowledged_write() {
         return;
     }
     let alice = Arc::new(TestUser::new("alice"));
-    let d = Daemon::start("");
+    // No request-rate limit: this test measures crash safety, not limits.
+    let d = Daemon::start("[limits]\nrequests_per_second = 1000000\nrequest_burst = 1000000\n");
     d.ok(Some(&alice), &["status"]);
     let d = Arc::new(Mutex::new(d));
     let socket = d.lock().expect("lock").socket.clone();

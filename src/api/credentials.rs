@@ -10,11 +10,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::extract::{AdminCaller, ApiJson, ApiPath, ApiQuery, Caller, UserQuery};
@@ -25,20 +24,6 @@ use crate::profile;
 use crate::store::{Problem, Store};
 use crate::timefmt;
 
-/// The routes, merged into the v1 router.
-pub(super) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/v1/credentials", get(list))
-        .route("/v1/credentials/recipients", put(set_recipients))
-        .route("/v1/credentials/reset", post(reset))
-        .route("/v1/credentials/{provider}", put(set).delete(remove))
-        .route("/v1/credentials/{provider}/reveal", post(reveal))
-        .route("/v1/host/credentials", get(host_list))
-        .route(
-            "/v1/host/credentials/{provider}",
-            put(host_set).delete(host_remove),
-        )
-}
 
 impl From<creds::Error> for ApiError {
     fn from(e: creds::Error) -> ApiError {
@@ -133,7 +118,7 @@ pub(super) fn problems(state_dir: &Path, s: &Store<'_>) -> Vec<Problem> {
     out
 }
 
-async fn list(
+pub(super) async fn list(
     State(st): State<Arc<AppState>>,
     caller: Caller,
     ApiQuery(q): ApiQuery<UserQuery>,
@@ -149,7 +134,7 @@ async fn list(
     .await
 }
 
-async fn set(
+pub(super) async fn set(
     State(st): State<Arc<AppState>>,
     caller: Caller,
     ApiQuery(q): ApiQuery<UserQuery>,
@@ -173,7 +158,7 @@ async fn set(
     .await
 }
 
-async fn remove(
+pub(super) async fn remove(
     State(st): State<Arc<AppState>>,
     caller: Caller,
     ApiQuery(q): ApiQuery<UserQuery>,
@@ -190,7 +175,7 @@ async fn remove(
     .await
 }
 
-async fn reveal(
+pub(super) async fn reveal(
     State(st): State<Arc<AppState>>,
     caller: Caller,
     ApiQuery(q): ApiQuery<UserQuery>,
@@ -219,7 +204,7 @@ pub(super) struct Recipients {
     recipients: Vec<String>,
 }
 
-async fn set_recipients(
+pub(super) async fn set_recipients(
     State(st): State<Arc<AppState>>,
     caller: Caller,
     ApiQuery(q): ApiQuery<UserQuery>,
@@ -250,7 +235,7 @@ pub(super) struct ResetAnswer {
     moved_to: String,
 }
 
-async fn reset(
+pub(super) async fn reset(
     State(st): State<Arc<AppState>>,
     caller: Caller,
     ApiQuery(q): ApiQuery<UserQuery>,
@@ -282,14 +267,14 @@ fn audit_host(st: &AppState, actor: &str, action: &str, provider: &str) {
     });
 }
 
-async fn host_list(
+pub(super) async fn host_list(
     State(st): State<Arc<AppState>>,
     AdminCaller(_): AdminCaller,
 ) -> Result<Json<Listing>, ApiError> {
     blocking(move || Ok(Json(vault(&st)?.list(Place::Host)?))).await
 }
 
-async fn host_set(
+pub(super) async fn host_set(
     State(st): State<Arc<AppState>>,
     AdminCaller(caller): AdminCaller,
     ApiPath(provider): ApiPath<String>,
@@ -308,7 +293,7 @@ async fn host_set(
     .await
 }
 
-async fn host_remove(
+pub(super) async fn host_remove(
     State(st): State<Arc<AppState>>,
     AdminCaller(caller): AdminCaller,
     ApiPath(provider): ApiPath<String>,

@@ -20,6 +20,20 @@ pub struct Peer {
     pub uid: UserId,
 }
 
+/// Where a TCP connection comes from (for login throttling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// How a TCP request proved who it is: the token's id, and whether it came
+/// as a cookie (which a browser sends by itself, hence the CSRF rule).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    /// The session's or token's public id.
+    pub id: String,
+    /// Sent as the `profiled_session` cookie rather than a bearer header.
+    pub via_cookie: bool,
+}
+
 /// The account making the request and its role, looked up afresh for every
 /// request so a change to /etc/group or the config applies at once.
 #[derive(Clone, Debug)]

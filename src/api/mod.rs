@@ -5,48 +5,92 @@
 //! reaches a profile only through [`AppState::with_store`], which decides
 //! whose profile the request may touch (rule 4).
 
+mod accounting;
 mod admin;
+mod auth;
 mod credentials;
 mod extract;
+mod guard;
 mod memories;
+mod observe;
 mod persona;
 mod problem;
+pub mod routes;
 mod tasks;
 
 pub use admin::{Me, ProfileChange, ProfileRow};
-pub use extract::{Caller, Peer, identify};
+pub use auth::{NewToken, TokenInfo};
+pub use extract::{Caller, ClientAddr, Peer, identify};
+pub use observe::document as openapi_document;
 pub use problem::ApiError;
 
 use std::sync::{Arc, RwLock};
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode, Uri};
-use axum::routing::{get, post};
+use axum::{Router, middleware};
+use tokio::sync::Semaphore;
 
 use crate::accounts::{self, Eligibility};
 use crate::audit::{self, Auditor, SystemLog};
+use crate::auth::ratelimit::RateLimiter;
+use crate::auth::throttle::Throttle;
+use crate::auth::tokens::TokenStore;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::profile::{AdoptReport, ProfileDir, ProfilesRoot, Provenance};
 use crate::store::Store;
 use crate::timefmt;
+use crate::usage::Usage;
 
 /// What every request shares.
 pub struct AppState {
     config: RwLock<Arc<Config>>,
     root: ProfilesRoot,
     system_log: SystemLog,
+    /// Logins, sessions, limits and counters.
+    pub auth: AuthState,
+}
+
+/// The state of logins and request accounting.
+pub struct AuthState {
+    /// Sessions and personal tokens.
+    pub tokens: TokenStore,
+    /// Failed-login delays.
+    pub throttle: Throttle,
+    /// Per-account request rates.
+    pub rate: RateLimiter,
+    /// PAM conversations allowed at once.
+    pub pam_slots: Semaphore,
+    /// Request counts not yet written to the usage logs.
+    pub usage: Usage,
+    /// Counters for /v1/metrics.
+    pub metrics: Metrics,
 }
 
 impl AppState {
-    /// State over an opened profiles root.
-    pub fn new(config: Config, root: ProfilesRoot) -> AppState {
+    /// State over an opened profiles root and token store.
+    pub fn new(config: Config, root: ProfilesRoot, tokens: TokenStore) -> AppState {
         let system_log = SystemLog::new(config.paths.audit_dir());
+        let auth = AuthState {
+            tokens,
+            throttle: Throttle::default(),
+            rate: RateLimiter::default(),
+            pam_slots: Semaphore::new(config.auth.max_concurrent_logins),
+            usage: Usage::default(),
+            metrics: Metrics::default(),
+        };
         AppState {
             config: RwLock::new(Arc::new(config)),
             root,
             system_log,
+            auth,
         }
+    }
+
+    /// The profiles root.
+    pub fn root(&self) -> &ProfilesRoot {
+        &self.root
     }
 
     /// The config in force.
@@ -185,35 +229,32 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)?
 }
 
-/// The v1 router over `state`.
+/// The v1 router over `state`, as served on the Unix socket (the kernel
+/// names the caller).
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config().limits.max_body_bytes;
-    Router::new()
-        .route("/v1/health", get(admin::health))
-        .route("/v1/me", get(admin::me))
-        .route("/v1/memories", post(memories::create).get(memories::list))
-        .route(
-            "/v1/memories/{id}",
-            get(memories::show)
-                .put(memories::update)
-                .delete(memories::remove),
-        )
-        .route("/v1/tasks", post(tasks::create).get(tasks::list))
-        .route(
-            "/v1/tasks/{id}",
-            get(tasks::show).patch(tasks::update).delete(tasks::remove),
-        )
-        .route("/v1/persona", get(persona::show).put(persona::replace))
-        .route(
-            "/v1/profiles",
-            get(admin::list_profiles).post(admin::create_profile),
-        )
-        .route("/v1/profiles/{user}/adopt", post(admin::adopt_profile))
-        .merge(credentials::routes())
+    routes::table()
+        .into_iter()
+        .fold(Router::new(), |r, (spec, handler)| {
+            r.route(spec.path, handler)
+        })
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            accounting::accounting,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// The router as served on loopback TCP listening on `port`: the same
+/// routes behind the Host, Origin and credential checks.
+pub fn tcp_router(state: Arc<AppState>, port: u16) -> Router {
+    router(state.clone()).layer(middleware::from_fn_with_state(
+        guard::TcpGuard { state, port },
+        guard::tcp_guard,
+    ))
 }
 
 async fn no_route(uri: Uri) -> ApiError {

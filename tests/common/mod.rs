@@ -82,6 +82,28 @@ impl TestUser {
         }
     }
 
+    /// Sets the account's password (chpasswd), for PAM logins.
+    pub fn set_password(&self, password: &str) {
+        let _lock = accounts_lock();
+        let mut child = Command::new("chpasswd")
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn chpasswd");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{}:{password}\n", self.name).as_bytes())
+            .expect("write chpasswd");
+        assert!(child.wait().expect("chpasswd").success(), "chpasswd failed");
+    }
+
+    /// Locks the password (`passwd -l`).
+    pub fn lock_password(&self) {
+        let _lock = accounts_lock();
+        run_ok(Command::new("passwd").args(["-l", &self.name]));
+    }
+
     /// A command that runs as this account (its primary group only).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
@@ -158,29 +180,52 @@ impl Drop for Scratch {
     }
 }
 
-/// A running daemon over its own scratch directory.
+/// A running daemon over its own scratch directory, with its own PAM
+/// service file and its own loopback TCP port.
 pub struct Daemon {
     pub scratch: Scratch,
     pub config: PathBuf,
     pub socket: PathBuf,
     pub profiles: PathBuf,
     pub state: PathBuf,
+    /// The loopback TCP port.
+    pub port: u16,
+    /// /etc/pam.d/<service>, removed on drop.
+    pub pam_file: PathBuf,
     child: Option<Child>,
     log: PathBuf,
 }
 
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 impl Daemon {
     /// Writes a config (the scratch paths plus `extra` TOML, which may add
-    /// `[accounts]` and `[limits]` sections) without starting the daemon.
+    /// any section but [paths], [tcp] and [auth]) without starting.
     pub fn configure(extra: &str) -> Daemon {
+        Daemon::configure_auth(extra, "")
+    }
+
+    /// As [`Daemon::configure`], with `auth` lines added to [auth].
+    pub fn configure_auth(extra: &str, auth: &str) -> Daemon {
         let scratch = Scratch::new();
         let state = scratch.path.join("state");
         let run = scratch.path.join("run");
         let config = scratch.path.join("profiled.toml");
+        let service = format!("pft-{}", tag());
+        let pam_file = PathBuf::from("/etc/pam.d").join(&service);
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/pam.d/profiled");
+        std::fs::copy(&shipped, &pam_file).expect("install the PAM service file");
+        let port = free_port();
         std::fs::write(
             &config,
             format!(
-                "[paths]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n\n{extra}",
+                "[paths]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n\n[tcp]\nlisten = \"127.0.0.1:{port}\"\n\n[auth]\npam_service = \"{service}\"\n{auth}\n\n{extra}",
                 state.display(),
                 run.display()
             ),
@@ -193,13 +238,20 @@ impl Daemon {
             state,
             config,
             scratch,
+            port,
+            pam_file,
             child: None,
         }
     }
 
     /// Configures and starts a daemon, waiting until it serves.
     pub fn start(extra: &str) -> Daemon {
-        let mut d = Daemon::configure(extra);
+        Daemon::start_auth(extra, "")
+    }
+
+    /// As [`Daemon::start`], with `auth` lines added to [auth].
+    pub fn start_auth(extra: &str, auth: &str) -> Daemon {
+        let mut d = Daemon::configure_auth(extra, auth);
         d.spawn().expect("the daemon starts");
         d
     }
@@ -359,6 +411,82 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        let _ = std::fs::remove_file(&self.pam_file);
+    }
+}
+
+/// An HTTP answer read off a TCP connection.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Daemon {
+    /// One HTTP/1.1 request over loopback TCP, written by hand so a test can
+    /// forge any header. `Host` defaults to 127.0.0.1:<port>.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> HttpReply {
+        use std::io::Read;
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect over TCP");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str(&format!("Host: 127.0.0.1:{}\r\n", self.port));
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        if !body.is_empty() {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        stream.write_all(req.as_bytes()).expect("send request");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("read reply");
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        HttpReply {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
+    /// Logs `user` in over TCP with `password`; the reply.
+    pub fn login(&self, user: &str, password: &str) -> HttpReply {
+        let body = serde_json::json!({"username": user, "password": password}).to_string();
+        self.http("POST", "/v1/auth/login", &[], Some(&body))
     }
 }
 

@@ -58,6 +58,9 @@ pub enum Command {
     /// Your provider API keys, encrypted with age in credentials.age.
     #[command(subcommand)]
     Creds(crate::creds::CredsCommand),
+    /// Personal tokens for scripts on loopback TCP, and your sessions.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Send a raw request, e.g. `profilectl api GET /v1/me`; prints the body,
     /// exits 1 on an error status.
     Api {
@@ -133,6 +136,29 @@ pub enum PersonaCommand {
         key: String,
         /// The value; empty removes it.
         value: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token (printed once: store it now).
+    Create {
+        /// What it is for.
+        name: String,
+        /// Lifetime in days (default: auth.token_max_lifetime).
+        #[arg(long)]
+        days: Option<u64>,
+    },
+    /// List your sessions and tokens (never the secrets).
+    List,
+    /// Revoke a session or token by id, or all of them.
+    Revoke {
+        /// Its id (from `token list`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Revoke every session and token.
+        #[arg(long)]
+        all: bool,
     },
 }
 

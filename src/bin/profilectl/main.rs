@@ -12,12 +12,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hyper::Method;
-use profiled::api::{Me, ProfileChange, ProfileRow};
+use profiled::api::{Me, NewToken, ProfileChange, ProfileRow, TokenInfo};
 use profiled::client::{self, Client};
 use profiled::store::{Memory, Page, Persona, Task};
 use serde_json::{Value, json};
 
-use args::{Args, Command, MemoryCommand, PersonaCommand, ProfileCommand, TaskCommand};
+use args::{
+    Args, Command, MemoryCommand, PersonaCommand, ProfileCommand, TaskCommand, TokenCommand,
+};
 
 /// What a command failed with.
 enum Failure {
@@ -150,6 +152,31 @@ async fn run(args: Args) -> Result<(), Failure> {
             let c: ProfileChange = client.send(Method::POST, &path, &json!({})).await?;
             out.profile_change(&c);
         }
+        Command::Token(TokenCommand::Create { name, days }) => {
+            let t: NewToken = client
+                .send(
+                    Method::POST,
+                    "/v1/tokens",
+                    &json!({"name": name, "expires_in_days": days}),
+                )
+                .await?;
+            out.new_token(&t);
+        }
+        Command::Token(TokenCommand::List) => {
+            out.tokens(&client.get::<Vec<TokenInfo>>("/v1/tokens").await?)
+        }
+        Command::Token(TokenCommand::Revoke { id, all }) => match (id, all) {
+            (_, true) => {
+                let resp = client.call(Method::DELETE, "/v1/tokens", None).await?;
+                let v: Value = resp.json()?;
+                out.done(&format!("revoked {}", v["revoked"]));
+            }
+            (Some(id), false) => {
+                delete(&client, &record_path("tokens", &id)).await?;
+                out.done(&format!("revoked {id}"));
+            }
+            (None, false) => return Err(Failure::Usage("name a token id or --all".into())),
+        },
         Command::Creds(cmd) => creds::run(&client, &out, cmd).await?,
         Command::Api { method, path, body } => {
             // clap allows only the five methods the API uses.

@@ -1,6 +1,6 @@
 //! How answers are printed: short text for people, JSON with `--json`.
 
-use profiled::api::{Me, ProfileChange, ProfileRow};
+use profiled::api::{Me, NewToken, ProfileChange, ProfileRow, TokenInfo};
 use profiled::store::{Memory, Page, Persona, Problem, Task};
 use serde::Serialize;
 
@@ -135,6 +135,37 @@ impl Output {
         println!("{}: {}", c.user, c.outcome);
         for s in &c.skipped {
             println!("  left as is: {s}");
+        }
+    }
+
+    pub fn new_token(&self, t: &NewToken) {
+        if self.json {
+            return self.print_json(t);
+        }
+        println!("{}", t.token);
+        eprintln!(
+            "token {} ({}) expires {}; it is shown only now: store it safely",
+            t.id, t.user, t.expires
+        );
+    }
+
+    pub fn tokens(&self, list: &[TokenInfo]) {
+        if self.json {
+            return self.print_json(&list);
+        }
+        for t in list {
+            let kind = serde_json::to_value(t.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            println!(
+                "{}  {:<8} {:<20} expires {}  last used {}",
+                t.id,
+                kind,
+                t.name.as_deref().unwrap_or("-"),
+                t.expires,
+                t.last_used
+            );
         }
     }
 

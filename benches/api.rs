@@ -1,0 +1,150 @@
+//! Benchmark (not a test): an authenticated `GET /v1/memories?limit=20` over
+//! loopback TCP at 64 connections, side by side in the same run with a bare
+//! hyper hello-world server, both loaded by `wrk`; and the time a
+//! successful PAM login takes.
+//!
+//! `sudo cargo bench --bench api` (needs root and `wrk`: apt-get install
+//! wrk). Without `--bench` (as `cargo test --all-targets` runs it) it only
+//! checks that the path works, quickly.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::convert::Infallible;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, TestUser, require_root};
+
+const PASSWORD: &str = "benchmark password 42";
+const CONNECTIONS: &str = "64";
+const SECONDS: &str = "10s";
+
+fn main() {
+    if !require_root() {
+        return;
+    }
+    let full = std::env::args().any(|a| a == "--bench");
+    let user = TestUser::new("bench");
+    user.set_password(PASSWORD);
+    let d = Daemon::start(&format!(
+        "[limits.per_user.{}]\nrequests_per_second = 100000000\nrequest_burst = 100000000\n",
+        user.name
+    ));
+    for i in 0..100 {
+        d.ok(Some(&user), &["capture", &format!("benchmark memory {i}")]);
+    }
+
+    let mut login_times = Vec::new();
+    let mut token = String::new();
+    for _ in 0..if full { 20 } else { 1 } {
+        let t = Instant::now();
+        let reply = d.login(&user.name, PASSWORD);
+        login_times.push(t.elapsed());
+        assert_eq!(reply.status, 200, "login failed: {}", reply.body);
+        token = reply.json()["token"].as_str().expect("token").to_owned();
+    }
+    let auth = format!("Bearer {token}");
+    let page = d.http(
+        "GET",
+        "/v1/memories?limit=20",
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(page.json()["items"].as_array().map(Vec::len), Some(20));
+    if !full {
+        println!("api bench: smoke run ok (run `cargo bench --bench api` to measure)");
+        return;
+    }
+
+    let hello_port = common::free_port();
+    std::thread::spawn(move || hello_server(hello_port));
+    std::thread::sleep(Duration::from_millis(200));
+
+    let hello = wrk(&format!("http://127.0.0.1:{hello_port}/"), None);
+    let url = format!("http://127.0.0.1:{}/v1/memories?limit=20", d.port);
+    let ours = wrk(&url, Some(&auth));
+    login_times.sort();
+    let pct = |v: &[Duration], p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+
+    println!("| server | requests/s | p50 | p99 |");
+    println!("|---|---|---|---|");
+    println!(
+        "| bare hyper hello world | {:.0} | {} | {} |",
+        hello.rps, hello.p50, hello.p99
+    );
+    println!(
+        "| profiled GET /v1/memories?limit=20 (bearer) | {:.0} | {} | {} |",
+        ours.rps, ours.p50, ours.p99
+    );
+    println!("ratio profiled / bare hyper: {:.2}", ours.rps / hello.rps);
+    println!(
+        "PAM login (pam_unix, yescrypt), {} logins: p50 {:?}, p99 {:?}",
+        login_times.len(),
+        pct(&login_times, 0.5),
+        pct(&login_times, 0.99)
+    );
+}
+
+struct WrkResult {
+    rps: f64,
+    p50: String,
+    p99: String,
+}
+
+/// Runs wrk with 2 threads and 64 connections for 10 s.
+fn wrk(url: &str, auth: Option<&str>) -> WrkResult {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t", "2", "-c", CONNECTIONS, "-d", SECONDS, "--latency"]);
+    if let Some(a) = auth {
+        cmd.args(["-H", &format!("Authorization: {a}")]);
+    }
+    let out = cmd
+        .arg(url)
+        .output()
+        .expect("run wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !text.contains("Non-2xx"),
+        "wrk saw errors against {url}:\n{text}"
+    );
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no {prefix:?} in wrk output:\n{text}"))
+    };
+    WrkResult {
+        rps: field("Requests/sec:").parse().expect("requests/s"),
+        p50: field("50%"),
+        p99: field("99%"),
+    }
+}
+
+/// The baseline: hyper answering "hello" with nothing else to do.
+fn hello_server(port: u16) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind hello server");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        hyper::body::Bytes::from_static(b"hello"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}

@@ -1,0 +1,191 @@
+//! What stands between a loopback TCP connection and the routes (rule 6):
+//! the Host header must name a loopback host and our port (DNS rebinding),
+//! a cross-origin request is refused and a cookie-borne change must show a
+//! same-origin `Origin` (CSRF), and every route but the public ones needs a
+//! live session or token, whose account is checked afresh.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::auth::COOKIE;
+use super::extract::{Credential, Peer};
+use super::{ApiError, AppState};
+use crate::accounts;
+
+/// Routes a TCP client may call without credentials.
+const PUBLIC: &[&str] = &[
+    "/v1/health",
+    "/v1/auth/login",
+    "/v1/openapi.json",
+    "/v1/metrics",
+];
+
+/// The TCP guard's state: the shared state and the port actually bound.
+#[derive(Clone)]
+pub struct TcpGuard {
+    /// Shared state.
+    pub state: Arc<AppState>,
+    /// The listening port, which the Host header must name.
+    pub port: u16,
+}
+
+/// The middleware.
+pub async fn tcp_guard(State(guard): State<TcpGuard>, mut req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let Some(host) = loopback_host(headers, guard.port) else {
+        return ApiError::forbidden(
+            "bad_host",
+            format!(
+                "the Host header must name a loopback host and port {} (localhost, 127.0.0.1 or [::1])",
+                guard.port
+            ),
+        )
+        .into_response();
+    };
+    let origin = headers.get(header::ORIGIN).map(HeaderValue::as_bytes);
+    let same_origin = format!("http://{host}");
+    if origin.is_some_and(|o| o != same_origin.as_bytes()) {
+        return ApiError::forbidden(
+            "bad_origin",
+            "cross-origin requests are refused; call the API from its own origin",
+        )
+        .into_response();
+    }
+    let credential = bearer(headers)
+        .map(|t| (t, false))
+        .or_else(|| cookie(headers).map(|t| (t, true)));
+    let public = PUBLIC.contains(&req.uri().path());
+    let Some((secret, via_cookie)) = credential else {
+        if public {
+            return next.run(req).await;
+        }
+        return unauthenticated(
+            "log in with POST /v1/auth/login, or send a token: Authorization: Bearer pfd_…",
+        );
+    };
+    if via_cookie && origin.is_none() && changes_state(req.method()) {
+        return ApiError::forbidden(
+            "csrf",
+            "a request that changes something with a session cookie must carry an Origin header",
+        )
+        .into_response();
+    }
+    let st = guard.state.clone();
+    let idle = st.config().auth.session_idle;
+    let checked = tokio::task::spawn_blocking(move || {
+        let record = st
+            .auth
+            .tokens
+            .authenticate(&secret, idle)
+            .ok_or("the session or token is unknown, expired or revoked; log in again")?;
+        // The account may be gone, renamed, or locked since the token was
+        // issued: it keeps access only while it is the same live account.
+        let account = accounts::by_uid(record.uid)
+            .ok()
+            .flatten()
+            .filter(|a| a.name == record.user)
+            .ok_or("the account this token belongs to no longer exists")?;
+        if account.login_blocked().ok().flatten().is_some() {
+            return Err("the account is locked or expired");
+        }
+        Ok(record)
+    })
+    .await;
+    match checked {
+        Ok(Ok(record)) => {
+            req.extensions_mut().insert(Peer { uid: record.uid });
+            req.extensions_mut().insert(Credential {
+                id: record.id,
+                via_cookie,
+            });
+            next.run(req).await
+        }
+        // A stale cookie must not stop a login page from working.
+        Ok(Err(_)) if public => next.run(req).await,
+        Ok(Err(why)) => unauthenticated(why),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+fn unauthenticated(detail: &str) -> Response {
+    let mut resp =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", detail).into_response();
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
+fn changes_state(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The Host header when it names a loopback host and `port`.
+fn loopback_host(headers: &HeaderMap, port: u16) -> Option<String> {
+    let host = headers
+        .get(header::HOST)?
+        .to_str()
+        .ok()?
+        .to_ascii_lowercase();
+    let (name, p) = host.rsplit_once(':')?;
+    let ok = matches!(name, "localhost" | "127.0.0.1" | "[::1]") && p.parse::<u16>().ok()? == port;
+    ok.then_some(host)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == COOKIE).then(|| v.to_owned())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(h: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(h) {
+            m.insert(header::HOST, v);
+        }
+        m
+    }
+
+    #[test]
+    fn only_loopback_hosts_with_our_port_pass() {
+        for ok in [
+            "localhost:7733",
+            "127.0.0.1:7733",
+            "[::1]:7733",
+            "LOCALHOST:7733",
+        ] {
+            assert!(loopback_host(&host(ok), 7733).is_some(), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:7733",
+            "localhost",
+            "localhost:80",
+            "127.0.0.2:7733",
+            "localhost.evil.example:7733",
+        ] {
+            assert!(loopback_host(&host(bad), 7733).is_none(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Who may use the loopback TCP listener: PAM logins, hashed sessions and
+//! personal tokens, failed-login throttling and per-account request rates
+//! (DESIGN.md rules 5 and 6).
+
+pub mod pam;
+pub mod ratelimit;
+pub mod throttle;
+pub mod tokens;

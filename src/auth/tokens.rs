@@ -1,0 +1,354 @@
+//! Login sessions and personal tokens. A token is 256 random bits shown
+//! once; only its SHA-256 is kept, in memory and in one file per token under
+//! `<state_dir>/sessions/` (root, 0700), so sessions survive a restart and a
+//! copy of the directory opens nothing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::accounts::{Account, UserId};
+use crate::statefile;
+
+/// Every token starts with this, so secret scanners can spot a leaked one.
+pub const PREFIX: &str = "pfd_";
+/// `last_used` is written to disk at most this often per token: idle expiry
+/// needs it across restarts, but not to the second.
+const PERSIST_EVERY: u64 = 60;
+
+/// What can go wrong with the token store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The sessions directory could not be read or written.
+    #[error("session store {}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No randomness (the kernel's getrandom failed).
+    #[error("no randomness for a new token: {0}")]
+    Random(String),
+}
+
+/// A login session (cookie or bearer) or a personal token for scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// From a PAM login; idle and absolute expiry.
+    Session,
+    /// Created by the user for a script; absolute expiry only.
+    Token,
+}
+
+/// What is kept of a token: never the secret, only its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Public id, for listing and revoking.
+    pub id: String,
+    /// Session or token.
+    pub kind: Kind,
+    /// The account name when issued.
+    pub user: String,
+    /// The account uid when issued; a reused name with another uid gets
+    /// nothing.
+    pub uid: UserId,
+    /// A personal token's name.
+    pub name: Option<String>,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds.
+    pub expires: u64,
+    /// Unix seconds.
+    pub last_used: u64,
+    /// Hex SHA-256 of the secret.
+    hash: String,
+}
+
+struct Entry {
+    record: Record,
+    persisted_last_used: u64,
+}
+
+/// A freshly issued token: the secret, to be shown once.
+pub struct Issued {
+    /// The secret (`pfd_…`).
+    pub secret: Zeroizing<String>,
+    /// What is kept.
+    pub record: Record,
+}
+
+/// All live sessions and tokens.
+pub struct TokenStore {
+    dir: PathBuf,
+    by_hash: Mutex<HashMap<String, Entry>>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn hash(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl TokenStore {
+    /// Loads the store from `dir` (created root 0700 when missing),
+    /// dropping what has expired.
+    pub fn open(dir: &Path) -> Result<TokenStore, Error> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Io { path, source }
+        };
+        statefile::ensure_private_dir(dir).map_err(io(dir))?;
+        let mut by_hash = HashMap::new();
+        let t = now();
+        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+            let path = entry.map_err(io(dir))?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let parsed = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
+            match parsed {
+                Some(r) if r.expires > t => {
+                    by_hash.insert(
+                        r.hash.clone(),
+                        Entry {
+                            persisted_last_used: r.last_used,
+                            record: r,
+                        },
+                    );
+                }
+                Some(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                None => tracing::warn!("{}: not a session record, ignored", path.display()),
+            }
+        }
+        Ok(TokenStore {
+            dir: dir.to_owned(),
+            by_hash: Mutex::new(by_hash),
+        })
+    }
+
+    /// Issues a new session or token for `account`, valid for `lifetime`.
+    pub fn issue(
+        &self,
+        kind: Kind,
+        account: &Account,
+        name: Option<String>,
+        lifetime: Duration,
+    ) -> Result<Issued, Error> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        getrandom::fill(bytes.as_mut()).map_err(|e| Error::Random(e.to_string()))?;
+        let mut secret = Zeroizing::new(String::with_capacity(PREFIX.len() + 64));
+        secret.push_str(PREFIX);
+        for b in bytes.iter() {
+            secret.push_str(&format!("{b:02x}"));
+        }
+        let t = now();
+        let record = Record {
+            id: ulid::Ulid::generate().to_string(),
+            kind,
+            user: account.name.clone(),
+            uid: account.uid,
+            name,
+            created: t,
+            expires: t.saturating_add(lifetime.as_secs()),
+            last_used: t,
+            hash: hash(&secret),
+        };
+        self.persist(&record)?;
+        self.lock().insert(
+            record.hash.clone(),
+            Entry {
+                persisted_last_used: t,
+                record: record.clone(),
+            },
+        );
+        Ok(Issued { secret, record })
+    }
+
+    /// The record of `secret` when it is live; a session idle longer than
+    /// `idle` has expired. Marks it used.
+    pub fn authenticate(&self, secret: &str, idle: Duration) -> Option<Record> {
+        if !secret.starts_with(PREFIX) {
+            return None;
+        }
+        let h = hash(secret);
+        let t = now();
+        let mut map = self.lock();
+        let entry = map.get_mut(&h)?;
+        let r = &entry.record;
+        let idle_out = r.kind == Kind::Session && t.saturating_sub(r.last_used) > idle.as_secs();
+        if r.expires <= t || idle_out {
+            let id = r.id.clone();
+            map.remove(&h);
+            drop(map);
+            self.remove_file(&id);
+            return None;
+        }
+        entry.record.last_used = t;
+        let record = entry.record.clone();
+        let persist = t.saturating_sub(entry.persisted_last_used) >= PERSIST_EVERY;
+        if persist {
+            entry.persisted_last_used = t;
+        }
+        drop(map);
+        if persist && let Err(e) = self.persist(&record) {
+            tracing::warn!("could not record the use of a session: {e}");
+        }
+        Some(record)
+    }
+
+    /// The live sessions and tokens of `user`, oldest first.
+    pub fn list(&self, user: &str) -> Vec<Record> {
+        let t = now();
+        let mut out: Vec<Record> = self
+            .lock()
+            .values()
+            .map(|e| e.record.clone())
+            .filter(|r| r.user == user && r.expires > t)
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Revokes `user`'s token `id`; `false` when `user` has no such token.
+    pub fn revoke(&self, user: &str, id: &str) -> Result<bool, Error> {
+        let mut map = self.lock();
+        let Some(h) = map
+            .iter()
+            .find(|(_, e)| e.record.user == user && e.record.id == id)
+            .map(|(h, _)| h.clone())
+        else {
+            return Ok(false);
+        };
+        map.remove(&h);
+        drop(map);
+        self.delete_file(id)?;
+        Ok(true)
+    }
+
+    /// Revokes every session and token of `user`; how many.
+    pub fn revoke_all(&self, user: &str) -> Result<usize, Error> {
+        let mut map = self.lock();
+        let ids: Vec<String> = map
+            .values()
+            .filter(|e| e.record.user == user)
+            .map(|e| e.record.id.clone())
+            .collect();
+        map.retain(|_, e| e.record.user != user);
+        drop(map);
+        for id in &ids {
+            self.delete_file(id)?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Live login sessions, for metrics.
+    pub fn live_sessions(&self) -> usize {
+        let t = now();
+        self.lock()
+            .values()
+            .filter(|e| e.record.kind == Kind::Session && e.record.expires > t)
+            .count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.by_hash.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    fn persist(&self, r: &Record) -> Result<(), Error> {
+        let path = self.path(&r.id);
+        let json = serde_json::to_vec(r).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        statefile::write_atomic(&path, &json).map_err(|source| Error::Io { path, source })
+    }
+
+    fn delete_file(&self, id: &str) -> Result<(), Error> {
+        let path = self.path(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Io { path, source }),
+        }
+    }
+
+    fn remove_file(&self, id: &str) {
+        if let Err(e) = self.delete_file(id) {
+            tracing::warn!("could not remove an expired session: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account() -> Account {
+        Account {
+            name: "alice".into(),
+            uid: UserId(1000),
+            gid: crate::accounts::GroupId(1000),
+            home: "/home/alice".into(),
+        }
+    }
+
+    #[test]
+    fn only_the_hash_is_stored_and_it_survives_a_reload() -> Result<(), Error> {
+        let dir = std::env::temp_dir().join(format!("pft-tokens-{}", ulid::Ulid::generate()));
+        let store = TokenStore::open(&dir)?;
+        let issued = store.issue(
+            Kind::Token,
+            &account(),
+            Some("ci".into()),
+            Duration::from_secs(60),
+        )?;
+        let on_disk: String = std::fs::read_dir(&dir)
+            .map_err(|source| Error::Io {
+                path: dir.clone(),
+                source,
+            })?
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect();
+        assert!(!on_disk.contains(issued.secret.as_str()));
+        assert!(on_disk.contains(&hash(&issued.secret)));
+
+        let again = TokenStore::open(&dir)?;
+        let r = again.authenticate(&issued.secret, Duration::from_secs(1));
+        assert_eq!(r.map(|r| r.user), Some("alice".to_owned()));
+        assert!(
+            again
+                .authenticate("pfd_00", Duration::from_secs(1))
+                .is_none()
+        );
+        assert!(again.revoke("alice", &issued.record.id)?);
+        assert!(
+            again
+                .authenticate(&issued.secret, Duration::from_secs(1))
+                .is_none()
+        );
+        assert!(TokenStore::open(&dir)?.list("alice").is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+}
