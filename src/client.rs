@@ -115,19 +115,7 @@ impl Client {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<Response, Error> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| Error::Connect {
-                socket: self.socket.clone(),
-                source,
-            })?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            // The connection ends when the answer is read; its error, if
-            // any, surfaces through send_request.
-            let _ = conn.await;
-        });
+        let mut sender = self.connect().await?;
         let uri = self.with_user(path);
         let mut req = Request::builder()
             .method(method)
@@ -147,6 +135,51 @@ impl Client {
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         Ok(Response { status, body })
+    }
+
+    /// Opens a server-sent-event stream at `path`, resuming after
+    /// `last_event_id` when given; the body is read as it arrives.
+    pub async fn open_stream(
+        &self,
+        path: &str,
+        last_event_id: Option<u64>,
+    ) -> Result<hyper::body::Incoming, Error> {
+        let mut sender = self.connect().await?;
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(self.with_user(path))
+            .header(hyper::header::HOST, "localhost")
+            .header(hyper::header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| Error::Request(e.to_string()))?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp.into_body());
+        }
+        let body = resp.into_body().collect().await?.to_bytes();
+        Response { status, body }.ok()?;
+        Err(Error::Request(format!("unexpected status {status}")))
+    }
+
+    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, Error> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| Error::Connect {
+                socket: self.socket.clone(),
+                source,
+            })?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            // The connection ends when the answer is read; its error, if
+            // any, surfaces through send_request or the body.
+            let _ = conn.await;
+        });
+        Ok(sender)
     }
 
     /// `GET path` decoded as `T`.

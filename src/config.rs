@@ -67,6 +67,28 @@ pub struct Tcp {
     pub listen: Option<SocketAddr>,
 }
 
+/// How the watcher learns of changes in the profiles (`[watch]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watch {
+    /// inotify, polling, or inotify with a fallback to polling.
+    pub mode: WatchMode,
+    /// How often polling walks the profiles (poll mode and the fallback).
+    pub poll_interval: Duration,
+}
+
+/// `watch.mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    /// inotify; when the kernel's watch limit is reached, poll as well.
+    Auto,
+    /// inotify only (a reached limit is logged, nothing polls).
+    Inotify,
+    /// Polling only: for network filesystems, where inotify misses writes
+    /// made on other hosts.
+    Poll,
+}
+
 /// Logins, sessions and tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Auth {
@@ -136,6 +158,8 @@ pub struct Config {
     pub auth: Auth,
     /// Provider keys: which providers may fall back to the host's key.
     pub credentials: crate::creds::Settings,
+    /// The file watcher.
+    pub watch: Watch,
 }
 
 #[derive(Deserialize, Default)]
@@ -153,6 +177,15 @@ struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     credentials: crate::creds::RawSettings,
+    #[serde(default)]
+    watch: RawWatch,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    mode: Option<WatchMode>,
+    poll_interval: Option<HumanDuration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -449,6 +482,10 @@ impl Config {
             tcp,
             auth,
             credentials: raw.credentials.into(),
+            watch: Watch {
+                mode: raw.watch.mode.unwrap_or(WatchMode::Auto),
+                poll_interval: dur(raw.watch.poll_interval, 2),
+            },
         })
     }
 }
@@ -596,6 +633,25 @@ mod tests {
         assert!(
             err.unwrap_or_default()
                 .contains("auth.session_max_lifetime")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn watch_mode_and_interval_parse() -> Result<(), Error> {
+        let c = parse("")?;
+        assert_eq!(c.watch.mode, WatchMode::Auto);
+        assert_eq!(c.watch.poll_interval, Duration::from_secs(2));
+        let c = parse("[watch]\nmode = \"poll\"\npoll_interval = \"5s\"\n")?;
+        assert_eq!(c.watch.mode, WatchMode::Poll);
+        assert_eq!(c.watch.poll_interval, Duration::from_secs(5));
+        let err = parse("[watch]\nmode = \"fanotify\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains(":2: watch.mode:") && err.contains("inotify"),
+            "{err}"
         );
         Ok(())
     }

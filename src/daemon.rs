@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::watch as signal_watch;
 
 use crate::api::{self, AppState};
 use crate::auth::tokens::TokenStore;
@@ -15,6 +15,7 @@ use crate::config::{self, Config};
 use crate::profile::{self, ProfilesRoot};
 use crate::server;
 use crate::usage;
+use crate::watch;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +69,13 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         None => None,
     };
     let state = Arc::new(AppState::new(config, root, tokens));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let watching = watch::start(state.clone()).map_err(|e| {
+        setup(
+            state.root().path(),
+            format!("{e}; or set watch.mode = \"poll\""),
+        )
+    })?;
+    let (stop_tx, stop_rx) = signal_watch::channel(false);
     let mut servers = vec![tokio::spawn(server::serve_unix(
         listener,
         api::router(state.clone()),
@@ -105,6 +112,9 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
     tracing::info!("stopping: finishing requests in flight");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
+    // Event streams never end by themselves: end them so shutdown is not
+    // held up by idle clients.
+    state.events.close();
     for server in servers {
         if let Err(e) = server.await {
             tracing::error!("a server task failed: {e}");
@@ -112,6 +122,9 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
     }
     if let Err(e) = flusher.await {
         tracing::error!("the usage flusher failed: {e}");
+    }
+    if let Err(e) = tokio::task::spawn_blocking(move || watching.stop()).await {
+        tracing::error!("stopping the watcher failed: {e}");
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())
@@ -135,7 +148,7 @@ fn check_pam_service(service: &str) -> Result<(), Error> {
 const USAGE_FLUSH: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Writes the request counts every minute and once more at shutdown.
-async fn flush_usage_every(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+async fn flush_usage_every(state: Arc<AppState>, mut stop: signal_watch::Receiver<bool>) {
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(USAGE_FLUSH) => false,

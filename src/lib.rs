@@ -18,3 +18,4 @@ pub mod statefile;
 pub mod store;
 pub mod timefmt;
 pub mod usage;
+pub mod watch;

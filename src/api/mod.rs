@@ -9,6 +9,7 @@ mod accounting;
 mod admin;
 mod auth;
 mod credentials;
+mod events;
 mod extract;
 mod guard;
 mod memories;
@@ -42,6 +43,7 @@ use crate::profile::{AdoptReport, ProfileDir, ProfilesRoot, Provenance};
 use crate::store::Store;
 use crate::timefmt;
 use crate::usage::Usage;
+use crate::watch::EventHub;
 
 /// What every request shares.
 pub struct AppState {
@@ -50,6 +52,8 @@ pub struct AppState {
     system_log: SystemLog,
     /// Logins, sessions, limits and counters.
     pub auth: AuthState,
+    /// Profile changes found by the watcher, for `/v1/events`.
+    pub events: EventHub,
 }
 
 /// The state of logins and request accounting.
@@ -85,6 +89,7 @@ impl AppState {
             root,
             system_log,
             auth,
+            events: EventHub::default(),
         }
     }
 

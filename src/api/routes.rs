@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
-use super::{AppState, admin, auth, credentials, memories, observe, persona, tasks};
+use super::{AppState, admin, auth, credentials, events, memories, observe, persona, tasks};
 
 /// Who may call a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +144,16 @@ pub fn table() -> Vec<(Spec, Handler)> {
                 "Revoke one session or token",
             ),
             delete(auth::revoke_token),
+        ),
+        (
+            spec(
+                M::GET,
+                "/v1/events",
+                User,
+                true,
+                "Your profile's changes as server-sent events (Last-Event-ID to catch up)",
+            ),
+            get(events::stream),
         ),
         (
             spec(M::POST, "/v1/memories", User, true, "Capture a memory"),

@@ -49,6 +49,16 @@ pub struct Entry {
     pub kind: EntryKind,
 }
 
+/// A regular file's identity and content version: inode, size and
+/// modification time. A rename over the file changes the inode, a write
+/// the time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    ino: u64,
+    size: i64,
+    mtime: (i64, u64),
+}
+
 /// An open profile directory whose owner was checked against its account.
 #[derive(Debug)]
 pub struct ProfileDir {
@@ -106,6 +116,34 @@ impl ProfileDir {
             });
         }
         Ok(buf)
+    }
+
+    /// What identifies the current content of the regular file `rel`
+    /// without opening it: `None` when nothing is there or it is not a
+    /// regular file (a link is described, never followed). The watcher
+    /// compares stamps to tell a change from a no-op event.
+    pub fn stamp(&self, rel: &str) -> Result<Option<Stamp>> {
+        check_rel(rel)?;
+        let (parent, name) = split_parent(rel);
+        let found = match parent {
+            Some(p) => open_dir_beneath(&self.fd, p).and_then(|fd| lstat_at(&fd, name, rel)),
+            None => lstat_at(&self.fd, name, rel),
+        };
+        let st = match found {
+            Ok(st) => st,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            // A parent that is a link or a file: nothing readable is there.
+            Err(Error::Refused { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Ok(None);
+        }
+        Ok(Some(Stamp {
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+        }))
     }
 
     /// Whether something (even a link, which is not followed) is at `rel`.

@@ -12,7 +12,7 @@ mod layout;
 mod root;
 mod sys;
 
-pub use dir::{Entry, EntryKind, ProfileDir, WriteMode};
+pub use dir::{Entry, EntryKind, ProfileDir, Stamp, WriteMode};
 pub use layout::LAYOUT_DIRS;
 pub use root::{
     AdoptReport, ProfileListing, ProfileState, ProfilesRoot, Provenance, check_ancestors,

@@ -130,6 +130,24 @@ impl ProfilesRoot {
         &self.path
     }
 
+    /// Opens `account`'s profile only if it is a directory owned by the
+    /// account; changes nothing (no adoption, no chmod). `Ok(None)` when it
+    /// is missing or belongs to someone else: the watcher reports nothing
+    /// of a profile whose owner is not its account.
+    pub fn open_owned(&self, account: &Account) -> Result<Option<ProfileDir>> {
+        let name = account.name.as_str();
+        let fd = match open_dir_beneath(&self.fd, name) {
+            Ok(fd) => fd,
+            Err(Error::NotFound { .. } | Error::Refused { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let st = stat(&fd, name)?;
+        if st.st_uid != account.uid.0 {
+            return Ok(None);
+        }
+        Ok(Some(ProfileDir::new(fd, account.clone(), self.max_file)))
+    }
+
     /// Opens `account`'s profile. `Ok(None)` when it does not exist. A tree
     /// owned by root (placed by an admin, e.g. a copy of an example profile)
     /// is adopted: ownership and modes repaired, content kept, missing

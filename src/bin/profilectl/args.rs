@@ -61,6 +61,13 @@ pub enum Command {
     /// Personal tokens for scripts on loopback TCP, and your sessions.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print your profile's changes as they happen (`--json`: one JSON
+    /// object per line); reconnects and catches up by itself.
+    Events {
+        /// Start after this event id (what a previous run printed last).
+        #[arg(long, value_name = "ID")]
+        last_event_id: Option<u64>,
+    },
     /// Send a raw request, e.g. `profilectl api GET /v1/me`; prints the body,
     /// exits 1 on an error status.
     Api {

@@ -5,6 +5,7 @@
 
 mod args;
 mod creds;
+mod events;
 mod render;
 
 use std::io::Read;
@@ -178,6 +179,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             (None, false) => return Err(Failure::Usage("name a token id or --all".into())),
         },
         Command::Creds(cmd) => creds::run(&client, &out, cmd).await?,
+        Command::Events { last_event_id } => events::follow(&client, &out, last_event_id).await?,
         Command::Api { method, path, body } => {
             // clap allows only the five methods the API uses.
             let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())

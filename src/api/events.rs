@@ -1,0 +1,143 @@
+//! `GET /v1/events`: the caller's profile changes as server-sent events,
+//! with catch-up through `Last-Event-ID` and heartbeats.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::Stream;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
+
+use super::extract::{ApiQuery, Caller, UserQuery};
+use super::{ApiError, AppState, blocking};
+use crate::watch::{Catchup, Event};
+
+/// Comment lines this often keep idle connections (and proxies) open.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+pub(super) async fn stream(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<UserQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let last = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_last_event_id",
+                        "Last-Event-ID must be the id of an event this stream sent (a number)",
+                    )
+                })?,
+        ),
+    };
+    let s = st.clone();
+    // Decides whose changes this stream may carry (rule 4); an admin's
+    // `?user=` is audited like any other read of another profile.
+    let user = blocking(move || {
+        s.with_store(&caller, q.user.as_deref(), |store| {
+            store.audit_access("events.watch", "events");
+            Ok(store.dir().account().name.clone())
+        })
+    })
+    .await?;
+    let (catchup, live) = st.events.subscribe(last);
+    let mut feed = Feed {
+        state: st.clone(),
+        user,
+        last,
+        pending: VecDeque::new(),
+        live,
+        closed: st.events.closed(),
+    };
+    feed.queue(catchup);
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        let next = feed.next().await?;
+        Some((Ok(next), feed))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(HEARTBEAT)))
+}
+
+/// One client's view of the hub.
+struct Feed {
+    state: Arc<AppState>,
+    user: String,
+    /// The last event id seen (anyone's), to catch up after lagging.
+    last: Option<u64>,
+    pending: VecDeque<SseEvent>,
+    live: broadcast::Receiver<Arc<Event>>,
+    closed: watch::Receiver<bool>,
+}
+
+impl Feed {
+    fn queue(&mut self, catchup: Catchup) {
+        match catchup {
+            Catchup::Events(events) => {
+                for e in events {
+                    self.last = Some(e.id);
+                    if e.change.user == self.user {
+                        self.pending.push_back(sse(&e));
+                    }
+                }
+            }
+            Catchup::Resync => self.pending.push_back(
+                SseEvent::default().event("resync").data(
+                    serde_json::json!({
+                        "type": "resync",
+                        "reason": "events were missed (the gap is older than the daemon keeps, \
+                                   or the daemon restarted); reload what you show",
+                    })
+                    .to_string(),
+                ),
+            ),
+        }
+    }
+
+    /// The next event for this client; `None` when the daemon stops.
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(e);
+            }
+            if *self.closed.borrow() {
+                return None;
+            }
+            tokio::select! {
+                got = self.live.recv() => match got {
+                    Ok(e) => {
+                        self.last = Some(e.id);
+                        if e.change.user == self.user {
+                            return Some(sse(&e));
+                        }
+                    }
+                    // A slow client fell behind the live channel: take the
+                    // rest from the buffer (or resync), never skip silently.
+                    Err(RecvError::Lagged(_)) => {
+                        let (catchup, live) = self.state.events.subscribe(self.last);
+                        self.live = live;
+                        self.queue(catchup);
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = self.closed.changed() => return None,
+            }
+        }
+    }
+}
+
+fn sse(e: &Event) -> SseEvent {
+    SseEvent::default()
+        .id(e.id.to_string())
+        .event(e.event_type.as_str())
+        .data(serde_json::to_string(e).unwrap_or_default())
+}

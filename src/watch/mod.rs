@@ -1,0 +1,230 @@
+//! The watcher: notify over the profiles root, bursts coalesced, raw paths
+//! turned into typed changes of records and published on the event hub.
+//!
+//! One thread owns the sources and the known state of every profile, so
+//! changes come out in the order they were found, with no locking.
+
+mod classify;
+mod hub;
+mod source;
+mod tracker;
+
+pub use classify::Kind;
+pub use hub::{BUFFER, Catchup, Event, EventHub};
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::api::AppState;
+use source::{Signal, Sources};
+use tracker::Tracker;
+
+/// How long the watcher waits for a burst to go quiet: an editor's save
+/// (temp file, write, rename) lands well within it.
+const QUIET: Duration = Duration::from_millis(30);
+/// The longest a busy burst delays its changes.
+const MAX_DELAY: Duration = Duration::from_millis(250);
+
+/// What happened to a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// It appeared.
+    Created,
+    /// Its content changed (or it was replaced).
+    Updated,
+    /// It is gone.
+    Deleted,
+}
+
+impl Action {
+    /// The name used in event types (`memory.updated`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Updated => "updated",
+            Action::Deleted => "deleted",
+        }
+    }
+}
+
+/// A typed change of one record file in one profile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// The account whose profile changed.
+    pub user: String,
+    /// What kind of record.
+    pub kind: Kind,
+    /// What happened.
+    pub action: Action,
+    /// The record's id (the file stem), where the record has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    /// The file, relative to the profile.
+    pub path: String,
+}
+
+/// The running watcher; [`Watching::stop`] ends it.
+pub struct Watching {
+    tx: Sender<Signal>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watching {
+    /// Stops the watcher and waits for its thread.
+    pub fn stop(mut self) {
+        let _ = self.tx.send(Signal::Stop);
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("the watcher thread panicked");
+        }
+    }
+}
+
+/// Starts watching the profiles root of `state` with the `[watch]`
+/// settings; changes go to `state.events`.
+pub fn start(state: Arc<AppState>) -> Result<Watching, String> {
+    let (tx, rx) = channel();
+    let root = state.root().path().to_owned();
+    let sources = Sources::start(&root, &state.config().watch, tx.clone())?;
+    let thread = std::thread::Builder::new()
+        .name("watch".into())
+        .spawn(move || run(&state, &root, sources, &rx))
+        .map_err(|e| format!("cannot start the watcher thread: {e}"))?;
+    Ok(Watching {
+        tx,
+        thread: Some(thread),
+    })
+}
+
+/// What one burst touched.
+#[derive(Default)]
+struct Batch {
+    /// (user, path relative to the profile; `""` for the profile itself).
+    paths: BTreeSet<(String, String)>,
+    rescan: bool,
+    stop: bool,
+}
+
+impl Batch {
+    fn add(&mut self, signal: Signal, root: &Path, sources: &mut Sources) {
+        match signal {
+            Signal::Paths(paths) => {
+                for p in paths {
+                    match split(root, &p) {
+                        Some(Some(key)) => {
+                            self.paths.insert(key);
+                        }
+                        // The root itself: profiles may have come or gone.
+                        Some(None) => self.rescan = true,
+                        None => {}
+                    }
+                }
+            }
+            Signal::Rescan => self.rescan = true,
+            Signal::LimitHit => {
+                sources.limit_hit();
+                self.rescan = true;
+            }
+            Signal::Stop => self.stop = true,
+        }
+    }
+}
+
+/// `path` as (user, relative path): `Some(None)` for the root itself,
+/// `None` for what is no profile's (hidden names such as the daemon's
+/// `.provision-*`, paths outside the root, names that are not UTF-8).
+fn split(root: &Path, path: &Path) -> Option<Option<(String, String)>> {
+    let rest = path.strip_prefix(root).ok()?;
+    let mut parts = Vec::new();
+    for c in rest.components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_str()?),
+            _ => return None,
+        }
+    }
+    let Some((user, rel)) = parts.split_first() else {
+        return Some(None);
+    };
+    if user.starts_with('.') {
+        return None;
+    }
+    Some(Some(((*user).to_owned(), rel.join("/"))))
+}
+
+fn run(state: &AppState, root: &Path, mut sources: Sources, rx: &Receiver<Signal>) {
+    let mut tracker = Tracker::default();
+    tracker.baseline(state.root(), &state.config().policy);
+    tracing::info!("watching {}", root.display());
+    loop {
+        let Ok(first) = rx.recv() else {
+            return;
+        };
+        let mut batch = Batch::default();
+        batch.add(first, root, &mut sources);
+        let until = Instant::now() + MAX_DELAY;
+        while !batch.stop {
+            let wait = QUIET.min(until.saturating_duration_since(Instant::now()));
+            match rx.recv_timeout(wait) {
+                Ok(s) => batch.add(s, root, &mut sources),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        if batch.stop {
+            return;
+        }
+        let policy = state.config().policy.clone();
+        let changes = if batch.rescan {
+            tracker.rescan_all(state.root(), &policy)
+        } else {
+            let mut changes = Vec::new();
+            for (user, rel) in &batch.paths {
+                if classify::may_hold_records(rel) {
+                    let mut dir = root.join(user);
+                    if !rel.is_empty() {
+                        dir.push(rel);
+                    }
+                    sources.rewatch(&dir);
+                }
+                // A whole-profile rescan covers the rest of its paths.
+                if !rel.is_empty() && batch.paths.contains(&(user.clone(), String::new())) {
+                    continue;
+                }
+                changes.extend(tracker.reconcile(state.root(), &policy, user, rel));
+            }
+            changes
+        };
+        for change in changes {
+            state.events.publish(change);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_user_and_relative_path() {
+        let root = Path::new("/var/lib/profiled/profiles");
+        assert_eq!(
+            split(root, &root.join("alice/memory/tasks/t.md")),
+            Some(Some(("alice".into(), "memory/tasks/t.md".into())))
+        );
+        assert_eq!(
+            split(root, &root.join("alice")),
+            Some(Some(("alice".into(), String::new())))
+        );
+        assert_eq!(split(root, root), Some(None));
+        assert_eq!(split(root, &root.join(".provision-alice-01J/x")), None);
+        assert_eq!(split(root, Path::new("/etc/passwd")), None);
+    }
+}
