@@ -68,8 +68,22 @@ impl Stream {
         }
     }
 
+    /// A stream of `user`'s events with everything that happened before
+    /// (the profile's provisioning included) already behind it.
+    fn settled(d: &Daemon, user: &TestUser) -> Stream {
+        d.ok(Some(user), &["status"]);
+        let stream = Stream::open(d, user, None);
+        // The second marker is written after the first was seen, so it is
+        // found in a later burst than anything before the first.
+        for _ in 0..2 {
+            let task = marker(d, user);
+            stream.until("a marker", |v| is(v, "task.created", &task));
+        }
+        stream
+    }
+
     /// Every event up to and including the first that matches `pred`.
-    fn until(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    fn until(&self, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + PATIENCE;
         let mut seen = Vec::new();
         loop {
@@ -132,10 +146,8 @@ fn an_editor_save_is_one_update_for_its_owner_and_nothing_for_others() {
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     let d = Daemon::start("");
-    let alice_events = Stream::open(&d, &alice, None);
-    let bob_events = Stream::open(&d, &bob, None);
-    // Opening the stream provisioned alice's profile: its files appear.
-    alice_events.until("settings.created", |v| v["type"] == "settings.created");
+    let alice_events = Stream::settled(&d, &alice);
+    let bob_events = Stream::settled(&d, &bob);
     let id = capture(&d, &alice, "first draft");
     alice_events.until("memory.created", |v| is(v, "memory.created", &id));
     let file = memory_file(&d, &alice, &id);
@@ -156,9 +168,197 @@ fn an_editor_save_is_one_update_for_its_owner_and_nothing_for_others() {
     let seen = alice_events.until("the marker", |v| is(v, "task.created", &task));
     assert_eq!(seen.len(), 1, "{seen:#?}");
 
-    // Up to his own marker, bob saw only his own profile (created when
-    // his stream opened): alice's changes never reached him.
+    // bob's next event is his own marker: alice's changes never reached him.
     let task = marker(&d, &bob);
     let seen = bob_events.until("bob's marker", |v| is(v, "task.created", &task));
+    assert_eq!(seen.len(), 1, "{seen:#?}");
     assert!(seen.iter().all(|v| v["user"] == bob.name.as_str()));
+}
+
+fn id_of(v: &Value) -> u64 {
+    v["id"].as_u64().expect("an event id")
+}
+
+#[test]
+fn reconnecting_with_last_event_id_gets_the_missed_events_in_order() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("");
+    let live = Stream::settled(&d, &alice);
+    let first = capture(&d, &alice, "seen before the disconnect");
+    let seen = live.until("the first memory", |v| is(v, "memory.created", &first));
+    let resume_after = id_of(seen.last().expect("an event"));
+
+    // While a client is away, three memories and a task change.
+    let missed: Vec<String> = (0..3)
+        .map(|n| capture(&d, &alice, &format!("missed {n}")))
+        .collect();
+    let task = marker(&d, &alice);
+    let expected = live.until("the task", |v| is(v, "task.created", &task));
+
+    let back = Stream::open(&d, &alice, Some(resume_after));
+    let got = back.until("the task", |v| is(v, "task.created", &task));
+    assert_eq!(got, expected, "the catch-up is what a live client saw");
+    let ids: Vec<u64> = got.iter().map(id_of).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let memories: Vec<&str> = got
+        .iter()
+        .filter(|v| v["type"] == "memory.created")
+        .filter_map(|v| v["record"].as_str())
+        .collect();
+    assert_eq!(memories, missed, "in the order they were written");
+
+    // An id older than anything kept: the client is told to resync.
+    let stale = Stream::open(&d, &alice, Some(1));
+    let got = stale.until("resync", |v| v["type"] == "resync");
+    assert_eq!(got.len(), 1, "{got:#?}");
+}
+
+/// The inodes of every directory the daemon's inotify instances watch
+/// (from /proc/PID/fdinfo).
+fn watched_inodes(pid: u32) -> Vec<u64> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("fdinfo")
+        .flatten()
+    {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text.lines().filter(|l| l.starts_with("inotify wd:")) {
+            if let Some(ino) = line
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("ino:"))
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+            {
+                out.push(ino);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_symlink_in_a_profile_is_neither_followed_nor_watched() {
+    use std::os::unix::fs::MetadataExt;
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("");
+    let events = Stream::settled(&d, &alice);
+
+    // Another directory alice can write, linked from her profile where a
+    // month of memories would be.
+    let elsewhere = d.scratch.path.join("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("mkdir elsewhere");
+    std::os::unix::fs::chown(&elsewhere, Some(alice.uid), Some(alice.gid)).expect("chown");
+    let month = d.profile(&alice).join("memory/episodic/2031/01");
+    let out = alice
+        .command("sh")
+        .arg("-c")
+        .arg(
+            "mkdir -p \"$(dirname \"$2\")\" && ln -s \"$1\" \"$2\" && mkdir \"$1/sub\" && \
+             printf 'x' > \"$1/evt-linked.md\" && printf 'y' > \"$1/sub/evt-deeper.md\" && \
+             printf 'z' > \"$2/evt-through.md\"",
+        )
+        .arg("sh")
+        .arg(&elsewhere)
+        .arg(&month)
+        .output()
+        .expect("link and write as alice");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let task = marker(&d, &alice);
+    let seen = events.until("the marker", |v| is(v, "task.created", &task));
+    assert!(
+        seen.iter().all(|v| !v["path"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("memory/episodic/2031/01")),
+        "{seen:#?}"
+    );
+    // Watched: alice's real directories; never the link's target.
+    let watched = watched_inodes(d.pid());
+    let ino = |p: &std::path::Path| std::fs::metadata(p).expect("stat").ino();
+    assert!(watched.contains(&ino(&d.profile(&alice).join("memory/episodic"))));
+    assert!(!watched.contains(&ino(&elsewhere)), "the target is watched");
+    assert!(!watched.contains(&ino(&elsewhere.join("sub"))));
+}
+
+#[test]
+fn a_burst_across_profiles_reaches_each_owner_and_nobody_else() {
+    if !require_root() {
+        return;
+    }
+    const USERS: usize = 20;
+    const FILES: usize = 100;
+    let users: Vec<TestUser> = (0..USERS).map(|_| TestUser::new("burst")).collect();
+    let d = Daemon::start("");
+    let streams: Vec<Stream> = users.iter().map(|u| Stream::settled(&d, u)).collect();
+    // Each user writes half the files into a directory made just before
+    // (files written right after a mkdir must not be missed), half into
+    // memory/tasks, all at once.
+    let writers: Vec<KillOnDrop> = users
+        .iter()
+        .map(|u| {
+            let script = format!(
+                "cd \"$1\" && mkdir -p memory/episodic/2031/02 && i=0; \
+                 while [ $i -lt {half} ]; do \
+                 printf 'm' > memory/episodic/2031/02/evt-b$i.md; \
+                 printf 't' > memory/tasks/tsk-b$i.md; i=$((i+1)); done",
+                half = FILES / 2
+            );
+            KillOnDrop(
+                u.command("sh")
+                    .arg("-c")
+                    .arg(script)
+                    .arg("sh")
+                    .arg(d.profile(u))
+                    .spawn()
+                    .expect("spawn a writer"),
+            )
+        })
+        .collect();
+    for mut w in writers {
+        assert!(w.0.wait().expect("writer").success());
+    }
+    for (user, stream) in users.iter().zip(&streams) {
+        let mut expected: std::collections::BTreeSet<String> = (0..FILES / 2)
+            .flat_map(|i| {
+                [
+                    format!("memory/episodic/2031/02/evt-b{i}.md"),
+                    format!("memory/tasks/tsk-b{i}.md"),
+                ]
+            })
+            .collect();
+        let seen = stream.until("every path", |v| {
+            assert_eq!(v["user"], user.name.as_str(), "another user's event: {v}");
+            if let Some(p) = v["path"].as_str() {
+                expected.remove(p);
+            }
+            expected.is_empty()
+        });
+        assert!(seen.len() >= FILES);
+    }
+}
+
+#[test]
+fn polling_reports_the_same_change() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("[watch]\nmode = \"poll\"\npoll_interval = \"1s\"\n");
+    let events = Stream::settled(&d, &alice);
+    let id = capture(&d, &alice, "first draft");
+    events.until("memory.created", |v| is(v, "memory.created", &id));
+    let file = memory_file(&d, &alice, &id);
+    let text = std::fs::read_to_string(&file).expect("read");
+    save_like_an_editor(&alice, &file, &text.replace("first draft", "polled"));
+    let seen = events.until("memory.updated", |v| is(v, "memory.updated", &id));
+    assert_eq!(seen.len(), 1, "{seen:#?}");
 }

@@ -146,6 +146,19 @@ impl ProfileDir {
         }))
     }
 
+    /// Whether `rel` (`""`: the profile) is a directory the account owns,
+    /// reached without passing through a link.
+    pub fn is_dir(&self, rel: &str) -> bool {
+        if rel.is_empty() {
+            return true;
+        }
+        check_rel(rel).is_ok()
+            && open_dir_beneath(&self.fd, rel)
+                .and_then(|fd| stat(&fd, rel))
+                .and_then(|st| check_dir(&st, self.account.uid, rel))
+                .is_ok()
+    }
+
     /// Whether something (even a link, which is not followed) is at `rel`.
     /// A path through a link is refused.
     pub fn exists(&self, rel: &str) -> Result<bool> {

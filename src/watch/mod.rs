@@ -187,18 +187,20 @@ fn run(state: &AppState, root: &Path, mut sources: Sources, rx: &Receiver<Signal
         } else {
             let mut changes = Vec::new();
             for (user, rel) in &batch.paths {
-                if classify::may_hold_records(rel) {
+                // A whole-profile rescan covers the rest of its paths.
+                if !rel.is_empty() && batch.paths.contains(&(user.clone(), String::new())) {
+                    continue;
+                }
+                changes.extend(tracker.reconcile(state.root(), &policy, user, rel));
+                // Checked through the profile's handle first: a link put
+                // where a directory was is never watched through.
+                if classify::may_hold_records(rel) && tracker.is_real_dir(user, rel) {
                     let mut dir = root.join(user);
                     if !rel.is_empty() {
                         dir.push(rel);
                     }
                     sources.rewatch(&dir);
                 }
-                // A whole-profile rescan covers the rest of its paths.
-                if !rel.is_empty() && batch.paths.contains(&(user.clone(), String::new())) {
-                    continue;
-                }
-                changes.extend(tracker.reconcile(state.root(), &policy, user, rel));
             }
             changes
         };

@@ -77,6 +77,12 @@ impl Tracker {
         diff(user, &mut tracked.known, rel, now)
     }
 
+    /// Whether `rel` is a real directory (no link on the way) of a profile
+    /// the watcher tracks: only those may be (re-)watched.
+    pub fn is_real_dir(&self, user: &str, rel: &str) -> bool {
+        self.profiles.get(user).is_some_and(|t| t.dir.is_dir(rel))
+    }
+
     /// Opens (or re-opens) `user`'s profile if it is an eligible account's
     /// directory owned by that account, and compares all of it.
     fn reconcile_profile(
