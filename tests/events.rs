@@ -23,7 +23,11 @@ struct Stream {
 
 impl Stream {
     fn open(d: &Daemon, user: &TestUser, last_event_id: Option<u64>) -> Stream {
-        let mut cmd = user.command(PROFILECTL);
+        Stream::spawn(d, user.command(PROFILECTL), last_event_id)
+    }
+
+    /// `profilectl events` run by `cmd` (any account, any options).
+    fn spawn(d: &Daemon, mut cmd: std::process::Command, last_event_id: Option<u64>) -> Stream {
         cmd.env_clear()
             .env("PATH", "/usr/bin:/bin")
             .arg("--socket")
@@ -361,4 +365,69 @@ fn polling_reports_the_same_change() {
     save_like_an_editor(&alice, &file, &text.replace("first draft", "polled"));
     let seen = events.until("memory.updated", |v| is(v, "memory.updated", &id));
     assert_eq!(seen.len(), 1, "{seen:#?}");
+}
+
+#[test]
+fn admins_watch_another_profile_audited_and_users_cannot() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let bob = TestUser::new("bob");
+    let d = Daemon::start("");
+    let alice_events = Stream::settled(&d, &alice);
+    // root over the socket is an admin.
+    let mut as_root = std::process::Command::new(PROFILECTL);
+    as_root.args(["--user", &alice.name]);
+    let watched = Stream::spawn(&d, as_root, None);
+    let task = marker(&d, &alice);
+    alice_events.until("the marker", |v| is(v, "task.created", &task));
+    let seen = watched.until("alice's marker", |v| is(v, "task.created", &task));
+    assert!(seen.iter().all(|v| v["user"] == alice.name.as_str()));
+    assert!(d.system_audit().contains("events.watch"));
+    assert!(d.user_audit(&alice).contains("events.watch"));
+
+    let out = d.ctl(Some(&bob), &["--user", &alice.name, "events"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only admins"), "{err}");
+}
+
+#[test]
+fn the_stream_works_over_tcp_with_a_token() {
+    use std::io::{Read, Write};
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    alice.set_password("correct horse 5");
+    let d = Daemon::start("");
+    d.ok(Some(&alice), &["status"]);
+    let reply = d.login(&alice.name, "correct horse 5");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let token = reply.json()["token"].as_str().expect("token").to_owned();
+
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", d.port)).expect("connect");
+    tcp.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    write!(
+        tcp,
+        "GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {token}\r\n\r\n",
+        d.port
+    )
+    .expect("send");
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    let mut read_until = |got: &mut String, needle: &str| {
+        while !got.contains(needle) {
+            let n = tcp.read(&mut buf).expect("read the stream");
+            assert!(n > 0, "the stream ended: {got}");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    read_until(&mut got, "\r\n\r\n");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("text/event-stream"), "{got}");
+    let task = marker(&d, &alice);
+    read_until(&mut got, &task);
+    assert!(got.contains("event: task.created"), "{got}");
 }
