@@ -51,16 +51,16 @@ pub(super) async fn stream(
         })
     })
     .await?;
-    let (catchup, live) = st.events.subscribe(last);
+    let sub = st.events.subscribe(&user, last);
     let mut feed = Feed {
         state: st.clone(),
         user,
-        last,
+        last: sub.newest,
         pending: VecDeque::new(),
-        live,
+        live: sub.live,
         closed: st.events.closed(),
     };
-    feed.queue(catchup);
+    feed.queue(sub.catchup);
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         let next = feed.next().await?;
         Some((Ok(next), feed))
@@ -72,8 +72,8 @@ pub(super) async fn stream(
 struct Feed {
     state: Arc<AppState>,
     user: String,
-    /// The last event id seen (anyone's), to catch up after lagging.
-    last: Option<u64>,
+    /// The last id of this profile's events sent, to catch up after lagging.
+    last: u64,
     pending: VecDeque<SseEvent>,
     live: broadcast::Receiver<Arc<Event>>,
     closed: watch::Receiver<bool>,
@@ -84,10 +84,8 @@ impl Feed {
         match catchup {
             Catchup::Events(events) => {
                 for e in events {
-                    self.last = Some(e.id);
-                    if e.change.user == self.user {
-                        self.pending.push_back(sse(&e));
-                    }
+                    self.last = e.id;
+                    self.pending.push_back(sse(&e));
                 }
             }
             Catchup::Resync => self.pending.push_back(
@@ -114,18 +112,17 @@ impl Feed {
             }
             tokio::select! {
                 got = self.live.recv() => match got {
-                    Ok(e) => {
-                        self.last = Some(e.id);
-                        if e.change.user == self.user {
-                            return Some(sse(&e));
-                        }
+                    Ok(e) if e.change.user == self.user => {
+                        self.last = e.id;
+                        return Some(sse(&e));
                     }
+                    Ok(_) => {}
                     // A slow client fell behind the live channel: take the
                     // rest from the buffer (or resync), never skip silently.
                     Err(RecvError::Lagged(_)) => {
-                        let (catchup, live) = self.state.events.subscribe(self.last);
-                        self.live = live;
-                        self.queue(catchup);
+                        let sub = self.state.events.subscribe(&self.user, Some(self.last));
+                        self.live = sub.live;
+                        self.queue(sub.catchup);
                     }
                     Err(RecvError::Closed) => return None,
                 },

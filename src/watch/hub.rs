@@ -1,7 +1,7 @@
 //! The event hub: numbers changes, keeps the last ones for clients that
 //! reconnect (`Last-Event-ID`) and fans them out to live streams.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -16,7 +16,9 @@ pub const BUFFER: usize = 10_000;
 /// A change as it is streamed: numbered and timed.
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
-    /// Increases by one per event; ids of a later daemon run are larger.
+    /// Increases by one per event of the same profile (each profile counts
+    /// on its own, so ids say nothing of other accounts' activity); ids of
+    /// a later daemon run are larger.
     pub id: u64,
     /// `kind.action`, e.g. `memory.updated`.
     #[serde(rename = "type")]
@@ -31,17 +33,33 @@ pub struct Event {
 /// What a subscriber missed since the id it last saw.
 #[derive(Debug)]
 pub enum Catchup {
-    /// The events after that id, oldest first (every user's: filter them).
+    /// The profile's events after that id, oldest first.
     Events(Vec<Arc<Event>>),
     /// The gap is older than the buffer (or the id is from nowhere): the
     /// client must reload what it shows.
     Resync,
 }
 
+/// A new subscriber's start.
+pub struct Subscription {
+    /// What it missed.
+    pub catchup: Catchup,
+    /// The live events, from now on.
+    pub live: broadcast::Receiver<Arc<Event>>,
+    /// The id of the profile's latest event so far (where a subscriber that
+    /// falls behind resumes).
+    pub newest: u64,
+}
+
 struct Ring {
+    /// The last events of every profile, oldest first.
     events: VecDeque<Arc<Event>>,
-    /// The id the next event gets.
-    next: u64,
+    /// Per profile: the id its next event gets.
+    next: HashMap<String, u64>,
+    /// Per profile: the highest id dropped from the buffer.
+    dropped: HashMap<String, u64>,
+    /// The first id of every profile in this run.
+    start: u64,
 }
 
 /// Numbered changes, buffered and broadcast.
@@ -58,12 +76,15 @@ impl Default for EventHub {
         // matched against unrelated events.
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+            .max(1);
         let (live, _) = broadcast::channel(1024);
         EventHub {
             ring: Mutex::new(Ring {
                 events: VecDeque::with_capacity(BUFFER),
-                next: start,
+                next: HashMap::new(),
+                dropped: HashMap::new(),
+                start,
             }),
             live,
             closed: watch::channel(false).0,
@@ -82,15 +103,20 @@ impl EventHub {
     /// Numbers `change`, keeps it and sends it to every live stream.
     pub fn publish(&self, change: Change) {
         let mut ring = self.ring();
+        let start = ring.start;
+        let next = ring.next.entry(change.user.clone()).or_insert(start);
+        let id = *next;
+        *next += 1;
         let event = Arc::new(Event {
-            id: ring.next,
+            id,
             event_type: format!("{}.{}", change.kind.as_str(), change.action.as_str()),
             time: timefmt::now_rfc3339(),
             change,
         });
-        ring.next += 1;
-        if ring.events.len() == BUFFER {
-            ring.events.pop_front();
+        if ring.events.len() == BUFFER
+            && let Some(old) = ring.events.pop_front()
+        {
+            ring.dropped.insert(old.change.user.clone(), old.id);
         }
         ring.events.push_back(event.clone());
         // Sent under the lock, so a subscriber sees each event exactly once:
@@ -98,23 +124,36 @@ impl EventHub {
         let _ = self.live.send(event);
     }
 
-    /// Subscribes to live events; with `last`, also returns what came after
-    /// that id.
-    pub fn subscribe(&self, last: Option<u64>) -> (Catchup, broadcast::Receiver<Arc<Event>>) {
+    /// Subscribes to live events (of every profile: filter them by user);
+    /// with `last`, also returns `user`'s events after that id.
+    pub fn subscribe(&self, user: &str, last: Option<u64>) -> Subscription {
         let ring = self.ring();
-        let rx = self.live.subscribe();
-        let Some(last) = last else {
-            return (Catchup::Events(Vec::new()), rx);
+        let live = self.live.subscribe();
+        let next = ring.next.get(user).copied().unwrap_or(ring.start);
+        let newest = next - 1;
+        let catchup = match last {
+            None => Catchup::Events(Vec::new()),
+            // Every id up to the floor is gone (dropped, or from an
+            // earlier run).
+            Some(last)
+                if last >= next
+                    || last < ring.dropped.get(user).copied().unwrap_or(ring.start - 1) =>
+            {
+                Catchup::Resync
+            }
+            Some(last) => Catchup::Events(
+                ring.events
+                    .iter()
+                    .filter(|e| e.change.user == user && e.id > last)
+                    .cloned()
+                    .collect(),
+            ),
         };
-        let oldest = ring.next - ring.events.len() as u64;
-        if last >= ring.next || last.saturating_add(1) < oldest {
-            return (Catchup::Resync, rx);
+        Subscription {
+            catchup,
+            live,
+            newest,
         }
-        let skip = usize::try_from(last + 1 - oldest).unwrap_or(usize::MAX);
-        (
-            Catchup::Events(ring.events.iter().skip(skip).cloned().collect()),
-            rx,
-        )
     }
 
     /// Ends every stream (at shutdown, so requests in flight can finish).
@@ -133,9 +172,9 @@ mod tests {
     use super::*;
     use crate::watch::{Action, Kind};
 
-    fn change(n: u32) -> Change {
+    fn change(user: &str, n: usize) -> Change {
         Change {
-            user: "alice".into(),
+            user: user.into(),
             kind: Kind::Memory,
             action: Action::Created,
             record: Some(format!("evt-{n}")),
@@ -143,30 +182,35 @@ mod tests {
         }
     }
 
+    fn ids(s: Subscription) -> Option<Vec<u64>> {
+        match s.catchup {
+            Catchup::Events(ev) => Some(ev.iter().map(|e| e.id).collect()),
+            Catchup::Resync => None,
+        }
+    }
+
     #[test]
     fn reconnecting_gets_what_it_missed_or_resync() {
         let hub = EventHub::default();
-        hub.publish(change(0));
-        let (_, _rx) = hub.subscribe(None);
+        hub.publish(change("alice", 0));
         let first = hub.ring().events[0].id;
-        hub.publish(change(1));
-        hub.publish(change(2));
-        match hub.subscribe(Some(first)).0 {
-            Catchup::Events(ev) => {
-                let ids: Vec<_> = ev.iter().map(|e| e.id).collect();
-                assert_eq!(ids, vec![first + 1, first + 2]);
-            }
-            Catchup::Resync => panic!("no resync expected"),
+        hub.publish(change("bob", 1));
+        hub.publish(change("alice", 2));
+        hub.publish(change("alice", 3));
+        // alice's ids count her events only: bob's leave no gap.
+        assert_eq!(
+            ids(hub.subscribe("alice", Some(first))),
+            Some(vec![first + 1, first + 2])
+        );
+        assert_eq!(ids(hub.subscribe("alice", Some(first + 2))), Some(vec![]));
+        assert_eq!(ids(hub.subscribe("alice", Some(1))), None);
+        assert_eq!(ids(hub.subscribe("alice", Some(first + 99))), None);
+        // Someone with no events yet, resuming from the start of this run.
+        assert_eq!(ids(hub.subscribe("carol", Some(first - 1))), Some(vec![]));
+        for n in 0..BUFFER {
+            hub.publish(change("bob", n));
         }
-        assert!(matches!(hub.subscribe(Some(1)).0, Catchup::Resync));
-        assert!(matches!(hub.subscribe(Some(first + 99)).0, Catchup::Resync));
-        match hub.subscribe(Some(first + 2)).0 {
-            Catchup::Events(ev) => assert!(ev.is_empty()),
-            Catchup::Resync => panic!("no resync expected"),
-        }
-        for n in 0..BUFFER as u32 {
-            hub.publish(change(n));
-        }
-        assert!(matches!(hub.subscribe(Some(first)).0, Catchup::Resync));
+        assert_eq!(ids(hub.subscribe("alice", Some(first))), None);
+        assert_eq!(ids(hub.subscribe("alice", Some(first + 2))), Some(vec![]));
     }
 }

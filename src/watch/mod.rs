@@ -10,7 +10,7 @@ mod source;
 mod tracker;
 
 pub use classify::Kind;
-pub use hub::{BUFFER, Catchup, Event, EventHub};
+pub use hub::{BUFFER, Catchup, Event, EventHub, Subscription};
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path};
