@@ -431,3 +431,52 @@ fn the_stream_works_over_tcp_with_a_token() {
     read_until(&mut got, &task);
     assert!(got.contains("event: task.created"), "{got}");
 }
+
+#[test]
+fn an_invalid_profile_toml_is_reported_on_the_stream_and_in_me_until_fixed() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("");
+    let events = Stream::settled(&d, &alice);
+    let file = d.profile(&alice).join("profile.toml");
+    let write = |text: &str| {
+        let out = alice
+            .command("sh")
+            .arg("-c")
+            .arg("printf '%s' \"$2\" > \"$1.new\" && mv \"$1.new\" \"$1\"")
+            .arg("sh")
+            .arg(&file)
+            .arg(text)
+            .output()
+            .expect("write as alice");
+        assert!(out.status.success());
+    };
+
+    write("display_name = \"Alice\"\n\ncolour = \"blue\"\n");
+    let seen = events.until("settings.invalid", |v| v["type"] == "settings.invalid");
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    let problem = &seen[0]["problem"];
+    assert_eq!(problem["file"], "profile.toml", "{problem}");
+    assert_eq!(problem["line"], 3, "{problem}");
+    assert!(
+        problem["reason"].as_str().unwrap_or("").contains("colour"),
+        "{problem}"
+    );
+    let (_, me) = d.api(Some(&alice), "GET", "/v1/me", None);
+    assert!(
+        me["problems"]
+            .as_array()
+            .expect("problems")
+            .iter()
+            .any(|p| p["file"] == "profile.toml" && p["line"] == 3),
+        "{me}"
+    );
+
+    write("display_name = \"Alice\"\n");
+    let seen = events.until("settings.updated", |v| v["type"] == "settings.updated");
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    let (_, me) = d.api(Some(&alice), "GET", "/v1/me", None);
+    assert_eq!(me["problems"].as_array().map(Vec::len), Some(0), "{me}");
+}

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{Result, Store};
+use super::{Problem, Result, Store};
 
 const PATH: &str = "profile.toml";
 
@@ -34,5 +34,10 @@ impl Store<'_> {
     /// The settings; the defaults when the file does not exist.
     pub fn settings(&self) -> Result<UserSettings> {
         Ok(self.read_toml(PATH)?.unwrap_or_default())
+    }
+
+    /// What is wrong with `profile.toml`, if anything (file, line, reason).
+    pub fn settings_problem(&self) -> Option<Problem> {
+        self.settings().err().and_then(super::problem_of)
     }
 }

@@ -179,6 +179,7 @@ mod tests {
             action: Action::Created,
             record: Some(format!("evt-{n}")),
             path: format!("memory/episodic/2026/11/evt-{n}.md"),
+            problem: None,
         }
     }
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::api::AppState;
+use crate::store::Problem;
 use source::{Signal, Sources};
 use tracker::Tracker;
 
@@ -41,6 +42,9 @@ pub enum Action {
     Updated,
     /// It is gone.
     Deleted,
+    /// It changed and no longer validates (settings): the previous content
+    /// stays in force; `problem` says where and why.
+    Invalid,
 }
 
 impl Action {
@@ -50,6 +54,7 @@ impl Action {
             Action::Created => "created",
             Action::Updated => "updated",
             Action::Deleted => "deleted",
+            Action::Invalid => "invalid",
         }
     }
 }
@@ -68,6 +73,9 @@ pub struct Change {
     pub record: Option<String>,
     /// The file, relative to the profile.
     pub path: String,
+    /// For `invalid`: the file, line and reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
 }
 
 /// The running watcher; [`Watching::stop`] ends it.
@@ -204,7 +212,19 @@ fn run(state: &AppState, root: &Path, mut sources: Sources, rx: &Receiver<Signal
             }
             changes
         };
-        for change in changes {
+        for mut change in changes {
+            if change.kind == Kind::Settings && change.action != Action::Deleted {
+                // Rule 7: a bad profile.toml is reported where the user
+                // looks (their stream, /v1/me) and in the log.
+                if let Some(problem) = tracker.settings_problem(&change.user, state.system_log()) {
+                    tracing::warn!(
+                        "{}: {problem}; the previous settings stay in force",
+                        change.user
+                    );
+                    change.action = Action::Invalid;
+                    change.problem = Some(problem);
+                }
+            }
             state.events.publish(change);
         }
     }

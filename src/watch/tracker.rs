@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 use super::classify::{classify, may_hold_records};
 use super::{Action, Change};
 use crate::accounts::{self, Eligibility, Policy};
+use crate::audit::{Auditor, SystemLog};
 use crate::profile::{EntryKind, ProfileDir, ProfilesRoot, Stamp};
+use crate::store::{Problem, Store};
 
 struct Tracked {
     dir: ProfileDir,
@@ -81,6 +83,17 @@ impl Tracker {
     /// the watcher tracks: only those may be (re-)watched.
     pub fn is_real_dir(&self, user: &str, rel: &str) -> bool {
         self.profiles.get(user).is_some_and(|t| t.dir.is_dir(rel))
+    }
+
+    /// What is wrong with `user`'s `profile.toml`, if anything.
+    pub fn settings_problem(&self, user: &str, system: &SystemLog) -> Option<Problem> {
+        let tracked = self.profiles.get(user)?;
+        let auditor = Auditor {
+            system,
+            actor: user,
+            on_behalf: false,
+        };
+        Store::new(&tracked.dir, &auditor).settings_problem()
     }
 
     /// Opens (or re-opens) `user`'s profile if it is an eligible account's
@@ -194,5 +207,6 @@ fn change(user: &str, path: &str, action: Action) -> Option<Change> {
         action,
         record,
         path: path.to_owned(),
+        problem: None,
     })
 }
