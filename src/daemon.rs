@@ -102,11 +102,34 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
     let mut term = sig(SignalKind::terminate())?;
     let mut int = sig(SignalKind::interrupt())?;
     let mut hup = sig(SignalKind::hangup())?;
+    // The config is also re-read when its file changes (rule 7 keeps the
+    // previous one when the new one is invalid).
+    let (_config_watch, mut config_changed) = match reload_from.as_deref().map(watch::watch_file) {
+        Some(Ok((w, rx))) => (Some(w), Some(rx)),
+        Some(Err(e)) => {
+            tracing::warn!("{e}; the config is re-read on SIGHUP only");
+            (None, None)
+        }
+        None => (None, None),
+    };
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => reload(&state, reload_from.as_deref()),
+            changed = next_change(&mut config_changed) => {
+                if changed.is_none() {
+                    // The watch ended: SIGHUP still works.
+                    config_changed = None;
+                    continue;
+                }
+                // An editor's save is several events: read once they settle.
+                tokio::time::sleep(CONFIG_SETTLE).await;
+                if let Some(rx) = config_changed.as_mut() {
+                    while rx.try_recv().is_ok() {}
+                }
+                reload(&state, reload_from.as_deref());
+            }
         }
     }
     tracing::info!("stopping: finishing requests in flight");
@@ -128,6 +151,17 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// How long a config change must be quiet before the file is read.
+const CONFIG_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The next change of the config file; never, without a watch.
+async fn next_change(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<()>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Refuses to start without the PAM service file: Linux-PAM silently falls

@@ -480,3 +480,36 @@ fn an_invalid_profile_toml_is_reported_on_the_stream_and_in_me_until_fixed() {
     let (_, me) = d.api(Some(&alice), "GET", "/v1/me", None);
     assert_eq!(me["problems"].as_array().map(Vec::len), Some(0), "{me}");
 }
+
+#[test]
+fn the_system_config_is_reloaded_when_it_changes_and_a_bad_one_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let bob = TestUser::new("bob");
+    let d = Daemon::start("");
+    d.ok(Some(&alice), &["status"]);
+    let as_admin = || d.ctl(Some(&bob), &["--user", &alice.name, "status"]);
+    assert!(!as_admin().status.success());
+
+    // No SIGHUP: saving the file is enough.
+    let good = std::fs::read_to_string(&d.config).expect("read config")
+        + &format!("\n[accounts]\nadmins = [\"{}\"]\n", bob.name);
+    std::fs::write(&d.config, &good).expect("write config");
+    let deadline = Instant::now() + PATIENCE;
+    while !as_admin().status.success() {
+        assert!(Instant::now() < deadline, "not reloaded: {}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A broken file is refused and the last good one stays in force.
+    std::fs::write(&d.config, good.replace("admins =", "admins ==")).expect("break it");
+    let deadline = Instant::now() + PATIENCE;
+    while !d.log_text().contains("config reload refused") {
+        assert!(Instant::now() < deadline, "not refused: {}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.log_text().contains("profiled.toml:"), "{}", d.log_text());
+    assert!(as_admin().status.success());
+}

@@ -5,11 +5,13 @@
 //! changes come out in the order they were found, with no locking.
 
 mod classify;
+mod file;
 mod hub;
 mod source;
 mod tracker;
 
 pub use classify::Kind;
+pub use file::watch_file;
 pub use hub::{BUFFER, Catchup, Event, EventHub, Subscription};
 
 use std::collections::BTreeSet;
