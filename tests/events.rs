@@ -513,3 +513,34 @@ fn the_system_config_is_reloaded_when_it_changes_and_a_bad_one_is_refused() {
     assert!(d.log_text().contains("profiled.toml:"), "{}", d.log_text());
     assert!(as_admin().status.success());
 }
+
+#[test]
+fn a_save_that_moves_the_original_away_first_is_one_update() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("");
+    let events = Stream::settled(&d, &alice);
+    let id = capture(&d, &alice, "first draft");
+    events.until("memory.created", |v| is(v, "memory.created", &id));
+    let file = memory_file(&d, &alice, &id);
+    let text = std::fs::read_to_string(&file).expect("read");
+    // vim with a backup copy: the original moves to FILE~, the new text is
+    // written to FILE (and synced), then the backup goes.
+    let out = alice
+        .command("sh")
+        .arg("-c")
+        .arg("mv \"$1\" \"$1~\" && printf '%s' \"$2\" > \"$1\" && sync \"$1\" && rm \"$1~\"")
+        .arg("sh")
+        .arg(&file)
+        .arg(text.replace("first draft", "saved with a backup"))
+        .output()
+        .expect("edit as alice");
+    assert!(out.status.success());
+    let seen = events.until("memory.updated", |v| is(v, "memory.updated", &id));
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    let task = marker(&d, &alice);
+    let seen = events.until("the marker", |v| is(v, "task.created", &task));
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+}

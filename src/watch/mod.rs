@@ -6,6 +6,7 @@
 
 mod classify;
 mod file;
+mod held;
 mod hub;
 mod source;
 mod tracker;
@@ -25,12 +26,15 @@ use serde::Serialize;
 
 use crate::api::AppState;
 use crate::store::Problem;
+use held::Held;
 use source::{Signal, Sources};
 use tracker::Tracker;
 
 /// How long the watcher waits for a burst to go quiet: an editor's save
-/// (temp file, write, rename) lands well within it.
-const QUIET: Duration = Duration::from_millis(30);
+/// (temp file, write, rename) lands within it. Short, since it is most of
+/// the delay of every event; a save that straddles it is still one change
+/// (stamps are compared, and deletions are held, see [`held`]).
+const QUIET: Duration = Duration::from_millis(10);
 /// The longest a busy burst delays its changes.
 const MAX_DELAY: Duration = Duration::from_millis(250);
 
@@ -173,63 +177,98 @@ fn run(state: &AppState, root: &Path, mut sources: Sources, rx: &Receiver<Signal
     let mut tracker = Tracker::default();
     tracker.baseline(state.root(), &state.config().policy);
     tracing::info!("watching {}", root.display());
+    let mut held = Held::default();
     loop {
-        let Ok(first) = rx.recv() else {
-            return;
-        };
-        let mut batch = Batch::default();
-        batch.add(first, root, &mut sources);
-        let until = Instant::now() + MAX_DELAY;
-        while !batch.stop {
-            let wait = QUIET.min(until.saturating_duration_since(Instant::now()));
-            match rx.recv_timeout(wait) {
-                Ok(s) => batch.add(s, root, &mut sources),
-                Err(RecvTimeoutError::Timeout) => break,
+        let first = match held.next_due() {
+            None => match rx.recv() {
+                Ok(s) => Some(s),
+                Err(_) => return,
+            },
+            Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                Ok(s) => Some(s),
+                Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
-            }
-        }
-        if batch.stop {
-            return;
-        }
-        let policy = state.config().policy.clone();
-        let changes = if batch.rescan {
-            tracker.rescan_all(state.root(), &policy)
-        } else {
-            let mut changes = Vec::new();
-            for (user, rel) in &batch.paths {
-                // A whole-profile rescan covers the rest of its paths.
-                if !rel.is_empty() && batch.paths.contains(&(user.clone(), String::new())) {
-                    continue;
-                }
-                changes.extend(tracker.reconcile(state.root(), &policy, user, rel));
-                // Checked through the profile's handle first: a link put
-                // where a directory was is never watched through.
-                if classify::may_hold_records(rel) && tracker.is_real_dir(user, rel) {
-                    let mut dir = root.join(user);
-                    if !rel.is_empty() {
-                        dir.push(rel);
-                    }
-                    sources.rewatch(&dir);
-                }
-            }
-            changes
+            },
         };
-        for mut change in changes {
-            if change.kind == Kind::Settings && change.action != Action::Deleted {
-                // Rule 7: a bad profile.toml is reported where the user
-                // looks (their stream, /v1/me) and in the log.
-                if let Some(problem) = tracker.settings_problem(&change.user, state.system_log()) {
-                    tracing::warn!(
-                        "{}: {problem}; the previous settings stay in force",
-                        change.user
-                    );
-                    change.action = Action::Invalid;
-                    change.problem = Some(problem);
-                }
+        if let Some(first) = first {
+            let Some(changes) = next_burst(state, root, &mut sources, &mut tracker, rx, first)
+            else {
+                return;
+            };
+            for change in held.merge(changes, Instant::now()) {
+                publish(state, &tracker, change);
             }
-            state.events.publish(change);
+        }
+        for change in held.due(Instant::now()) {
+            publish(state, &tracker, change);
         }
     }
+}
+
+/// Collects the burst that starts with `first` and returns its changes;
+/// `None` when the watcher must stop.
+fn next_burst(
+    state: &AppState,
+    root: &Path,
+    sources: &mut Sources,
+    tracker: &mut Tracker,
+    rx: &Receiver<Signal>,
+    first: Signal,
+) -> Option<Vec<Change>> {
+    let mut batch = Batch::default();
+    batch.add(first, root, sources);
+    let until = Instant::now() + MAX_DELAY;
+    while !batch.stop {
+        let wait = QUIET.min(until.saturating_duration_since(Instant::now()));
+        match rx.recv_timeout(wait) {
+            Ok(s) => batch.add(s, root, sources),
+            Err(RecvTimeoutError::Timeout) => break,
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+    if batch.stop {
+        return None;
+    }
+    let policy = state.config().policy.clone();
+    if batch.rescan {
+        return Some(tracker.rescan_all(state.root(), &policy));
+    }
+    let mut changes = Vec::new();
+    for (user, rel) in &batch.paths {
+        // A whole-profile rescan covers the rest of its paths.
+        if !rel.is_empty() && batch.paths.contains(&(user.clone(), String::new())) {
+            continue;
+        }
+        changes.extend(tracker.reconcile(state.root(), &policy, user, rel));
+        // Checked through the profile's handle first: a link put where a
+        // directory was is never watched through.
+        if classify::may_hold_records(rel) && tracker.is_real_dir(user, rel) {
+            let mut dir = root.join(user);
+            if !rel.is_empty() {
+                dir.push(rel);
+            }
+            sources.rewatch(&dir);
+        }
+    }
+    Some(changes)
+}
+
+/// Publishes `change`; a settings file that no longer validates becomes
+/// `settings.invalid` (rule 7: reported where the user looks, their stream
+/// and /v1/me, and in the log).
+fn publish(state: &AppState, tracker: &Tracker, mut change: Change) {
+    if change.kind == Kind::Settings
+        && change.action != Action::Deleted
+        && let Some(problem) = tracker.settings_problem(&change.user, state.system_log())
+    {
+        tracing::warn!(
+            "{}: {problem}; the previous settings stay in force",
+            change.user
+        );
+        change.action = Action::Invalid;
+        change.problem = Some(problem);
+    }
+    state.events.publish(change);
 }
 
 #[cfg(test)]
