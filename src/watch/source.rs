@@ -133,6 +133,9 @@ fn handler(tx: Sender<Signal>) -> impl notify::EventHandler {
             }) => return,
             Ok(ev) => Signal::Paths(ev.paths),
             Err(e) if matches!(e.kind, ErrorKind::MaxFilesWatch) => Signal::LimitHit,
+            // An error about paths (one vanished mid-walk, say): look at
+            // them again rather than rescanning everything.
+            Err(e) if !e.paths.is_empty() => Signal::Paths(e.paths),
             Err(e) => {
                 tracing::warn!("watch: {e}; rescanning");
                 Signal::Rescan
