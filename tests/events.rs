@@ -544,3 +544,18 @@ fn a_save_that_moves_the_original_away_first_is_one_update() {
     let seen = events.until("the marker", |v| is(v, "task.created", &task));
     assert_eq!(seen.len(), 1, "{seen:#?}");
 }
+
+#[test]
+fn a_profile_removed_while_running_reports_its_records_deleted() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("");
+    let events = Stream::settled(&d, &alice);
+    let id = capture(&d, &alice, "soon gone");
+    events.until("memory.created", |v| is(v, "memory.created", &id));
+    std::fs::remove_dir_all(d.profile(&alice)).expect("remove the profile");
+    let seen = events.until("memory.deleted", |v| is(v, "memory.deleted", &id));
+    assert!(seen.iter().all(|v| v["action"] == "deleted"), "{seen:#?}");
+}
