@@ -24,7 +24,6 @@ use crate::profile;
 use crate::store::{Problem, Store};
 use crate::timefmt;
 
-
 impl From<creds::Error> for ApiError {
     fn from(e: creds::Error) -> ApiError {
         use creds::Error as E;
