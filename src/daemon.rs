@@ -53,8 +53,8 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         let default = Path::new(config::DEFAULT_PATH);
         default.exists().then(|| default.to_owned())
     });
-    prepare_dirs(&config)?;
     check_pam_service(&config.auth.pam_service)?;
+    prepare_dirs(&config)?;
     let root = ProfilesRoot::open(&config.paths.profiles_dir, config.limits.max_record_bytes)?;
     let sessions = config.paths.state_dir.join("sessions");
     let tokens = TokenStore::open(&sessions).map_err(|e| setup(&sessions, e.to_string()))?;

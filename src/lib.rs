@@ -14,7 +14,7 @@ pub mod daemon;
 pub mod metrics;
 pub mod profile;
 pub mod server;
-pub mod statefile;
+pub mod statefs;
 pub mod store;
 pub mod timefmt;
 pub mod usage;

@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, UserQuery};
-use super::{ApiError, AppState, blocking, page_size};
+use super::{ApiError, AppState, blocking, created, page_size};
 use crate::store::{Memory, MemoryUpdate, NewMemory, Page};
 
 #[derive(Debug, Deserialize)]
@@ -27,11 +27,7 @@ pub(super) async fn create(
     let memory =
         blocking(move || st.with_store(&caller, q.user.as_deref(), |s| Ok(s.create_memory(new)?)))
             .await?;
-    let mut headers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/memories/{}", memory.id)) {
-        headers.insert(header::LOCATION, v);
-    }
-    Ok((StatusCode::CREATED, headers, Json(memory)))
+    Ok(created(&format!("/v1/memories/{}", memory.id), memory))
 }
 
 pub(super) async fn list(

@@ -27,8 +27,9 @@ pub use problem::ApiError;
 
 use std::sync::{Arc, RwLock};
 
+use axum::Json;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::{Router, middleware};
 use tokio::sync::Semaphore;
 
@@ -272,6 +273,15 @@ async fn no_method(method: Method, uri: Uri) -> ApiError {
         "method_not_allowed",
         format!("{} does not accept {method}; see docs/API.md", uri.path()),
     )
+}
+
+/// A 201 answer with the new resource's `Location`.
+fn created<T>(location: &str, body: T) -> (StatusCode, HeaderMap, Json<T>) {
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        headers.insert(header::LOCATION, v);
+    }
+    (StatusCode::CREATED, headers, Json(body))
 }
 
 /// Clamps a requested page size to `1..=max`, defaulting to 50.

@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, UserQuery};
-use super::{ApiError, AppState, blocking, page_size};
+use super::{ApiError, AppState, blocking, created, page_size};
 use crate::store::{NewTask, Page, Task, TaskPatch, TaskStatus};
 
 #[derive(Debug, Deserialize)]
@@ -28,11 +28,7 @@ pub(super) async fn create(
     let task =
         blocking(move || st.with_store(&caller, q.user.as_deref(), |s| Ok(s.create_task(new)?)))
             .await?;
-    let mut headers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/tasks/{}", task.id)) {
-        headers.insert(header::LOCATION, v);
-    }
-    Ok((StatusCode::CREATED, headers, Json(task)))
+    Ok(created(&format!("/v1/tasks/{}", task.id), task))
 }
 
 pub(super) async fn list(

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::accounts::{Account, UserId};
-use crate::statefile;
+use crate::statefs;
 
 /// Every token starts with this, so secret scanners can spot a leaked one.
 pub const PREFIX: &str = "pfd_";
@@ -21,13 +21,19 @@ pub const PREFIX: &str = "pfd_";
 /// needs it across restarts, but not to the second.
 const PERSIST_EVERY: u64 = 60;
 
+/// A session record is a few hundred bytes; anything larger is not one.
+const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
 /// What can go wrong with the token store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The sessions directory could not be read or written.
+    /// The sessions directory or a file in it is unusable.
+    #[error("session store: {0}")]
+    State(#[from] statefs::Error),
+    /// The sessions directory could not be listed.
     #[error("session store {}: {source}", path.display())]
     Io {
-        /// The file or directory.
+        /// The directory.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
@@ -105,21 +111,27 @@ impl TokenStore {
     /// Loads the store from `dir` (created root 0700 when missing),
     /// dropping what has expired.
     pub fn open(dir: &Path) -> Result<TokenStore, Error> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| Error::Io { path, source }
+        let io = |source| Error::Io {
+            path: dir.to_owned(),
+            source,
         };
-        statefile::ensure_private_dir(dir).map_err(io(dir))?;
+        statefs::ensure_private_dir(dir)?;
         let mut by_hash = HashMap::new();
         let t = now();
-        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-            let path = entry.map_err(io(dir))?.path();
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            let parsed = std::fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
+            // A link, a foreign or oversized file is refused by statefs and
+            // skipped: the daemon starts, and the log says why.
+            let parsed = match statefs::read(&path, MAX_RECORD_BYTES) {
+                Ok(bytes) => bytes.and_then(|b| serde_json::from_slice::<Record>(&b).ok()),
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    continue;
+                }
+            };
             match parsed {
                 Some(r) if r.expires > t => {
                     by_hash.insert(
@@ -131,7 +143,9 @@ impl TokenStore {
                     );
                 }
                 Some(_) => {
-                    let _ = std::fs::remove_file(&path);
+                    if let Err(e) = statefs::remove(&path) {
+                        tracing::warn!("could not remove an expired session: {e}");
+                    }
                 }
                 None => tracing::warn!("{}: not a session record, ignored", path.display()),
             }
@@ -280,16 +294,13 @@ impl TokenStore {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        statefile::write_atomic(&path, &json).map_err(|source| Error::Io { path, source })
+        Ok(statefs::write(&path, &json, true)?)
     }
 
+    /// Removes a token's file durably: a revoked token must not come back
+    /// after a crash.
     fn delete_file(&self, id: &str) -> Result<(), Error> {
-        let path = self.path(id);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(Error::Io { path, source }),
-        }
+        Ok(statefs::remove(&self.path(id))?)
     }
 
     fn remove_file(&self, id: &str) {

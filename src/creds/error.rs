@@ -130,6 +130,17 @@ impl Error {
 /// Result of the credentials module.
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl From<crate::statefs::Error> for Error {
+    fn from(e: crate::statefs::Error) -> Error {
+        match e {
+            crate::statefs::Error::Unsafe { path, reason, fix } => {
+                Error::UnsafeState { path, reason, fix }
+            }
+            crate::statefs::Error::Io { path, op, source } => Error::Io { path, op, source },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,8 +21,8 @@ use age::x25519::{Identity, Recipient};
 use zeroize::Zeroizing;
 
 use super::error::{Error, Result};
-use super::statefs;
 use crate::accounts::Account;
+use crate::statefs;
 use crate::timefmt;
 
 /// The largest identity file read (one is about 200 bytes).
@@ -102,7 +102,7 @@ impl KeyStore {
 
     /// Takes the writer's lock of `owner`'s credentials file.
     pub(crate) fn lock(&self, owner: Owner<'_>) -> Result<File> {
-        statefs::lock(&self.path(owner, ".lock"))
+        Ok(statefs::lock(&self.path(owner, ".lock"))?)
     }
 
     /// Loads `owner`'s identities; `Ok(None)` when it has none yet.
@@ -156,34 +156,39 @@ impl KeyStore {
                 current: identity,
                 next: None,
             }),
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(statefs::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
                 self.load(owner)?.ok_or_else(|| Error::UnsafeState {
                     path: self.key_path(owner),
                     reason: "vanished right after it was created".into(),
                     fix: "check what else manages this directory".into(),
                 })
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Writes `identity` as `owner`'s next identity (durably).
     pub(crate) fn write_next(&self, owner: Owner<'_>, identity: &Identity) -> Result<()> {
-        statefs::write(
+        Ok(statefs::write(
             &self.path(owner, ".key.next"),
             &key_file(owner, identity),
             true,
-        )
+        )?)
     }
 
     /// Makes the next identity the current one; the current one is gone.
     pub(crate) fn promote_next(&self, owner: Owner<'_>) -> Result<()> {
-        statefs::rename(&self.path(owner, ".key.next"), &self.key_path(owner))
+        Ok(statefs::rename(
+            &self.path(owner, ".key.next"),
+            &self.key_path(owner),
+        )?)
     }
 
     /// Removes a next identity that opens nothing.
     pub(crate) fn discard_next(&self, owner: Owner<'_>) -> Result<()> {
-        statefs::remove(&self.path(owner, ".key.next"))
+        Ok(statefs::remove(&self.path(owner, ".key.next"))?)
     }
 
     /// The names with an identity file: account names, and [`HOST_STEM`]

@@ -14,7 +14,6 @@
 //! - `secret`: [`Secret`], a zeroizing, never-printed string;
 //! - `format`: the plaintext inside the age envelope, and the envelope;
 //! - `keys`: the identities and locks in `keys/`;
-//! - `statefs`: root-owned files of the state directory;
 //! - `vault`: reading and changing a credentials file ([`Vault`]);
 //! - `resolve`: the agents' lookup, with fallback and `last_used`;
 //! - `rotate`: `profiled rotate-keys`;
@@ -27,7 +26,6 @@ mod resolve;
 mod rotate;
 mod secret;
 mod settings;
-mod statefs;
 mod vault;
 
 pub use error::{Error, Result};

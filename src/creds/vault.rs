@@ -20,8 +20,8 @@ use super::format::{
 };
 use super::keys::{HOST_STEM, Identities, KeyStore, Owner};
 use super::secret::Secret;
-use super::statefs;
 use crate::profile::{self, ProfileDir, WriteMode};
+use crate::statefs;
 use crate::store::Problem;
 use crate::timefmt;
 
@@ -122,14 +122,14 @@ impl Vault {
                 Err(e) if e.is_not_found() => Ok(None),
                 Err(e) => Err(e.into()),
             },
-            Place::Host => statefs::read(&self.host_file, MAX_HOST_BYTES),
+            Place::Host => Ok(statefs::read(&self.host_file, MAX_HOST_BYTES)?),
         }
     }
 
     pub(crate) fn write_bytes(&self, place: Place<'_>, data: &[u8]) -> Result<()> {
         match place {
             Place::Profile(p) => Ok(p.write(FILE, data, WriteMode::Replace)?),
-            Place::Host => statefs::write(&self.host_file, data, true),
+            Place::Host => Ok(statefs::write(&self.host_file, data, true)?),
         }
     }
 

@@ -3,10 +3,10 @@
 use serde::{Deserialize, Serialize};
 use toml::value::Datetime;
 
-use super::frontmatter::{self, Document};
+use super::frontmatter::Document;
 use super::{
-    Error, Page, Problem, Result, Store, check_tags, line_of_key, new_id, problem_of, record_stems,
-    valid_id,
+    Error, Page, Problem, RecordFront, Result, Store, check_tags, new_id, problem_of, record_stems,
+    valid_id, with_newline,
 };
 use crate::profile::{self, EntryKind, WriteMode};
 use crate::timefmt;
@@ -95,7 +95,7 @@ impl Store<'_> {
             ..Front::default()
         };
         let body = with_newline(&new.text);
-        self.write_memory(
+        self.write_record(
             &rel,
             &front,
             &toml::Table::new(),
@@ -103,7 +103,7 @@ impl Store<'_> {
             WriteMode::CreateNew,
         )?;
         self.audit("memory.create", &id, "ok");
-        Ok(to_memory(&id, &rel, front, body))
+        Ok(to_memory(&id, &rel, &front, &body))
     }
 
     /// One page of memories, newest first, starting after the id `before`.
@@ -180,9 +180,9 @@ impl Store<'_> {
             front.processed = p;
         }
         let body = with_newline(&update.text);
-        self.write_memory(&rel, &front, &doc.extra, &body, WriteMode::Replace)?;
+        self.write_record(&rel, &front, &doc.extra, &body, WriteMode::Replace)?;
         self.audit("memory.update", id, "ok");
-        Ok(to_memory(id, &rel, front, body))
+        Ok(to_memory(id, &rel, &front, &body))
     }
 
     /// Deletes memory `id`.
@@ -270,64 +270,27 @@ impl Store<'_> {
     }
 
     fn read_memory(&self, stem: &str, rel: &str) -> Result<(Memory, Document<Front>)> {
-        let text = self.read_text(rel)?;
-        let invalid = |line, reason| Error::Invalid {
-            problem: Problem {
-                file: rel.to_owned(),
-                line: Some(line),
-                reason,
-            },
-        };
-        let doc =
-            frontmatter::parse::<Front>(&text, KNOWN).map_err(|e| invalid(e.line, e.reason))?;
-        if let Some(id) = &doc.front.id
-            && id != stem
-        {
-            return Err(invalid(
-                line_of_key(&text, "id").unwrap_or(2),
-                format!("id {id:?} does not match the file name {stem}.md; rename one to match"),
-            ));
-        }
-        let memory = Memory {
-            id: stem.to_owned(),
-            path: rel.to_owned(),
-            created: doc.front.created.as_ref().map(ToString::to_string),
-            updated: doc.front.updated.as_ref().map(ToString::to_string),
-            tags: doc.front.tags.clone(),
-            processed: doc.front.processed,
-            source: doc.front.source.clone(),
-            text: doc.body.clone(),
-        };
-        Ok((memory, doc))
-    }
-
-    fn write_memory(
-        &self,
-        rel: &str,
-        front: &Front,
-        extra: &toml::Table,
-        body: &str,
-        mode: WriteMode,
-    ) -> Result<()> {
-        let text = frontmatter::render(front, extra, body).map_err(|reason| Error::Input {
-            field: "memory".into(),
-            reason,
-        })?;
-        self.dir.write(rel, text.as_bytes(), mode)?;
-        Ok(())
+        let doc = self.read_record::<Front>(stem, rel, KNOWN)?;
+        Ok((to_memory(stem, rel, &doc.front, &doc.body), doc))
     }
 }
 
-fn to_memory(id: &str, rel: &str, front: Front, body: String) -> Memory {
+fn to_memory(id: &str, rel: &str, front: &Front, body: &str) -> Memory {
     Memory {
         id: id.to_owned(),
         path: rel.to_owned(),
-        created: front.created.map(|d| d.to_string()),
-        updated: front.updated.map(|d| d.to_string()),
-        tags: front.tags,
+        created: front.created.as_ref().map(ToString::to_string),
+        updated: front.updated.as_ref().map(ToString::to_string),
+        tags: front.tags.clone(),
         processed: front.processed,
-        source: front.source,
-        text: body,
+        source: front.source.clone(),
+        text: body.to_owned(),
+    }
+}
+
+impl RecordFront for Front {
+    fn id(&self) -> Option<&str> {
+        self.id.as_deref()
     }
 }
 
@@ -339,14 +302,6 @@ fn check_text(text: &str) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn with_newline(text: &str) -> String {
-    let mut s = text.to_owned();
-    if !s.ends_with('\n') {
-        s.push('\n');
-    }
-    s
 }
 
 fn digit_dirs(entries: Vec<profile::Entry>, len: usize) -> Vec<String> {

@@ -174,6 +174,51 @@ impl<'a> Store<'a> {
             .collect()
     }
 
+    /// Reads and parses the record file `rel`, whose file name says its id
+    /// is `stem`; an `id` key that disagrees is an error on its line.
+    fn read_record<F: RecordFront>(
+        &self,
+        stem: &str,
+        rel: &str,
+        known: &[&str],
+    ) -> Result<frontmatter::Document<F>> {
+        let text = self.read_text(rel)?;
+        let invalid = |line, reason| Error::Invalid {
+            problem: Problem {
+                file: rel.to_owned(),
+                line: Some(line),
+                reason,
+            },
+        };
+        let doc = frontmatter::parse::<F>(&text, known).map_err(|e| invalid(e.line, e.reason))?;
+        if let Some(id) = doc.front.id()
+            && id != stem
+        {
+            return Err(invalid(
+                line_of_key(&text, "id").unwrap_or(2),
+                format!("id {id:?} does not match the file name {stem}.md; rename one to match"),
+            ));
+        }
+        Ok(doc)
+    }
+
+    /// Renders and writes a record atomically.
+    fn write_record<F: RecordFront>(
+        &self,
+        rel: &str,
+        front: &F,
+        extra: &toml::Table,
+        body: &str,
+        mode: profile::WriteMode,
+    ) -> Result<()> {
+        let text = frontmatter::render(front, extra, body).map_err(|reason| Error::Input {
+            field: rel.to_owned(),
+            reason,
+        })?;
+        self.dir.write(rel, text.as_bytes(), mode)?;
+        Ok(())
+    }
+
     /// Every problem in the profile: unparsable or unsafe records, an
     /// invalid persona or settings file.
     pub fn problems(&self) -> Vec<Problem> {
@@ -211,6 +256,21 @@ fn problem_of(e: Error) -> Option<Problem> {
             reason,
         }),
     }
+}
+
+/// The front matter of a record kind: it knows its own `id` key.
+trait RecordFront: Serialize + serde::de::DeserializeOwned {
+    /// The `id` written in the file, if any.
+    fn id(&self) -> Option<&str>;
+}
+
+/// Text as stored: ending in a newline, like every text file.
+fn with_newline(text: &str) -> String {
+    let mut s = text.to_owned();
+    if !s.is_empty() && !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s
 }
 
 /// Whether `id` can name a record file: 1 to 128 of `[A-Za-z0-9_-]`.

@@ -3,10 +3,10 @@
 use serde::{Deserialize, Serialize};
 use toml::value::Datetime;
 
-use super::frontmatter::{self, Document};
+use super::frontmatter::Document;
 use super::{
-    Error, Page, Problem, Result, Store, check_tags, line_of_key, new_id, problem_of, record_stems,
-    valid_id,
+    Error, Page, Problem, RecordFront, Result, Store, check_tags, new_id, problem_of, record_stems,
+    valid_id, with_newline,
 };
 use crate::profile::{self, WriteMode};
 use crate::timefmt;
@@ -121,15 +121,16 @@ impl Store<'_> {
             due: parse_due(new.due.as_deref())?,
             tags: new.tags,
         };
-        self.write_task(
+        let notes = with_newline(&new.notes);
+        self.write_record(
             &rel,
             &front,
             &toml::Table::new(),
-            &new.notes,
+            &notes,
             WriteMode::CreateNew,
         )?;
         self.audit("task.create", &id, "ok");
-        Ok(to_task(&id, &rel, front, new.notes))
+        Ok(to_task(&id, &rel, &front, &notes))
     }
 
     /// One page of tasks, newest first, optionally only those in `status`.
@@ -198,13 +199,13 @@ impl Store<'_> {
             front.due = parse_due(Some(&due).filter(|d| !d.is_empty()).map(String::as_str))?;
         }
         if let Some(n) = patch.notes {
-            notes = normalize_notes(n);
+            notes = with_newline(&n);
         }
         front.id = Some(id.to_owned());
         front.updated = Some(timefmt::now_toml());
-        self.write_task(&rel, &front, &doc.extra, &notes, WriteMode::Replace)?;
+        self.write_record(&rel, &front, &doc.extra, &notes, WriteMode::Replace)?;
         self.audit("task.update", id, "ok");
-        Ok(to_task(id, &rel, front, notes))
+        Ok(to_task(id, &rel, &front, &notes))
     }
 
     /// Deletes task `id`.
@@ -250,67 +251,28 @@ impl Store<'_> {
     }
 
     fn read_task(&self, stem: &str, rel: &str) -> Result<(Task, Document<Front>)> {
-        let text = self.read_text(rel)?;
-        let invalid = |line, reason| Error::Invalid {
-            problem: Problem {
-                file: rel.to_owned(),
-                line: Some(line),
-                reason,
-            },
-        };
-        let doc =
-            frontmatter::parse::<Front>(&text, KNOWN).map_err(|e| invalid(e.line, e.reason))?;
-        if let Some(id) = &doc.front.id
-            && id != stem
-        {
-            return Err(invalid(
-                line_of_key(&text, "id").unwrap_or(2),
-                format!("id {id:?} does not match the file name {stem}.md; rename one to match"),
-            ));
-        }
-        let f = &doc.front;
-        let task = Task {
-            id: stem.to_owned(),
-            path: rel.to_owned(),
-            title: f.title.clone(),
-            status: f.status,
-            created: f.created.as_ref().map(ToString::to_string),
-            updated: f.updated.as_ref().map(ToString::to_string),
-            due: f.due.as_ref().map(ToString::to_string),
-            tags: f.tags.clone(),
-            notes: doc.body.clone(),
-        };
-        Ok((task, doc))
-    }
-
-    fn write_task(
-        &self,
-        rel: &str,
-        front: &Front,
-        extra: &toml::Table,
-        notes: &str,
-        mode: WriteMode,
-    ) -> Result<()> {
-        let text = frontmatter::render(front, extra, notes).map_err(|reason| Error::Input {
-            field: "task".into(),
-            reason,
-        })?;
-        self.dir.write(rel, text.as_bytes(), mode)?;
-        Ok(())
+        let doc = self.read_record::<Front>(stem, rel, KNOWN)?;
+        Ok((to_task(stem, rel, &doc.front, &doc.body), doc))
     }
 }
 
-fn to_task(id: &str, rel: &str, front: Front, notes: String) -> Task {
+fn to_task(id: &str, rel: &str, front: &Front, notes: &str) -> Task {
     Task {
         id: id.to_owned(),
         path: rel.to_owned(),
-        title: front.title,
+        title: front.title.clone(),
         status: front.status,
-        created: front.created.map(|d| d.to_string()),
-        updated: front.updated.map(|d| d.to_string()),
-        due: front.due.map(|d| d.to_string()),
-        tags: front.tags,
-        notes,
+        created: front.created.as_ref().map(ToString::to_string),
+        updated: front.updated.as_ref().map(ToString::to_string),
+        due: front.due.as_ref().map(ToString::to_string),
+        tags: front.tags.clone(),
+        notes: notes.to_owned(),
+    }
+}
+
+impl RecordFront for Front {
+    fn id(&self) -> Option<&str> {
+        self.id.as_deref()
     }
 }
 
@@ -334,13 +296,4 @@ fn parse_due(due: Option<&str>) -> Result<Option<Datetime>> {
         }),
     })
     .transpose()
-}
-
-/// Notes as stored: ending in a newline, like every text file.
-fn normalize_notes(notes: String) -> String {
-    if notes.is_empty() || notes.ends_with('\n') {
-        notes
-    } else {
-        notes + "\n"
-    }
 }

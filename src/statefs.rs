@@ -1,5 +1,5 @@
-//! Root-owned files of the state directory: the keys directory, the
-//! identity and lock files in it, and the host's credentials file.
+//! Root-owned files of the state directory (keys, the host's credentials,
+//! sessions): never through a link, checked with fstat, written atomically.
 //!
 //! The state directory is root's (checked at start-up), so paths are used
 //! here, but every open still refuses links (`O_NOFOLLOW`), FIFOs
@@ -17,7 +17,39 @@ use rustix::fs::{FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 use zeroize::Zeroizing;
 
-use super::error::{Error, Result};
+/// What can go wrong with a state file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file or directory is unsafe to use (a link, not root's, open to
+    /// others, too large).
+    #[error("{}: {reason}; fix: {fix}", path.display())]
+    Unsafe {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+        /// The command that fixes it.
+        fix: String,
+    },
+    /// An operation failed.
+    #[error("{}: {op} failed: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_owned();
+    move |source| Error::Io { path, op, source }
+}
 
 const ALWAYS: OFlags = OFlags::NOFOLLOW
     .union(OFlags::NONBLOCK)
@@ -25,7 +57,7 @@ const ALWAYS: OFlags = OFlags::NOFOLLOW
     .union(OFlags::NOCTTY);
 
 fn unsafe_state(path: &Path, reason: impl Into<String>, fix: impl Into<String>) -> Error {
-    Error::UnsafeState {
+    Error::Unsafe {
         path: path.to_owned(),
         reason: reason.into(),
         fix: fix.into(),
@@ -45,13 +77,13 @@ fn errno(path: &Path, op: &'static str) -> impl FnOnce(Errno) -> Error {
 /// directory, not a link, owned by root, with no access for group or
 /// others. Its parent (the state directory) must exist: creating it here
 /// with 0700 would lock users out of their profiles below it.
-pub(crate) fn ensure_private_dir(path: &Path) -> Result<()> {
+pub fn ensure_private_dir(path: &Path) -> Result<()> {
     match std::fs::DirBuilder::new().mode(0o700).create(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(Error::io(path, "create the directory")(e)),
+        Err(e) => return Err(io(path, "create the directory")(e)),
     }
-    let md = std::fs::symlink_metadata(path).map_err(Error::io(path, "stat"))?;
+    let md = std::fs::symlink_metadata(path).map_err(io(path, "stat"))?;
     let fix = format!("chown root:root {0} && chmod 0700 {0}", path.display());
     if !md.file_type().is_dir() {
         return Err(unsafe_state(
@@ -136,14 +168,14 @@ fn open_checked(path: &Path, max: u64) -> Result<Option<File>> {
 }
 
 /// Reads the checked file `path`; `Ok(None)` when it does not exist.
-pub(crate) fn read(path: &Path, max: u64) -> Result<Option<Zeroizing<Vec<u8>>>> {
+pub fn read(path: &Path, max: u64) -> Result<Option<Zeroizing<Vec<u8>>>> {
     let Some(file) = open_checked(path, max)? else {
         return Ok(None);
     };
     let mut buf = Zeroizing::new(Vec::new());
     file.take(max.saturating_add(1))
         .read_to_end(&mut buf)
-        .map_err(Error::io(path, "read"))?;
+        .map_err(io(path, "read"))?;
     if buf.len() as u64 > max {
         return Err(unsafe_state(
             path,
@@ -177,7 +209,7 @@ fn fsync_dir(dir: &Path) -> Result<()> {
 /// beside it, fsync, rename (with `replace == false`, never over an
 /// existing file: `EEXIST` comes back as [`Error::Io`]), fsync of the
 /// directory. When this returns, the new content is durable.
-pub(crate) fn write(path: &Path, data: &[u8], replace: bool) -> Result<()> {
+pub fn write(path: &Path, data: &[u8], replace: bool) -> Result<()> {
     let (dir, name) = parent_and_name(path)?;
     let tmp = dir.join(format!(".{name}.{}.tmp", ulid::Ulid::generate()));
     let written = (|| {
@@ -190,8 +222,8 @@ pub(crate) fn write(path: &Path, data: &[u8], replace: bool) -> Result<()> {
         // The umask may have narrowed the mode, never widened it; make it exact.
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600)).map_err(errno(&tmp, "chmod"))?;
         let mut file = File::from(fd);
-        file.write_all(data).map_err(Error::io(&tmp, "write"))?;
-        file.sync_all().map_err(Error::io(&tmp, "fsync"))?;
+        file.write_all(data).map_err(io(&tmp, "write"))?;
+        file.sync_all().map_err(io(&tmp, "fsync"))?;
         if replace {
             rustix::fs::rename(&tmp, path)
         } else {
@@ -214,18 +246,18 @@ pub(crate) fn write(path: &Path, data: &[u8], replace: bool) -> Result<()> {
 }
 
 /// Renames `from` to `to` (replacing it) and makes the rename durable.
-pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
+pub fn rename(from: &Path, to: &Path) -> Result<()> {
     rustix::fs::rename(from, to).map_err(errno(to, "rename into place"))?;
     let (dir, _) = parent_and_name(to)?;
     fsync_dir(&dir)
 }
 
 /// Removes `path` if it is there and makes the removal durable.
-pub(crate) fn remove(path: &Path) -> Result<()> {
+pub fn remove(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(path, "remove")(e)),
+        Err(e) => return Err(io(path, "remove")(e)),
     }
     let (dir, _) = parent_and_name(path)?;
     fsync_dir(&dir)
@@ -235,7 +267,7 @@ pub(crate) fn remove(path: &Path) -> Result<()> {
 /// returned file is dropped or the process dies: one writer per
 /// credentials file, across threads and processes (the daemon and
 /// `profiled rotate-keys`).
-pub(crate) fn lock(path: &Path) -> Result<File> {
+pub fn lock(path: &Path) -> Result<File> {
     let fd = rustix::fs::open(
         path,
         OFlags::RDWR | OFlags::CREATE | ALWAYS,
@@ -251,6 +283,6 @@ pub(crate) fn lock(path: &Path) -> Result<File> {
         ));
     }
     let file = File::from(fd);
-    file.lock().map_err(Error::io(path, "lock"))?;
+    file.lock().map_err(io(path, "lock"))?;
     Ok(file)
 }
