@@ -7,15 +7,22 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
 use crate::accounts::UserId;
 use crate::api::{ClientAddr, Peer};
+
+/// Connections open at once per listener; beyond it new ones are closed
+/// at once, so descriptors remain for the daemon's own file work.
+const MAX_CONNECTIONS: usize = 512;
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for requests in flight.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -69,6 +76,7 @@ pub async fn serve_tcp(listener: TcpListener, router: Router, stop: watch::Recei
 
 async fn serve<L: Accept>(listener: L, router: Router, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             accepted = listener.next() => {
@@ -93,13 +101,22 @@ async fn serve<L: Accept>(listener: L, router: Router, mut stop: watch::Receiver
                     }
                     router.clone().oneshot(req)
                 });
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!("{MAX_CONNECTIONS} connections open; refusing another");
+                    continue;
+                };
                 let conn = hyper::server::conn::http1::Builder::new()
+                    // Without a timer hyper drops its header timeout: an
+                    // idle connection would hold a descriptor for ever.
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(io), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!("connection ended with an error: {e}");
                     }
+                    drop(permit);
                 });
             }
             _ = stop.changed() => break,

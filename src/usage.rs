@@ -54,8 +54,10 @@ pub fn flush(state: &AppState) {
         let Ok(Some(account)) = accounts::by_uid(uid) else {
             continue;
         };
-        let profile = match state.root().open_profile(&account) {
-            Ok(Some((p, _))) => p,
+        // Only a profile the account already owns: counting requests must
+        // never adopt a tree (that is audited, and done on a request).
+        let profile = match state.root().open_owned(&account) {
+            Ok(Some(p)) => p,
             Ok(None) => continue,
             Err(e) => {
                 tracing::warn!("usage of {}: {e}", account.name);

@@ -242,6 +242,39 @@ fn an_attack_on_alice_is_throttled_and_bob_logs_in_meanwhile() {
 }
 
 #[test]
+fn a_spray_across_made_up_names_never_locks_others_out() {
+    if !require_root() {
+        return;
+    }
+    let bob = TestUser::new("bob");
+    bob.set_password(PASSWORD);
+    // Fewer free attempts than the spray, so a client-wide block would show.
+    let d = Arc::new(Daemon::start_auth(
+        "",
+        "client_free_attempts = 3\nmax_concurrent_logins = 8",
+    ));
+    let spray: Vec<_> = (0..12)
+        .map(|i| {
+            let d = d.clone();
+            std::thread::spawn(move || d.login(&format!("pftspray{i}"), "guess").status)
+        })
+        .collect();
+    for t in spray {
+        assert_eq!(t.join().expect("spray"), 401);
+    }
+    let r = d.login(&bob.name, PASSWORD);
+    assert_eq!(r.status, 200, "one user's spray locked bob out: {}", r.body);
+    // A name that cannot be an account is refused without PAM or a log line.
+    let junk = "x".repeat(10_000);
+    let r = d.login(&junk, "guess");
+    assert_eq!(r.status, 401);
+    assert!(
+        !d.log_text().contains(&junk[..100]),
+        "a junk name reached the log"
+    );
+}
+
+#[test]
 fn slow_pam_conversations_do_not_stall_the_api() {
     if !require_root() {
         return;

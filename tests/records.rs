@@ -99,7 +99,7 @@ fn bad_input_gets_a_precise_error_and_changes_nothing() {
         return;
     }
     let alice = TestUser::new("alice");
-    let d = Daemon::start("[limits]\nmax_body_bytes = 4096\n");
+    let d = Daemon::start("[limits]\nmax_body_bytes = 4096\nmax_record_bytes = 2048\n");
     d.ok(Some(&alice), &["status"]);
     let count = || {
         let (_, page) = d.api(Some(&alice), "GET", "/v1/memories", None);
@@ -166,6 +166,22 @@ fn bad_input_gets_a_precise_error_and_changes_nothing() {
         (400, Some("invalid_query")),
         "{body}"
     );
+
+    // A record the daemon could not read back is never written.
+    let near_limit = format!(r#"{{"text":"{}"}}"#, "y".repeat(3_000));
+    let (status, body) = d.api(Some(&alice), "POST", "/v1/memories", Some(&near_limit));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("unsafe_file")),
+        "{body}"
+    );
+    let (status, body) = d.api(
+        Some(&alice),
+        "POST",
+        "/v1/memories",
+        Some(r#"{"text":"x","source":"a\n+++\nb"}"#),
+    );
+    assert_eq!(status, 422, "{body}");
 
     let (status, body) = d.api(Some(&alice), "PUT", "/v1/persona", Some(r#"{"nmae":"x"}"#));
     assert_eq!(status, 422, "{body}");

@@ -15,7 +15,7 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, ClientAddr, Credential,
 use super::{ApiError, AppState, blocking};
 use crate::accounts::{self, Account, Eligibility};
 use crate::auth::throttle;
-use crate::auth::tokens::{Issued, Kind, Record};
+use crate::auth::tokens::{Error as TokenError, Issued, Kind, Record};
 use crate::metrics::Login;
 use crate::{audit, auth, timefmt};
 
@@ -123,12 +123,21 @@ pub(super) async fn login(
     let config = st.config();
     let client = client.map_or_else(|| "unix".to_owned(), |c| c.0.0.ip().to_string());
     let user = req.username;
+    // A name that cannot be an account never reaches PAM, the throttle's
+    // maps or the logs (a password typed into the name field included).
+    if !accounts::is_valid_name(&user) || user.len() > 64 {
+        st.auth.metrics.login(Login::Failed);
+        return login_failed().into_response();
+    }
+    // Case variants of one name (which SSSD may accept as the same
+    // account) share one count.
+    let key = user.to_lowercase();
     let policy = throttle::Policy {
         account_free: config.auth.login_free_attempts,
         client_free: config.auth.client_free_attempts,
         max_delay: config.auth.login_max_delay,
     };
-    if let Err(wait) = st.auth.throttle.check(&user, &client, Instant::now()) {
+    if let Err(wait) = st.auth.throttle.check(&key, &client, Instant::now()) {
         st.auth.metrics.login(Login::Throttled);
         return too_many("login_throttled", "too many failed logins", wait);
     }
@@ -137,6 +146,12 @@ pub(super) async fn login(
     let Ok(_slot) = st.auth.pam_slots.acquire().await else {
         return ApiError::internal("the PAM semaphore was closed").into_response();
     };
+    // Checked again with the slot in hand: attempts that queued together
+    // before the first failure was counted must not all reach PAM.
+    if let Err(wait) = st.auth.throttle.check(&key, &client, Instant::now()) {
+        st.auth.metrics.login(Login::Throttled);
+        return too_many("login_throttled", "too many failed logins", wait);
+    }
     let service = config.auth.pam_service.clone();
     let checked = {
         let user = user.clone();
@@ -145,7 +160,10 @@ pub(super) async fn login(
             auth::pam::login(&service, &user, req.password).map_err(|e| e.to_string())?;
             let account = accounts::by_name(&user)
                 .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("PAM accepted {user:?} but NSS does not know it"))?;
+                .filter(|a| a.name == user)
+                .ok_or_else(|| {
+                    format!("PAM accepted {user:?} but NSS has no account of exactly that name")
+                })?;
             match policy.eligibility(&account).map_err(|e| e.to_string())? {
                 Eligibility::Eligible => Ok(account),
                 Eligibility::Ineligible(reason) => Err(reason),
@@ -159,7 +177,7 @@ pub(super) async fn login(
             tracing::info!("login of {user:?} from {client} refused: {reason}");
             st.auth
                 .throttle
-                .failed(&user, &client, policy, Instant::now());
+                .failed(&key, &client, policy, Instant::now());
             st.auth.metrics.login(Login::Failed);
             st.system_log().append(&audit::Line {
                 time: timefmt::now_rfc3339(),
@@ -173,7 +191,7 @@ pub(super) async fn login(
         }
         Err(e) => return ApiError::internal(e).into_response(),
     };
-    st.auth.throttle.succeeded(&user);
+    st.auth.throttle.succeeded(&key);
     let issued =
         match blocking_issue(&st, Kind::Session, &account, None, config.auth.session_max).await {
             Ok(i) => i,
@@ -214,7 +232,12 @@ async fn blocking_issue(
         st.auth
             .tokens
             .issue(kind, &account, name, lifetime)
-            .map_err(ApiError::internal)
+            .map_err(|e| match e {
+                TokenError::TooMany(_) => {
+                    ApiError::new(StatusCode::CONFLICT, "too_many_tokens", e.to_string())
+                }
+                e => ApiError::internal(e),
+            })
     })
     .await
 }

@@ -17,6 +17,8 @@ use crate::statefs;
 
 /// Every token starts with this, so secret scanners can spot a leaked one.
 pub const PREFIX: &str = "pfd_";
+/// Live sessions and tokens one account may hold.
+pub const MAX_PER_ACCOUNT: usize = 100;
 /// `last_used` is written to disk at most this often per token: idle expiry
 /// needs it across restarts, but not to the second.
 const PERSIST_EVERY: u64 = 60;
@@ -38,6 +40,11 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// The account already has the most live sessions and tokens allowed.
+    #[error(
+        "this account already has {0} live sessions and tokens; revoke some (profilectl token list, token revoke ID)"
+    )]
+    TooMany(usize),
     /// No randomness (the kernel's getrandom failed).
     #[error("no randomness for a new token: {0}")]
     Random(String),
@@ -172,6 +179,7 @@ impl TokenStore {
             secret.push_str(&format!("{b:02x}"));
         }
         let t = now();
+        self.make_room(kind, account, t)?;
         let record = Record {
             id: ulid::Ulid::generate().to_string(),
             kind,
@@ -192,6 +200,41 @@ impl TokenStore {
             },
         );
         Ok(Issued { secret, record })
+    }
+
+    /// Keeps an account under [`MAX_PER_ACCOUNT`] live entries, so a loop of
+    /// logins or token requests cannot fill root's disk: expired entries go
+    /// first, then the oldest session; personal tokens are never evicted,
+    /// a new one is refused instead.
+    fn make_room(&self, kind: Kind, account: &Account, t: u64) -> Result<(), Error> {
+        let mut map = self.lock();
+        let mut gone: Vec<String> = Vec::new();
+        map.retain(|_, e| {
+            let keep = e.record.uid != account.uid || e.record.expires > t;
+            if !keep {
+                gone.push(e.record.id.clone());
+            }
+            keep
+        });
+        let mine = || map.values().filter(|e| e.record.uid == account.uid);
+        if mine().count() >= MAX_PER_ACCOUNT {
+            let oldest_session = mine()
+                .filter(|e| e.record.kind == Kind::Session)
+                .min_by_key(|e| e.record.last_used)
+                .map(|e| (e.record.hash.clone(), e.record.id.clone()));
+            match (kind, oldest_session) {
+                (Kind::Session, Some((hash, id))) => {
+                    map.remove(&hash);
+                    gone.push(id);
+                }
+                _ => return Err(Error::TooMany(MAX_PER_ACCOUNT)),
+            }
+        }
+        drop(map);
+        for id in gone {
+            self.remove_file(&id);
+        }
+        Ok(())
     }
 
     /// The record of `secret` when it is live; a session idle longer than
@@ -220,8 +263,17 @@ impl TokenStore {
             entry.persisted_last_used = t;
         }
         drop(map);
-        if persist && let Err(e) = self.persist(&record) {
-            tracing::warn!("could not record the use of a session: {e}");
+        if persist {
+            if let Err(e) = self.persist(&record) {
+                tracing::warn!("could not record the use of a session: {e}");
+            }
+            // A revocation may have removed the token while it was being
+            // written: remove the file again, or it would come back at the
+            // next start.
+            if !self.lock().contains_key(&h) {
+                self.remove_file(&record.id);
+                return None;
+            }
         }
         Some(record)
     }

@@ -176,6 +176,17 @@ impl ProfileDir {
     /// directories are created (0700, owned by the account).
     pub fn write(&self, rel: &str, data: &[u8], mode: WriteMode) -> Result<()> {
         check_rel(rel)?;
+        // Never write what `read` would then refuse.
+        let size = data.len() as u64;
+        if size > self.max_file {
+            return Err(Error::Refused {
+                path: rel.to_owned(),
+                reason: super::Refusal::TooLarge {
+                    size,
+                    limit: self.max_file,
+                },
+            });
+        }
         let (parent, name) = split_parent(rel);
         let dir = self.ensure_dir_opt(parent)?;
         let tmp = format!(".{name}.{}.tmp", ulid::Ulid::generate());
@@ -239,9 +250,11 @@ impl ProfileDir {
         .map_err(|e| e.at(rel))?;
         let st = stat(&fd, rel)?;
         if st.st_uid == 0 && st.st_size == 0 && st.st_nlink == 1 {
-            // Just created by this process (root): hand it to the account.
+            // Just created by this process (root): hand it to the account,
+            // and make its directory entry durable.
             self.own(&fd, FILE_MODE)
                 .map_err(|e| errno(rel, "chown", e))?;
+            rustix::fs::fsync(&dir).map_err(|e| errno(rel, "fsync directory", e))?;
         }
         check_regular(&stat(&fd, rel)?, self.account.uid, u64::MAX, rel)?;
         let mut file = File::from(fd);
@@ -361,6 +374,10 @@ impl ProfileDir {
                             let fd = open_dir_beneath(parent, comp).map_err(|e| e.at(shown))?;
                             self.own(&fd, DIR_MODE)
                                 .map_err(|e| errno(shown, "chown", e))?;
+                            // The new entry must survive a crash with the
+                            // first file written into it.
+                            rustix::fs::fsync(parent)
+                                .map_err(|e| errno(shown, "fsync directory", e))?;
                             fd
                         }
                         // Another request created it meanwhile.

@@ -89,6 +89,19 @@ pub fn parse<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<Document
 pub fn render<T: Serialize>(front: &T, extra: &toml::Table, body: &str) -> Result<String, String> {
     let typed = toml::to_string(front).map_err(|e| e.to_string())?;
     let extra = toml::to_string(extra).map_err(|e| e.to_string())?;
+    // A multi-line string holding a `+++` line would close the front
+    // matter early when the file is read back.
+    if typed
+        .lines()
+        .chain(extra.lines())
+        .any(|l| l.trim_end() == DELIM)
+    {
+        return Err(
+            "a value contains a line `+++`, which would end the front matter; \
+                    remove that line from it"
+                .to_owned(),
+        );
+    }
     let mut out = String::with_capacity(typed.len() + extra.len() + body.len() + 10);
     out.push_str(DELIM);
     out.push('\n');
@@ -128,6 +141,15 @@ mod tests {
         let back = parse::<Front>(&again, &["id", "tags"]).map_err(|e| e.reason)?;
         assert!(back.extra.contains_key("meta"), "{again}");
         Ok(())
+    }
+
+    #[test]
+    fn a_value_cannot_close_the_front_matter() {
+        let front = Front {
+            id: "a\n+++\nb".into(),
+            tags: vec![],
+        };
+        assert!(render(&front, &toml::Table::new(), "x").is_err());
     }
 
     #[test]

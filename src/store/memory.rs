@@ -82,6 +82,14 @@ impl Store<'_> {
     pub fn create_memory(&self, new: NewMemory) -> Result<Memory> {
         check_text(&new.text)?;
         check_tags(&new.tags)?;
+        if let Some(source) = &new.source
+            && (source.chars().count() > 64 || source.chars().any(char::is_control))
+        {
+            return Err(Error::Input {
+                field: "source".into(),
+                reason: "must be at most 64 characters without control characters".into(),
+            });
+        }
         let id = new_id(PREFIX);
         let rel = path_for(&id).ok_or_else(|| Error::Input {
             field: "id".into(),
