@@ -105,16 +105,7 @@ impl ProfileDir {
                 op: "read",
                 source,
             })?;
-        let size = buf.len() as u64;
-        if size > self.max_file {
-            return Err(Error::Refused {
-                path: rel.to_owned(),
-                reason: super::Refusal::TooLarge {
-                    size,
-                    limit: self.max_file,
-                },
-            });
-        }
+        self.check_size(rel, buf.len())?;
         Ok(buf)
     }
 
@@ -177,16 +168,7 @@ impl ProfileDir {
     pub fn write(&self, rel: &str, data: &[u8], mode: WriteMode) -> Result<()> {
         check_rel(rel)?;
         // Never write what `read` would then refuse.
-        let size = data.len() as u64;
-        if size > self.max_file {
-            return Err(Error::Refused {
-                path: rel.to_owned(),
-                reason: super::Refusal::TooLarge {
-                    size,
-                    limit: self.max_file,
-                },
-            });
-        }
+        self.check_size(rel, data.len())?;
         let (parent, name) = split_parent(rel);
         let dir = self.ensure_dir_opt(parent)?;
         let tmp = format!(".{name}.{}.tmp", ulid::Ulid::generate());
@@ -395,6 +377,21 @@ impl ProfileDir {
         cur.ok_or_else(|| Error::BadPath {
             path: rel.to_owned(),
         })
+    }
+
+    /// Refuses `len` bytes at `rel` when over the size limit.
+    fn check_size(&self, rel: &str, len: usize) -> Result<()> {
+        let size = len as u64;
+        if size > self.max_file {
+            return Err(Error::Refused {
+                path: rel.to_owned(),
+                reason: super::Refusal::TooLarge {
+                    size,
+                    limit: self.max_file,
+                },
+            });
+        }
+        Ok(())
     }
 
     fn ensure_dir_opt(&self, rel: Option<&str>) -> Result<OwnedFd> {
