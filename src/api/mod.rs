@@ -41,7 +41,7 @@ use crate::auth::tokens::TokenStore;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::profile::{AdoptReport, ProfileDir, ProfilesRoot, Provenance};
-use crate::store::Store;
+use crate::store::{Store, Views};
 use crate::timefmt;
 use crate::usage::Usage;
 use crate::watch::EventHub;
@@ -55,6 +55,8 @@ pub struct AppState {
     pub auth: AuthState,
     /// Profile changes found by the watcher, for `/v1/events`.
     pub events: EventHub,
+    /// The in-memory view of each profile listed so far.
+    views: Views,
 }
 
 /// The state of logins and request accounting.
@@ -91,6 +93,7 @@ impl AppState {
             system_log,
             auth,
             events: EventHub::default(),
+            views: Views::default(),
         }
     }
 
@@ -136,7 +139,21 @@ impl AppState {
             actor: &caller.account.name,
             on_behalf,
         };
-        f(&Store::new(&profile, &auditor))
+        let view = self.views.of(&profile)?;
+        f(&Store::new(&profile, &auditor).with_view(view))
+    }
+
+    /// The watcher saw the file `rel` of `user`'s profile change: its view
+    /// re-reads it, before the change is published, so a client that got
+    /// the event lists the change.
+    pub fn refresh_view(&self, user: &str, rel: &str) {
+        self.views.refresh(&self.root, user, rel, &self.system_log);
+    }
+
+    /// Events may have been lost: every view is walked again on its next
+    /// listing.
+    pub fn clear_views(&self) {
+        self.views.clear();
     }
 
     fn target(&self, caller: &Caller, user: Option<&str>) -> Result<(ProfileDir, bool), ApiError> {
