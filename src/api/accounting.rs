@@ -11,7 +11,7 @@ use axum::response::Response;
 use super::AppState;
 use super::auth::too_many;
 use super::extract::Peer;
-use crate::accounts::{self, UserId};
+use crate::accounts::UserId;
 
 /// The middleware (a route layer, so the matched route is known).
 pub async fn accounting(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -28,10 +28,18 @@ pub async fn accounting(State(st): State<Arc<AppState>>, req: Request, next: Nex
             limits.rate
         } else {
             // Overrides are by name; only then is the name worth a lookup.
-            accounts::by_uid(peer.uid)
-                .ok()
-                .flatten()
-                .map_or(limits.rate, |a| limits.rate_of(&a.name))
+            let account = match st.auth.identities.peek_account(peer.uid) {
+                Some(known) => known,
+                None => {
+                    let s = st.clone();
+                    tokio::task::spawn_blocking(move || s.auth.identities.account(peer.uid))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten()
+                }
+            };
+            account.map_or(limits.rate, |a| limits.rate_of(&a.name))
         };
         if let Err(wait) = st.auth.rate.take(peer.uid, rate, Instant::now()) {
             st.auth.metrics.request(&method, &route, 429);

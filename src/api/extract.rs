@@ -34,8 +34,9 @@ pub struct Credential {
     pub via_cookie: bool,
 }
 
-/// The account making the request and its role, looked up afresh for every
-/// request so a change to /etc/group or the config applies at once.
+/// The account making the request and its role, looked up for every request
+/// through [`Identities`](super::Identities), so a change to /etc/group or
+/// the config applies on the next request.
 #[derive(Clone, Debug)]
 pub struct Caller {
     /// The account.
@@ -60,8 +61,12 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .copied()
             .ok_or_else(|| ApiError::internal("a request arrived without peer credentials"))?;
         let policy = state.config().policy.clone();
+        if let Some(caller) = state.auth.identities.peek_caller(peer.uid, &policy) {
+            return Ok(caller);
+        }
         // NSS may block (LDAP, SSSD): keep it off the async threads.
-        tokio::task::spawn_blocking(move || identify(peer.uid, &policy))
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || st.auth.identities.caller(peer.uid, &policy))
             .await
             .map_err(ApiError::internal)?
     }

@@ -12,6 +12,7 @@ mod credentials;
 mod events;
 mod extract;
 mod guard;
+mod identity;
 mod memories;
 mod observe;
 mod persona;
@@ -22,6 +23,7 @@ mod tasks;
 pub use admin::{Me, ProfileChange, ProfileRow};
 pub use auth::{NewToken, TokenInfo};
 pub use extract::{Caller, ClientAddr, Peer, identify};
+pub use identity::Identities;
 pub use observe::document as openapi_document;
 pub use problem::ApiError;
 
@@ -73,6 +75,8 @@ pub struct AuthState {
     pub usage: Usage,
     /// Counters for /v1/metrics.
     pub metrics: Metrics,
+    /// The name service's recent answers about callers.
+    pub identities: Identities,
 }
 
 impl AppState {
@@ -86,6 +90,7 @@ impl AppState {
             pam_slots: Semaphore::new(config.auth.max_concurrent_logins),
             usage: Usage::default(),
             metrics: Metrics::default(),
+            identities: Identities::default(),
         };
         AppState {
             config: RwLock::new(Arc::new(config)),

@@ -19,9 +19,6 @@ use crate::statefs;
 pub const PREFIX: &str = "pfd_";
 /// Live sessions and tokens one account may hold.
 pub const MAX_PER_ACCOUNT: usize = 100;
-/// `last_used` is written to disk at most this often per token: idle expiry
-/// needs it across restarts, but not to the second.
-const PERSIST_EVERY: u64 = 60;
 
 /// A session record is a few hundred bytes; anything larger is not one.
 const MAX_RECORD_BYTES: u64 = 64 * 1024;
@@ -238,7 +235,9 @@ impl TokenStore {
     }
 
     /// The record of `secret` when it is live; a session idle longer than
-    /// `idle` has expired. Marks it used.
+    /// `idle` has expired. Marks it used, in memory only: the request path
+    /// never waits for the disk, [`TokenStore::save_last_used`] writes the
+    /// times (an expired entry's file is removed here, which is rare).
     pub fn authenticate(&self, secret: &str, idle: Duration) -> Option<Record> {
         if !secret.starts_with(PREFIX) {
             return None;
@@ -257,25 +256,34 @@ impl TokenStore {
             return None;
         }
         entry.record.last_used = t;
-        let record = entry.record.clone();
-        let persist = t.saturating_sub(entry.persisted_last_used) >= PERSIST_EVERY;
-        if persist {
-            entry.persisted_last_used = t;
-        }
-        drop(map);
-        if persist {
+        Some(entry.record.clone())
+    }
+
+    /// Writes the `last_used` time of every entry used since it was last
+    /// written. The daemon calls it every minute and at shutdown, off the
+    /// request path: idle expiry needs the time across restarts, but not
+    /// to the second.
+    pub fn save_last_used(&self) {
+        let due: Vec<Record> = self
+            .lock()
+            .values_mut()
+            .filter(|e| e.record.last_used != e.persisted_last_used)
+            .map(|e| {
+                e.persisted_last_used = e.record.last_used;
+                e.record.clone()
+            })
+            .collect();
+        for record in due {
             if let Err(e) = self.persist(&record) {
                 tracing::warn!("could not record the use of a session: {e}");
             }
             // A revocation may have removed the token while it was being
             // written: remove the file again, or it would come back at the
             // next start.
-            if !self.lock().contains_key(&h) {
+            if !self.lock().contains_key(&record.hash) {
                 self.remove_file(&record.id);
-                return None;
             }
         }
-        Some(record)
     }
 
     /// The live sessions and tokens of `user`, oldest first.

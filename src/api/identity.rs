@@ -1,0 +1,225 @@
+//! A short-lived memory of the name service's answers about callers, so a
+//! request does not parse /etc/passwd, /etc/shadow and /etc/group again.
+//!
+//! The rule (docs/AUTH.md): every answer is dropped as soon as one of the
+//! account files changes (device, inode, size or modification time of
+//! /etc/passwd, /etc/shadow, /etc/group or /etc/nsswitch.conf, checked on
+//! every request), and at the latest [`TTL`] after it was first asked, for
+//! name services that are not files (LDAP, SSSD). `passwd -l`, `userdel`,
+//! `usermod -L`, `chage -E` and `gpasswd` all rewrite one of those files, so
+//! an account locked, removed or taken out of a group loses access on its
+//! next request. A config change is seen too: a caller is remembered with
+//! the policy it was judged under.
+//!
+//! An answer is only stored if nothing was dropped since the files were
+//! checked for it, so an answer from before a change is never kept after.
+//! Failures of the name service are never remembered (they fail closed).
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::extract::{Caller, identify};
+use super::problem::ApiError;
+use crate::accounts::{self, Account, Policy, UserId};
+
+/// How long any answer is kept at most.
+pub const TTL: Duration = Duration::from_secs(1);
+
+/// The files whose change drops every answer.
+const FILES: [&str; 4] = [
+    "/etc/passwd",
+    "/etc/shadow",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+];
+
+/// What tells one version of a file from another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Version {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+type Versions = [Option<Version>; FILES.len()];
+
+fn versions() -> Versions {
+    FILES.map(|f| {
+        std::fs::metadata(f).ok().map(|m| Version {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        })
+    })
+}
+
+#[derive(Debug)]
+struct Answers {
+    /// Bumped whenever everything is dropped.
+    generation: u64,
+    files: Versions,
+    since: Instant,
+    accounts: HashMap<UserId, Option<Account>>,
+    blocked: HashMap<String, Option<String>>,
+    callers: HashMap<UserId, (Policy, Caller)>,
+}
+
+/// The remembered answers.
+#[derive(Debug)]
+pub struct Identities {
+    answers: Mutex<Answers>,
+}
+
+impl Default for Identities {
+    fn default() -> Self {
+        Identities {
+            answers: Mutex::new(Answers {
+                generation: 0,
+                files: [None; FILES.len()],
+                since: Instant::now(),
+                accounts: HashMap::new(),
+                blocked: HashMap::new(),
+                callers: HashMap::new(),
+            }),
+        }
+    }
+}
+
+impl Identities {
+    /// The answers, after dropping them if the files changed or they are
+    /// too old; the generation to store new ones under.
+    fn current(&self) -> (MutexGuard<'_, Answers>, u64) {
+        let files = versions();
+        let mut a = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        if a.files != files || a.since.elapsed() >= TTL {
+            a.generation += 1;
+            a.files = files;
+            a.since = Instant::now();
+            a.accounts.clear();
+            a.blocked.clear();
+            a.callers.clear();
+        }
+        let generation = a.generation;
+        (a, generation)
+    }
+
+    /// Stores with `put` unless everything was dropped since `generation`.
+    fn remember(&self, generation: u64, put: impl FnOnce(&mut Answers)) {
+        let mut a = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        if a.generation == generation {
+            put(&mut a);
+        }
+    }
+
+    /// The remembered account of `uid`, without asking NSS.
+    pub fn peek_account(&self, uid: UserId) -> Option<Option<Account>> {
+        self.current().0.accounts.get(&uid).cloned()
+    }
+
+    /// The account of `uid` (`getpwuid`); may block on NSS.
+    pub fn account(&self, uid: UserId) -> Result<Option<Account>, accounts::Error> {
+        let generation = {
+            let (a, generation) = self.current();
+            if let Some(known) = a.accounts.get(&uid) {
+                return Ok(known.clone());
+            }
+            generation
+        };
+        let found = accounts::by_uid(uid)?;
+        self.remember(generation, |a| {
+            a.accounts.insert(uid, found.clone());
+        });
+        Ok(found)
+    }
+
+    /// The remembered answer of [`Account::login_blocked`], without
+    /// asking NSS.
+    pub fn peek_login_blocked(&self, account: &Account) -> Option<Option<String>> {
+        self.current().0.blocked.get(&account.name).cloned()
+    }
+
+    /// Why `account` may not log in any more, if it may not (the shadow
+    /// entry); may block on NSS.
+    pub fn login_blocked(&self, account: &Account) -> Result<Option<String>, accounts::Error> {
+        let generation = {
+            let (a, generation) = self.current();
+            if let Some(known) = a.blocked.get(&account.name) {
+                return Ok(known.clone());
+            }
+            generation
+        };
+        let blocked = account.login_blocked()?;
+        self.remember(generation, |a| {
+            a.blocked.insert(account.name.clone(), blocked.clone());
+        });
+        Ok(blocked)
+    }
+
+    /// The remembered caller `uid` under `policy`, without asking NSS.
+    pub fn peek_caller(&self, uid: UserId, policy: &Policy) -> Option<Caller> {
+        let (a, _) = self.current();
+        a.callers
+            .get(&uid)
+            .filter(|(p, _)| p == policy)
+            .map(|(_, c)| c.clone())
+    }
+
+    /// [`identify`] through the memory; may block on NSS. Refusals are not
+    /// remembered.
+    pub fn caller(&self, uid: UserId, policy: &Policy) -> Result<Caller, ApiError> {
+        let generation = {
+            let (a, generation) = self.current();
+            if let Some((p, c)) = a.callers.get(&uid)
+                && p == policy
+            {
+                return Ok(c.clone());
+            }
+            generation
+        };
+        let caller = identify(uid, policy)?;
+        self.remember(generation, |a| {
+            a.callers.insert(uid, (policy.clone(), caller.clone()));
+        });
+        Ok(caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_kept_then_dropped_after_the_ttl() -> Result<(), accounts::Error> {
+        let ids = Identities::default();
+        assert_eq!(ids.peek_account(UserId::ROOT), None);
+        let root = ids.account(UserId::ROOT)?;
+        assert_eq!(root.as_ref().map(|a| a.name.as_str()), Some("root"));
+        assert_eq!(ids.peek_account(UserId::ROOT), Some(root));
+        // As if the TTL had passed.
+        {
+            let mut a = ids.answers.lock().unwrap_or_else(|p| p.into_inner());
+            a.since = a.since.checked_sub(TTL).expect("a second after boot");
+        }
+        assert_eq!(ids.peek_account(UserId::ROOT), None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_changed_file_drops_everything_and_a_stale_answer_is_not_stored() {
+        let ids = Identities::default();
+        let before = ids.current().1;
+        // As if /etc/passwd had changed since it was last checked.
+        ids.answers.lock().unwrap_or_else(|p| p.into_inner()).files[0] = None;
+        let after = ids.current().1;
+        assert_ne!(before, after);
+        // An answer looked up under the old generation is dropped.
+        ids.remember(before, |a| {
+            a.accounts.insert(UserId(4242), None);
+        });
+        assert_eq!(ids.peek_account(UserId(4242)), None);
+    }
+}
