@@ -1,7 +1,8 @@
 //! Benchmark (not a test): an authenticated `GET /v1/memories?limit=20` over
 //! loopback TCP at 64 connections, side by side in the same run with a bare
-//! hyper hello-world server, both loaded by `wrk`; and the time a
-//! successful PAM login takes.
+//! hyper hello-world server and a bare hyper server answering the same page
+//! (same bytes), all loaded by `wrk`; and the time a successful PAM login
+//! takes.
 //!
 //! `sudo cargo bench --bench api` (needs root and `wrk`: apt-get install
 //! wrk). Without `--bench` (as `cargo test --all-targets` runs it) it only
@@ -15,6 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, TestUser, require_root};
+use hyper::body::Bytes;
 
 const PASSWORD: &str = "benchmark password 42";
 const CONNECTIONS: &str = "64";
@@ -59,10 +61,16 @@ fn main() {
     }
 
     let hello_port = common::free_port();
-    std::thread::spawn(move || hello_server(hello_port));
+    std::thread::spawn(move || bare_server(hello_port, Bytes::from_static(b"hello")));
+    // The same page as profiled answers, served by bare hyper: what the
+    // answer's size costs on its own (loopback copies, wrk's parsing).
+    let page_port = common::free_port();
+    let page_bytes = Bytes::from(page.body.clone());
+    std::thread::spawn(move || bare_server(page_port, page_bytes));
     std::thread::sleep(Duration::from_millis(200));
 
     let hello = wrk(&format!("http://127.0.0.1:{hello_port}/"), None);
+    let same_page = wrk(&format!("http://127.0.0.1:{page_port}/"), None);
     let url = format!("http://127.0.0.1:{}/v1/memories?limit=20", d.port);
     let ours = wrk(&url, Some(&auth));
     login_times.sort();
@@ -75,10 +83,21 @@ fn main() {
         hello.rps, hello.p50, hello.p99
     );
     println!(
+        "| bare hyper, the same {}-byte page | {:.0} | {} | {} |",
+        page.body.len(),
+        same_page.rps,
+        same_page.p50,
+        same_page.p99
+    );
+    println!(
         "| profiled GET /v1/memories?limit=20 (bearer) | {:.0} | {} | {} |",
         ours.rps, ours.p50, ours.p99
     );
-    println!("ratio profiled / bare hyper: {:.2}", ours.rps / hello.rps);
+    println!(
+        "ratio profiled / bare hyper hello: {:.2}; / bare hyper with the same page: {:.2}",
+        ours.rps / hello.rps,
+        ours.rps / same_page.rps
+    );
     println!(
         "PAM login (pam_unix, yescrypt), {} logins: p50 {:?}, p99 {:?}",
         login_times.len(),
@@ -121,8 +140,8 @@ fn wrk(url: &str, auth: Option<&str>) -> WrkResult {
     }
 }
 
-/// The baseline: hyper answering "hello" with nothing else to do.
-fn hello_server(port: u16) {
+/// The baseline: hyper answering `body` with nothing else to do.
+fn bare_server(port: u16, body: Bytes) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -135,11 +154,13 @@ fn hello_server(port: u16) {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let body = body.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
-                        hyper::body::Bytes::from_static(b"hello"),
-                    )))
+                let service = hyper::service::service_fn(move |_req| {
+                    let body = body.clone();
+                    async move {
+                        Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(body)))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)

@@ -11,6 +11,7 @@ use axum::response::Response;
 use super::AppState;
 use super::auth::too_many;
 use super::extract::Peer;
+use super::identity::Checked;
 use crate::accounts::UserId;
 
 /// The middleware (a route layer, so the matched route is known).
@@ -28,7 +29,12 @@ pub async fn accounting(State(st): State<Arc<AppState>>, req: Request, next: Nex
             limits.rate
         } else {
             // Overrides are by name; only then is the name worth a lookup.
-            let account = match st.auth.identities.peek_account(peer.uid) {
+            let ids = &st.auth.identities;
+            let checked = match req.extensions().get::<Checked>() {
+                Some(c) => *c,
+                None => ids.check(),
+            };
+            let account = match ids.peek_account(checked, peer.uid) {
                 Some(known) => known,
                 None => {
                     let s = st.clone();

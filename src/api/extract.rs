@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::AppState;
+use super::identity::Checked;
 use super::problem::ApiError;
 use crate::accounts::{self, Account, Eligibility, Policy, UserId};
 
@@ -61,7 +62,13 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .copied()
             .ok_or_else(|| ApiError::internal("a request arrived without peer credentials"))?;
         let policy = state.config().policy.clone();
-        if let Some(caller) = state.auth.identities.peek_caller(peer.uid, &policy) {
+        let ids = &state.auth.identities;
+        // Over TCP the guard has checked the account files for this request.
+        let checked = match parts.extensions.get::<Checked>() {
+            Some(c) => *c,
+            None => ids.check(),
+        };
+        if let Some(caller) = ids.peek_caller(checked, peer.uid, &policy) {
             return Ok(caller);
         }
         // NSS may block (LDAP, SSSD): keep it off the async threads.

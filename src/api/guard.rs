@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::auth::COOKIE;
 use super::extract::{Credential, Peer};
+use super::identity::Checked;
 use super::{ApiError, AppState, Identities};
 use crate::auth::tokens::Record;
 
@@ -76,11 +77,14 @@ pub async fn tcp_guard(State(guard): State<TcpGuard>, mut req: Request, next: Ne
     }
     let st = guard.state.clone();
     let idle = st.config().auth.session_idle;
-    let checked = match st.auth.tokens.authenticate(&secret, idle) {
+    // The account files are checked once for the whole request.
+    let checked = st.auth.identities.check();
+    req.extensions_mut().insert(checked);
+    let verdict = match st.auth.tokens.authenticate(&secret, idle) {
         None => Ok(Err(
             "the session or token is unknown, expired or revoked; log in again",
         )),
-        Some(record) => match owner_known(&st.auth.identities, &record) {
+        Some(record) => match owner_known(&st.auth.identities, checked, &record) {
             Some(verdict) => Ok(verdict.map(|()| record)),
             // NSS may block (LDAP, SSSD): keep it off the async threads.
             None => {
@@ -91,7 +95,7 @@ pub async fn tcp_guard(State(guard): State<TcpGuard>, mut req: Request, next: Ne
             }
         },
     };
-    match checked {
+    match verdict {
         Ok(Ok(record)) => {
             req.extensions_mut().insert(Peer { uid: record.uid });
             req.extensions_mut().insert(Credential {
@@ -109,12 +113,18 @@ pub async fn tcp_guard(State(guard): State<TcpGuard>, mut req: Request, next: Ne
 
 /// Whether the token's account is still the same live, unlocked account,
 /// from what the name service already told: `None` when it must be asked.
-fn owner_known(ids: &Identities, record: &Record) -> Option<Result<(), &'static str>> {
-    match ids.peek_account(record.uid)? {
-        Some(account) if account.name == record.user => match ids.peek_login_blocked(&account)? {
-            None => Some(Ok(())),
-            Some(_) => Some(Err(LOCKED)),
-        },
+fn owner_known(
+    ids: &Identities,
+    checked: Checked,
+    record: &Record,
+) -> Option<Result<(), &'static str>> {
+    match ids.peek_account(checked, record.uid)? {
+        Some(account) if account.name == record.user => {
+            match ids.peek_login_blocked(checked, &account)? {
+                None => Some(Ok(())),
+                Some(_) => Some(Err(LOCKED)),
+            }
+        }
         _ => Some(Err(GONE)),
     }
 }

@@ -89,7 +89,24 @@ impl Default for Identities {
     }
 }
 
+/// The account files as checked for one request: answers remembered since
+/// that check may be used for the rest of the request without another.
+#[derive(Clone, Copy, Debug)]
+pub struct Checked(u64);
+
 impl Identities {
+    /// Checks the account files for a request, dropping every answer if
+    /// they changed or the answers are too old.
+    pub fn check(&self) -> Checked {
+        Checked(self.current().1)
+    }
+
+    /// The answers as of `checked`; `None` when they were dropped since.
+    fn as_of(&self, checked: Checked) -> Option<MutexGuard<'_, Answers>> {
+        let a = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        (a.generation == checked.0).then_some(a)
+    }
+
     /// The answers, after dropping them if the files changed or they are
     /// too old; the generation to store new ones under.
     fn current(&self) -> (MutexGuard<'_, Answers>, u64) {
@@ -116,8 +133,8 @@ impl Identities {
     }
 
     /// The remembered account of `uid`, without asking NSS.
-    pub fn peek_account(&self, uid: UserId) -> Option<Option<Account>> {
-        self.current().0.accounts.get(&uid).cloned()
+    pub fn peek_account(&self, checked: Checked, uid: UserId) -> Option<Option<Account>> {
+        self.as_of(checked)?.accounts.get(&uid).cloned()
     }
 
     /// The account of `uid` (`getpwuid`); may block on NSS.
@@ -138,8 +155,12 @@ impl Identities {
 
     /// The remembered answer of [`Account::login_blocked`], without
     /// asking NSS.
-    pub fn peek_login_blocked(&self, account: &Account) -> Option<Option<String>> {
-        self.current().0.blocked.get(&account.name).cloned()
+    pub fn peek_login_blocked(
+        &self,
+        checked: Checked,
+        account: &Account,
+    ) -> Option<Option<String>> {
+        self.as_of(checked)?.blocked.get(&account.name).cloned()
     }
 
     /// Why `account` may not log in any more, if it may not (the shadow
@@ -160,9 +181,9 @@ impl Identities {
     }
 
     /// The remembered caller `uid` under `policy`, without asking NSS.
-    pub fn peek_caller(&self, uid: UserId, policy: &Policy) -> Option<Caller> {
-        let (a, _) = self.current();
-        a.callers
+    pub fn peek_caller(&self, checked: Checked, uid: UserId, policy: &Policy) -> Option<Caller> {
+        self.as_of(checked)?
+            .callers
             .get(&uid)
             .filter(|(p, _)| p == policy)
             .map(|(_, c)| c.clone())
@@ -192,34 +213,47 @@ impl Identities {
 mod tests {
     use super::*;
 
+    fn policy() -> Policy {
+        Policy {
+            uid_min: 1000,
+            uid_max: 60000,
+            allowed_groups: vec![],
+            denied_users: vec![],
+            admins: vec![],
+            admin_group: "profiled-admin".into(),
+        }
+    }
+
     #[test]
     fn answers_are_kept_then_dropped_after_the_ttl() -> Result<(), accounts::Error> {
         let ids = Identities::default();
-        assert_eq!(ids.peek_account(UserId::ROOT), None);
+        assert_eq!(ids.peek_account(ids.check(), UserId::ROOT), None);
         let root = ids.account(UserId::ROOT)?;
         assert_eq!(root.as_ref().map(|a| a.name.as_str()), Some("root"));
-        assert_eq!(ids.peek_account(UserId::ROOT), Some(root));
+        assert_eq!(ids.peek_account(ids.check(), UserId::ROOT), Some(root));
         // As if the TTL had passed.
         {
             let mut a = ids.answers.lock().unwrap_or_else(|p| p.into_inner());
             a.since = a.since.checked_sub(TTL).expect("a second after boot");
         }
-        assert_eq!(ids.peek_account(UserId::ROOT), None);
+        assert_eq!(ids.peek_account(ids.check(), UserId::ROOT), None);
         Ok(())
     }
 
     #[test]
     fn a_changed_file_drops_everything_and_a_stale_answer_is_not_stored() {
         let ids = Identities::default();
-        let before = ids.current().1;
+        let before = ids.check();
         // As if /etc/passwd had changed since it was last checked.
         ids.answers.lock().unwrap_or_else(|p| p.into_inner()).files[0] = None;
-        let after = ids.current().1;
-        assert_ne!(before, after);
-        // An answer looked up under the old generation is dropped.
-        ids.remember(before, |a| {
+        let after = ids.check();
+        assert_ne!(before.0, after.0);
+        // An answer looked up under the old generation is dropped, and a
+        // check from before the change answers nothing.
+        ids.remember(before.0, |a| {
             a.accounts.insert(UserId(4242), None);
         });
-        assert_eq!(ids.peek_account(UserId(4242)), None);
+        assert_eq!(ids.peek_account(after, UserId(4242)), None);
+        assert!(ids.peek_caller(before, UserId::ROOT, &policy()).is_none());
     }
 }

@@ -36,6 +36,12 @@ pub(super) async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<Memory>>, ApiError> {
     let limit = page_size(q.limit, st.config().limits.max_page_size);
+    if let Some(page) = st
+        .own_view(&caller, q.user.as_deref())
+        .and_then(|v| v.memories_page(limit, q.before.as_deref()))
+    {
+        return Ok(Json(page));
+    }
     blocking(move || {
         st.with_store(&caller, q.user.as_deref(), |s| {
             let page = s.list_memories(limit, q.before.as_deref())?;

@@ -3,7 +3,9 @@
 //!
 //! Every handler runs its file work on the blocking pool (fsync, NSS) and
 //! reaches a profile only through [`AppState::with_store`], which decides
-//! whose profile the request may touch (rule 4).
+//! whose profile the request may touch (rule 4). The one shortcut: a
+//! listing of the caller's own profile is answered from its in-memory view
+//! ([`AppState::own_view`]), which opens no file.
 
 mod accounting;
 mod admin;
@@ -43,7 +45,7 @@ use crate::auth::tokens::TokenStore;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::profile::{AdoptReport, ProfileDir, ProfilesRoot, Provenance};
-use crate::store::{Store, Views};
+use crate::store::{ProfileView, Store, Views};
 use crate::timefmt;
 use crate::usage::Usage;
 use crate::watch::EventHub;
@@ -146,6 +148,18 @@ impl AppState {
         };
         let view = self.views.of(&profile)?;
         f(&Store::new(&profile, &auditor).with_view(view))
+    }
+
+    /// The caller's own profile's view, for a listing answered from memory
+    /// on the async thread (no file opened, no blocking pool): only when
+    /// the request acts on the caller's own profile (`?user=` absent or
+    /// naming the caller) and the caller has one. Anything else, and a view
+    /// not walked yet, goes through [`AppState::with_store`].
+    pub fn own_view(&self, caller: &Caller, user: Option<&str>) -> Option<Arc<ProfileView>> {
+        if caller.ineligible.is_some() || user.is_some_and(|u| u != caller.account.name) {
+            return None;
+        }
+        self.views.get(&self.root, &caller.account)
     }
 
     /// The watcher saw the file `rel` of `user`'s profile change: its view

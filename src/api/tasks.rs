@@ -37,6 +37,12 @@ pub(super) async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<Task>>, ApiError> {
     let limit = page_size(q.limit, st.config().limits.max_page_size);
+    if let Some(page) = st
+        .own_view(&caller, q.user.as_deref())
+        .and_then(|v| v.tasks_page(q.status, limit, q.before.as_deref()))
+    {
+        return Ok(Json(page));
+    }
     blocking(move || {
         st.with_store(&caller, q.user.as_deref(), |s| {
             let page = s.list_tasks(q.status, limit, q.before.as_deref())?;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::frontmatter::Document;
-use super::view::{MemoryKey, Slot, kept};
+use super::view::{Index, MemoryKey, Slot, kept};
 use super::{
     Error, Page, Problem, RecordFront, Result, Store, bad_slots, check_tags, fill_texts, new_id,
     problem_of, record_stems, valid_id, with_newline,
@@ -121,39 +121,7 @@ impl Store<'_> {
 
     /// One page of memories, newest first, starting after the id `before`.
     pub fn list_memories(&self, limit: usize, before: Option<&str>) -> Result<Page<Memory>> {
-        // Months after the cursor's are skipped whole: a key below
-        // (year, month + "\0", "") is in that month or an earlier one.
-        let upper = match before.and_then(month_of) {
-            Some((y, m)) => Bound::Excluded((y, format!("{m}\0"), String::new())),
-            None => Bound::Unbounded,
-        };
-        let (mut page, stale) = self.with_index(|index| {
-            let mut page = Page {
-                items: Vec::new(),
-                next: None,
-                problems: index.memory_tree.clone(),
-            };
-            let mut stale = Vec::new();
-            for ((_, _, stem), slot) in index.memories.range((Bound::Unbounded, upper)).rev() {
-                if before.is_some_and(|b| stem.as_str() >= b) {
-                    continue;
-                }
-                if page.items.len() == limit {
-                    page.next = page.items.last().map(|m: &Memory| m.id.clone());
-                    break;
-                }
-                match slot {
-                    Slot::Record { record, whole } => {
-                        if !whole {
-                            stale.push(page.items.len());
-                        }
-                        page.items.push(record.clone());
-                    }
-                    Slot::Bad(problem) => page.problems.push(problem.clone()),
-                }
-            }
-            (page, stale)
-        });
+        let (mut page, stale) = self.with_index(|index| page_of(index, limit, before));
         fill_texts(&mut page, &stale, |m| {
             self.read_memory(&m.id, &m.path).map(|(m, _)| m)
         });
@@ -309,6 +277,46 @@ impl Store<'_> {
         let doc = self.read_record::<Front>(stem, rel, KNOWN)?;
         Ok((to_memory(stem, rel, &doc.front, &doc.body), doc))
     }
+}
+
+/// One page of memories from `index`, newest first, after the id `before`;
+/// with the positions of the items whose text the index did not keep.
+pub(super) fn page_of(
+    index: &Index,
+    limit: usize,
+    before: Option<&str>,
+) -> (Page<Memory>, Vec<usize>) {
+    // Months after the cursor's are skipped whole: a key below
+    // (year, month + "\0", "") is in that month or an earlier one.
+    let upper = match before.and_then(month_of) {
+        Some((y, m)) => Bound::Excluded((y, format!("{m}\0"), String::new())),
+        None => Bound::Unbounded,
+    };
+    let mut page = Page {
+        items: Vec::new(),
+        next: None,
+        problems: index.memory_tree.clone(),
+    };
+    let mut stale = Vec::new();
+    for ((_, _, stem), slot) in index.memories.range((Bound::Unbounded, upper)).rev() {
+        if before.is_some_and(|b| stem.as_str() >= b) {
+            continue;
+        }
+        if page.items.len() == limit {
+            page.next = page.items.last().map(|m: &Memory| m.id.clone());
+            break;
+        }
+        match slot {
+            Slot::Record { record, whole } => {
+                if !whole {
+                    stale.push(page.items.len());
+                }
+                page.items.push(record.clone());
+            }
+            Slot::Bad(problem) => page.problems.push(problem.clone()),
+        }
+    }
+    (page, stale)
 }
 
 fn to_memory(id: &str, rel: &str, front: &Front, body: &str) -> Memory {

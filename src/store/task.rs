@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::frontmatter::Document;
-use super::view::{Slot, kept};
+use super::view::{Index, Slot, kept};
 use super::{
     Error, Page, Problem, RecordFront, Result, Store, bad_slots, check_tags, fill_texts, new_id,
     problem_of, record_stems, valid_id, with_newline,
@@ -145,32 +145,7 @@ impl Store<'_> {
         limit: usize,
         before: Option<&str>,
     ) -> Result<Page<Task>> {
-        let upper = before.map_or(Bound::Unbounded, Bound::Excluded);
-        let (mut page, stale) = self.with_index(|index| {
-            let mut page = Page {
-                items: Vec::new(),
-                next: None,
-                problems: index.task_tree.clone(),
-            };
-            let mut stale = Vec::new();
-            for (_, slot) in index.tasks.range::<str, _>((Bound::Unbounded, upper)).rev() {
-                match slot {
-                    Slot::Record { record, whole } if status.is_none_or(|s| s == record.status) => {
-                        if page.items.len() == limit {
-                            page.next = page.items.last().map(|t: &Task| t.id.clone());
-                            break;
-                        }
-                        if !whole {
-                            stale.push(page.items.len());
-                        }
-                        page.items.push(record.clone());
-                    }
-                    Slot::Record { .. } => {}
-                    Slot::Bad(problem) => page.problems.push(problem.clone()),
-                }
-            }
-            (page, stale)
-        });
+        let (mut page, stale) = self.with_index(|index| page_of(index, status, limit, before));
         fill_texts(&mut page, &stale, |t| {
             self.read_task(&t.id, &t.path).map(|(t, _)| t)
         });
@@ -281,6 +256,41 @@ impl Store<'_> {
         let doc = self.read_record::<Front>(stem, rel, KNOWN)?;
         Ok((to_task(stem, rel, &doc.front, &doc.body), doc))
     }
+}
+
+/// One page of tasks from `index`, newest first, optionally only those in
+/// `status`; with the positions of the items whose notes the index did
+/// not keep.
+pub(super) fn page_of(
+    index: &Index,
+    status: Option<TaskStatus>,
+    limit: usize,
+    before: Option<&str>,
+) -> (Page<Task>, Vec<usize>) {
+    let upper = before.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut page = Page {
+        items: Vec::new(),
+        next: None,
+        problems: index.task_tree.clone(),
+    };
+    let mut stale = Vec::new();
+    for (_, slot) in index.tasks.range::<str, _>((Bound::Unbounded, upper)).rev() {
+        match slot {
+            Slot::Record { record, whole } if status.is_none_or(|s| s == record.status) => {
+                if page.items.len() == limit {
+                    page.next = page.items.last().map(|t: &Task| t.id.clone());
+                    break;
+                }
+                if !whole {
+                    stale.push(page.items.len());
+                }
+                page.items.push(record.clone());
+            }
+            Slot::Record { .. } => {}
+            Slot::Bad(problem) => page.problems.push(problem.clone()),
+        }
+    }
+    (page, stale)
 }
 
 fn to_task(id: &str, rel: &str, front: &Front, notes: &str) -> Task {

@@ -17,12 +17,15 @@
 //!
 //! A view is looked up by account name and served only for the very
 //! directory it was built from (same device, inode and account): a profile
-//! removed and provisioned again gets a new view.
+//! removed and provisioned again gets a new view. A listing of the caller's
+//! own profile is answered from a walked view on the async thread, with one
+//! `fstatat` to check that directory and no file opened
+//! ([`Views::get`], [`ProfileView::memories_page`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::{Memory, Problem, Store, Task, valid_id};
+use super::{Memory, Page, Problem, Store, Task, TaskStatus, memory, task, valid_id};
 use crate::accounts::Account;
 use crate::audit::{Auditor, SystemLog};
 use crate::profile::{self, ProfileDir, ProfilesRoot};
@@ -108,6 +111,19 @@ impl Views {
         Ok(view)
     }
 
+    /// The view of `account`'s profile, if one was made for this very
+    /// account (name, uid, group and home alike) and the directory under
+    /// `root` is still the one it was made from (checked without opening
+    /// it: a profile removed, replaced or handed to someone else is never
+    /// answered from its old view).
+    pub fn get(&self, root: &ProfilesRoot, account: &Account) -> Option<Arc<ProfileView>> {
+        let view = lock(&self.by_user)
+            .get(&account.name)
+            .filter(|v| v.account == *account)
+            .cloned()?;
+        (root.profile_identity(account) == Some(view.identity)).then_some(view)
+    }
+
     /// Re-reads the record file `rel` of `user`'s profile into its view, if
     /// the profile has one: the watcher saw it change. The profile is
     /// opened afresh under `root` (views hold no descriptors); a view whose
@@ -143,6 +159,34 @@ impl Views {
 }
 
 impl ProfileView {
+    /// One page of memories (as [`Store::list_memories`]) from memory
+    /// alone: `None` when the view is not walked yet or a record on the
+    /// page has a text too long to keep (then the store reads it).
+    pub fn memories_page(&self, limit: usize, before: Option<&str>) -> Option<Page<Memory>> {
+        let index = read(&self.index);
+        if !index.built {
+            return None;
+        }
+        let (page, stale) = memory::page_of(&index, limit, before);
+        stale.is_empty().then_some(page)
+    }
+
+    /// One page of tasks (as [`Store::list_tasks`]) from memory alone, as
+    /// [`ProfileView::memories_page`].
+    pub fn tasks_page(
+        &self,
+        status: Option<TaskStatus>,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Option<Page<Task>> {
+        let index = read(&self.index);
+        if !index.built {
+            return None;
+        }
+        let (page, stale) = task::page_of(&index, status, limit, before);
+        stale.is_empty().then_some(page)
+    }
+
     /// The index, walked from disk through `store` if it was not yet.
     pub(super) fn index(&self, store: &Store<'_>) -> RwLockReadGuard<'_, Index> {
         {
