@@ -320,6 +320,19 @@ fn created<T>(location: &str, body: T) -> (StatusCode, HeaderMap, Json<T>) {
     (StatusCode::CREATED, headers, Json(body))
 }
 
+/// A listing page already rendered as JSON (from a profile's view).
+fn json_page(json: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response()
+}
+
 /// Clamps a requested page size to `1..=max`, defaulting to 50.
 fn page_size(requested: Option<usize>, max: usize) -> usize {
     requested.unwrap_or(50).clamp(1, max.max(1))

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::frontmatter::Document;
-use super::view::{Index, MemoryKey, Slot, kept};
+use super::view::{Index, MemoryKey, Picked, Slot, kept};
 use super::{
     Error, Page, Problem, RecordFront, Result, Store, bad_slots, check_tags, fill_texts, new_id,
     problem_of, record_stems, valid_id, with_newline,
@@ -121,8 +121,8 @@ impl Store<'_> {
 
     /// One page of memories, newest first, starting after the id `before`.
     pub fn list_memories(&self, limit: usize, before: Option<&str>) -> Result<Page<Memory>> {
-        let (mut page, stale) = self.with_index(|index| page_of(index, limit, before));
-        fill_texts(&mut page, &stale, |m| {
+        let (mut page, stale) = self.with_index(|index| pick(index, limit, before).page());
+        fill_texts(&mut page, &stale, |m: &Memory| {
             self.read_memory(&m.id, &m.path).map(|(m, _)| m)
         });
         Ok(page)
@@ -187,7 +187,7 @@ impl Store<'_> {
 
     /// Every memory file of the profile, read from disk, and the problems
     /// of the tree itself.
-    pub(super) fn walk_memories(&self) -> (BTreeMap<MemoryKey, Slot<Memory>>, Vec<Problem>) {
+    pub(super) fn walk_memories(&self) -> (BTreeMap<MemoryKey, Slot<()>>, Vec<Problem>) {
         let mut slots = BTreeMap::new();
         let mut tree = Vec::new();
         // An unusable tree (a refused directory) is a problem to report,
@@ -220,9 +220,9 @@ impl Store<'_> {
 
     /// What the view keeps of the memory file `rel`: `None` when it is
     /// gone.
-    pub(super) fn memory_slot(&self, stem: &str, rel: &str) -> Option<Slot<Memory>> {
+    pub(super) fn memory_slot(&self, stem: &str, rel: &str) -> Option<Slot<()>> {
         match self.read_memory(stem, rel) {
-            Ok((m, _)) => Some(kept(m, |m| &mut m.text)),
+            Ok((m, _)) => Some(kept(m, (), rel, |m| &mut m.text)),
             Err(e) => problem_of(e).map(Slot::Bad),
         }
     }
@@ -279,44 +279,32 @@ impl Store<'_> {
     }
 }
 
-/// One page of memories from `index`, newest first, after the id `before`;
-/// with the positions of the items whose text the index did not keep.
-pub(super) fn page_of(
-    index: &Index,
-    limit: usize,
-    before: Option<&str>,
-) -> (Page<Memory>, Vec<usize>) {
+/// One page of memories from `index`, newest first, after the id `before`.
+pub(super) fn pick<'a>(index: &'a Index, limit: usize, before: Option<&str>) -> Picked<'a> {
     // Months after the cursor's are skipped whole: a key below
     // (year, month + "\0", "") is in that month or an earlier one.
     let upper = match before.and_then(month_of) {
         Some((y, m)) => Bound::Excluded((y, format!("{m}\0"), String::new())),
         None => Bound::Unbounded,
     };
-    let mut page = Page {
-        items: Vec::new(),
-        next: None,
+    let mut picked = Picked {
         problems: index.memory_tree.clone(),
+        ..Picked::default()
     };
-    let mut stale = Vec::new();
     for ((_, _, stem), slot) in index.memories.range((Bound::Unbounded, upper)).rev() {
         if before.is_some_and(|b| stem.as_str() >= b) {
             continue;
         }
-        if page.items.len() == limit {
-            page.next = page.items.last().map(|m: &Memory| m.id.clone());
+        if picked.items.len() == limit {
+            picked.next = picked.items.last().map(|(id, _, _)| (*id).to_owned());
             break;
         }
         match slot {
-            Slot::Record { record, whole } => {
-                if !whole {
-                    stale.push(page.items.len());
-                }
-                page.items.push(record.clone());
-            }
-            Slot::Bad(problem) => page.problems.push(problem.clone()),
+            Slot::Record { json, whole, .. } => picked.items.push((stem, json, *whole)),
+            Slot::Bad(problem) => picked.problems.push(problem.clone()),
         }
     }
-    (page, stale)
+    picked
 }
 
 fn to_memory(id: &str, rel: &str, front: &Front, body: &str) -> Memory {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::frontmatter::Document;
-use super::view::{Index, Slot, kept};
+use super::view::{Index, Picked, Slot, kept};
 use super::{
     Error, Page, Problem, RecordFront, Result, Store, bad_slots, check_tags, fill_texts, new_id,
     problem_of, record_stems, valid_id, with_newline,
@@ -145,8 +145,8 @@ impl Store<'_> {
         limit: usize,
         before: Option<&str>,
     ) -> Result<Page<Task>> {
-        let (mut page, stale) = self.with_index(|index| page_of(index, status, limit, before));
-        fill_texts(&mut page, &stale, |t| {
+        let (mut page, stale) = self.with_index(|index| pick(index, status, limit, before).page());
+        fill_texts(&mut page, &stale, |t: &Task| {
             self.read_task(&t.id, &t.path).map(|(t, _)| t)
         });
         Ok(page)
@@ -208,7 +208,7 @@ impl Store<'_> {
 
     /// Every task file of the profile, read from disk, and the problems of
     /// the task directory itself.
-    pub(super) fn walk_tasks(&self) -> (BTreeMap<String, Slot<Task>>, Vec<Problem>) {
+    pub(super) fn walk_tasks(&self) -> (BTreeMap<String, Slot<TaskStatus>>, Vec<Problem>) {
         match self.task_stems() {
             Ok(stems) => (
                 stems
@@ -225,9 +225,12 @@ impl Store<'_> {
     }
 
     /// What the view keeps of the task file `rel`: `None` when it is gone.
-    pub(super) fn task_slot(&self, stem: &str, rel: &str) -> Option<Slot<Task>> {
+    pub(super) fn task_slot(&self, stem: &str, rel: &str) -> Option<Slot<TaskStatus>> {
         match self.read_task(stem, rel) {
-            Ok((t, _)) => Some(kept(t, |t| &mut t.notes)),
+            Ok((t, _)) => {
+                let status = t.status;
+                Some(kept(t, status, rel, |t| &mut t.notes))
+            }
             Err(e) => problem_of(e).map(Slot::Bad),
         }
     }
@@ -259,38 +262,32 @@ impl Store<'_> {
 }
 
 /// One page of tasks from `index`, newest first, optionally only those in
-/// `status`; with the positions of the items whose notes the index did
-/// not keep.
-pub(super) fn page_of(
-    index: &Index,
+/// `status`.
+pub(super) fn pick<'a>(
+    index: &'a Index,
     status: Option<TaskStatus>,
     limit: usize,
     before: Option<&str>,
-) -> (Page<Task>, Vec<usize>) {
+) -> Picked<'a> {
     let upper = before.map_or(Bound::Unbounded, Bound::Excluded);
-    let mut page = Page {
-        items: Vec::new(),
-        next: None,
+    let mut picked = Picked {
         problems: index.task_tree.clone(),
+        ..Picked::default()
     };
-    let mut stale = Vec::new();
-    for (_, slot) in index.tasks.range::<str, _>((Bound::Unbounded, upper)).rev() {
+    for (id, slot) in index.tasks.range::<str, _>((Bound::Unbounded, upper)).rev() {
         match slot {
-            Slot::Record { record, whole } if status.is_none_or(|s| s == record.status) => {
-                if page.items.len() == limit {
-                    page.next = page.items.last().map(|t: &Task| t.id.clone());
+            Slot::Record { json, meta, whole } if status.is_none_or(|s| s == *meta) => {
+                if picked.items.len() == limit {
+                    picked.next = picked.items.last().map(|(id, _, _)| (*id).to_owned());
                     break;
                 }
-                if !whole {
-                    stale.push(page.items.len());
-                }
-                page.items.push(record.clone());
+                picked.items.push((id, json, *whole));
             }
             Slot::Record { .. } => {}
-            Slot::Bad(problem) => page.problems.push(problem.clone()),
+            Slot::Bad(problem) => picked.problems.push(problem.clone()),
         }
     }
-    (page, stale)
+    picked
 }
 
 fn to_task(id: &str, rel: &str, front: &Front, notes: &str) -> Task {

@@ -25,7 +25,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::{Memory, Page, Problem, Store, Task, TaskStatus, memory, task, valid_id};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Page, Problem, Store, TaskStatus, memory, task, valid_id};
 use crate::accounts::Account;
 use crate::audit::{Auditor, SystemLog};
 use crate::profile::{self, ProfileDir, ProfilesRoot};
@@ -40,16 +43,83 @@ pub(super) type MemoryKey = (String, String, String);
 
 /// What the view keeps of one record file.
 #[derive(Clone, Debug)]
-pub(super) enum Slot<T> {
-    /// Parsed. Without its text when `whole` is false (too long to keep).
+pub(super) enum Slot<M> {
+    /// Parsed, kept as the JSON a listing shows (one allocation, no
+    /// serializing per request), with what filters need (`meta`). Without
+    /// its text when `whole` is false (too long to keep).
     Record {
-        /// The record as listed.
-        record: T,
-        /// Whether `record` holds the whole text.
+        /// The record as a listing item.
+        json: Box<str>,
+        /// What a listing filters on (a task's status).
+        meta: M,
+        /// Whether `json` holds the whole text.
         whole: bool,
     },
     /// Unreadable, unsafe or invalid: listed as this problem.
     Bad(Problem),
+}
+
+/// A page picked from the index: each item's id and JSON, and whether
+/// the JSON holds the whole text.
+#[derive(Debug, Default)]
+pub(super) struct Picked<'a> {
+    pub(super) items: Vec<(&'a str, &'a str, bool)>,
+    pub(super) next: Option<String>,
+    pub(super) problems: Vec<Problem>,
+}
+
+impl Picked<'_> {
+    /// The page as `Page` serializes it, when every item is whole.
+    fn json(&self) -> Option<String> {
+        if self.items.iter().any(|(_, _, whole)| !whole) {
+            return None;
+        }
+        let size: usize = self.items.iter().map(|(_, j, _)| j.len() + 1).sum();
+        let mut out = String::with_capacity(size + 64);
+        out.push_str("{\"items\":[");
+        for (i, (_, json, _)) in self.items.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(json);
+        }
+        out.push_str("],\"next\":");
+        out.push_str(&serde_json::to_string(&self.next).ok()?);
+        out.push_str(",\"problems\":");
+        out.push_str(&serde_json::to_string(&self.problems).ok()?);
+        out.push('}');
+        Some(out)
+    }
+
+    /// The page with its records parsed back, and the positions of those
+    /// whose text was not kept (to be read from disk).
+    pub(super) fn page<T: DeserializeOwned>(self) -> (Page<T>, Vec<usize>) {
+        let mut page = Page {
+            items: Vec::with_capacity(self.items.len()),
+            next: self.next,
+            problems: self.problems,
+        };
+        let mut stale = Vec::new();
+        for (id, json, whole) in self.items {
+            match serde_json::from_str(json) {
+                Ok(record) => {
+                    if !whole {
+                        stale.push(page.items.len());
+                    }
+                    page.items.push(record);
+                }
+                // Written by `kept` from the same type: never expected.
+                Err(e) => page.problems.push(Problem {
+                    file: id.to_owned(),
+                    line: None,
+                    reason: format!(
+                        "the daemon's copy of this record is unreadable ({e}); restart the daemon"
+                    ),
+                }),
+            }
+        }
+        (page, stale)
+    }
 }
 
 /// Everything a listing needs of one profile.
@@ -58,12 +128,12 @@ pub(super) struct Index {
     /// Whether the walk that fills it has run.
     built: bool,
     /// Memories by (year, month, id).
-    pub(super) memories: BTreeMap<MemoryKey, Slot<Memory>>,
+    pub(super) memories: BTreeMap<MemoryKey, Slot<()>>,
     /// Problems of the memory tree itself (a month directory that cannot
     /// be listed), found by the walk.
     pub(super) memory_tree: Vec<Problem>,
-    /// Tasks by id.
-    pub(super) tasks: BTreeMap<String, Slot<Task>>,
+    /// Tasks by id, with their status.
+    pub(super) tasks: BTreeMap<String, Slot<TaskStatus>>,
     /// Problems of the task directory itself.
     pub(super) task_tree: Vec<Problem>,
 }
@@ -159,32 +229,30 @@ impl Views {
 }
 
 impl ProfileView {
-    /// One page of memories (as [`Store::list_memories`]) from memory
-    /// alone: `None` when the view is not walked yet or a record on the
-    /// page has a text too long to keep (then the store reads it).
-    pub fn memories_page(&self, limit: usize, before: Option<&str>) -> Option<Page<Memory>> {
+    /// One page of memories (as [`Store::list_memories`]) as JSON, from
+    /// memory alone: `None` when the view is not walked yet or a record on
+    /// the page has a text too long to keep (then the store reads it).
+    pub fn memories_page(&self, limit: usize, before: Option<&str>) -> Option<String> {
         let index = read(&self.index);
         if !index.built {
             return None;
         }
-        let (page, stale) = memory::page_of(&index, limit, before);
-        stale.is_empty().then_some(page)
+        memory::pick(&index, limit, before).json()
     }
 
-    /// One page of tasks (as [`Store::list_tasks`]) from memory alone, as
-    /// [`ProfileView::memories_page`].
+    /// One page of tasks (as [`Store::list_tasks`]) as JSON, from memory
+    /// alone, as [`ProfileView::memories_page`].
     pub fn tasks_page(
         &self,
         status: Option<TaskStatus>,
         limit: usize,
         before: Option<&str>,
-    ) -> Option<Page<Task>> {
+    ) -> Option<String> {
         let index = read(&self.index);
         if !index.built {
             return None;
         }
-        let (page, stale) = task::page_of(&index, status, limit, before);
-        stale.is_empty().then_some(page)
+        task::pick(&index, status, limit, before).json()
     }
 
     /// The index, walked from disk through `store` if it was not yet.
@@ -244,14 +312,31 @@ impl Index {
     }
 }
 
-/// A record as the view keeps it: without a text over [`MAX_KEPT_TEXT`].
-pub(super) fn kept<T>(mut record: T, text: impl FnOnce(&mut T) -> &mut String) -> Slot<T> {
+/// A record as the view keeps it: as JSON, without a text over
+/// [`MAX_KEPT_TEXT`].
+pub(super) fn kept<T: Serialize, M>(
+    mut record: T,
+    meta: M,
+    rel: &str,
+    text: impl FnOnce(&mut T) -> &mut String,
+) -> Slot<M> {
     let body = text(&mut record);
     let whole = body.len() <= MAX_KEPT_TEXT;
     if !whole {
         *body = String::new();
     }
-    Slot::Record { record, whole }
+    match serde_json::to_string(&record) {
+        Ok(json) => Slot::Record {
+            json: json.into_boxed_str(),
+            meta,
+            whole,
+        },
+        Err(e) => Slot::Bad(Problem {
+            file: rel.to_owned(),
+            line: None,
+            reason: format!("cannot be shown as JSON: {e}"),
+        }),
+    }
 }
 
 /// `memory/episodic/YYYY/MM/<id>.md` as its key.
@@ -321,9 +406,42 @@ mod tests {
 
     #[test]
     fn long_texts_are_not_kept() {
-        let short = kept(String::from("hello"), |s| s);
-        assert!(matches!(short, Slot::Record { whole: true, ref record } if record == "hello"));
-        let long = kept("x".repeat(MAX_KEPT_TEXT + 1), |s| s);
-        assert!(matches!(long, Slot::Record { whole: false, ref record } if record.is_empty()));
+        let short = kept(String::from("hello"), (), "f", |s| s);
+        assert!(
+            matches!(short, Slot::Record { whole: true, ref json, .. } if &**json == "\"hello\"")
+        );
+        let long = kept("x".repeat(MAX_KEPT_TEXT + 1), (), "f", |s| s);
+        assert!(matches!(long, Slot::Record { whole: false, ref json, .. } if &**json == "\"\""));
+    }
+
+    #[test]
+    fn a_page_as_json_is_what_page_serializes_to() -> Result<(), serde_json::Error> {
+        let memory = crate::store::Memory {
+            id: "evt-1".into(),
+            path: "memory/episodic/2026/11/evt-1.md".into(),
+            created: Some("2026-11-22T05:41:54Z".into()),
+            updated: None,
+            tags: vec!["a \"quoted\" tag".into()],
+            processed: false,
+            source: None,
+            text: "line one\nline two\n".into(),
+        };
+        let Slot::Record { json, .. } = kept(memory, (), "f", |m| &mut m.text) else {
+            panic!("a plain memory is kept");
+        };
+        let picked = Picked {
+            items: vec![("evt-1", &json, true)],
+            next: Some("evt-1".into()),
+            problems: vec![Problem {
+                file: "memory/tasks/x.md".into(),
+                line: Some(2),
+                reason: "bad".into(),
+            }],
+        };
+        let fast = picked.json();
+        let (page, stale) = picked.page::<crate::store::Memory>();
+        assert!(stale.is_empty());
+        assert_eq!(fast, Some(serde_json::to_string(&page)?));
+        Ok(())
     }
 }
