@@ -16,11 +16,11 @@ use crate::accounts::UserId;
 
 /// The middleware (a route layer, so the matched route is known).
 pub async fn accounting(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = req.method().to_string();
+    // Both are cheap clones (a shared string, a standard method).
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let method = req.method().clone();
+    let method = method.as_str();
     if let Some(peer) = req.extensions().get::<Peer>().copied()
         && peer.uid != UserId::ROOT
     {
@@ -48,7 +48,7 @@ pub async fn accounting(State(st): State<Arc<AppState>>, req: Request, next: Nex
             account.map_or(limits.rate, |a| limits.rate_of(&a.name))
         };
         if let Err(wait) = st.auth.rate.take(peer.uid, rate, Instant::now()) {
-            st.auth.metrics.request(&method, &route, 429);
+            st.auth.metrics.request(method, route, 429);
             return too_many(
                 "rate_limited",
                 "too many requests for this account (limits.requests_per_second)",
@@ -60,6 +60,6 @@ pub async fn accounting(State(st): State<Arc<AppState>>, req: Request, next: Nex
     let resp = next.run(req).await;
     st.auth
         .metrics
-        .request(&method, &route, resp.status().as_u16());
+        .request(method, route, resp.status().as_u16());
     resp
 }
