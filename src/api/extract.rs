@@ -61,17 +61,18 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .get::<Peer>()
             .copied()
             .ok_or_else(|| ApiError::internal("a request arrived without peer credentials"))?;
-        let policy = state.config().policy.clone();
+        let config = state.config();
         let ids = &state.auth.identities;
         // Over TCP the guard has checked the account files for this request.
         let checked = match parts.extensions.get::<Checked>() {
             Some(c) => *c,
             None => ids.check(),
         };
-        if let Some(caller) = ids.peek_caller(checked, peer.uid, &policy) {
+        if let Some(caller) = ids.peek_caller(checked, peer.uid, &config.policy) {
             return Ok(caller);
         }
         // NSS may block (LDAP, SSSD): keep it off the async threads.
+        let policy = config.policy.clone();
         let st = state.clone();
         tokio::task::spawn_blocking(move || st.auth.identities.caller(peer.uid, &policy))
             .await
