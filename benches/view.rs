@@ -37,9 +37,9 @@ struct Plan {
 
 const FULL: Plan = Plan {
     memories: 10_000,
-    warmup: 500,
-    calls: 10_000,
-    edits_per_second: 50,
+    warmup: 1_000,
+    calls: 50_000,
+    edits_per_second: 200,
 };
 
 const SMOKE: Plan = Plan {
