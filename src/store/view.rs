@@ -203,11 +203,6 @@ impl Views {
         let Some(view) = lock(&self.by_user).get(user).cloned() else {
             return;
         };
-        // Not walked yet: its walk will read the file (and `refresh` below
-        // checks again under the lock).
-        if !read(&view.index).built {
-            return;
-        }
         let dir = match root.open_owned(&view.account) {
             Ok(Some(dir)) if dir.identity().is_ok_and(|id| id == view.identity) => dir,
             _ => {
