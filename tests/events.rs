@@ -655,3 +655,21 @@ fn a_hand_edit_is_listed_once_its_event_arrives() {
         "{items:?} {problems:?}"
     );
 }
+
+#[test]
+fn a_text_too_long_for_the_view_is_listed_whole() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("");
+    let long = format!("{}\n", "a long memory. ".repeat(400));
+    let id = capture(&d, &alice, &long);
+    // The first listing walks the profile; the second is served by the view,
+    // which reads this one record from disk.
+    for _ in 0..2 {
+        let (items, problems) = memories_listed(&d, &alice);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(items, vec![(id.clone(), long.clone())]);
+    }
+}

@@ -15,7 +15,7 @@ pub use memory::{Memory, MemoryUpdate, NewMemory};
 pub use persona::Persona;
 pub use settings::UserSettings;
 pub use task::{NewTask, Task, TaskPatch, TaskStatus};
-pub use view::{MAX_KEPT_TEXT, ProfileView, Views};
+pub use view::{ProfileView, Views};
 
 use std::sync::Arc;
 

@@ -13,7 +13,7 @@
 //! listing reports, in their place in the order, exactly as a walk of the
 //! disk would meet them. Texts longer than [`MAX_KEPT_TEXT`] are not kept:
 //! such a record is read from disk when a page includes it, which bounds
-//! the view at about 1 KiB per record plus its text (docs/OPERATIONS.md).
+//! the view at about 0.5 KiB per record plus its text (docs/OPERATIONS.md).
 //!
 //! A view is looked up by account name and served only for the very
 //! directory it was built from (same device, inode and account): a profile
@@ -35,7 +35,7 @@ use crate::profile::{self, ProfileDir, ProfilesRoot};
 
 /// Texts (memory text, task notes) up to this many bytes are kept in the
 /// view; longer ones are read from disk when listed.
-pub const MAX_KEPT_TEXT: usize = 4096;
+pub(super) const MAX_KEPT_TEXT: usize = 4096;
 
 /// Where a memory sorts: year and month directory, then id. Listing walks
 /// this order backwards (newest first), as the disk walk did.
