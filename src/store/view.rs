@@ -13,7 +13,7 @@
 //! listing reports, in their place in the order, exactly as a walk of the
 //! disk would meet them. Texts longer than [`MAX_KEPT_TEXT`] are not kept:
 //! such a record is read from disk when a page includes it, which bounds
-//! the view at about 0.5 KiB per record plus its text (docs/OPERATIONS.md).
+//! the view at about 0.8 KiB per record plus its text (docs/OPERATIONS.md).
 //!
 //! A view is looked up by account name and served only for the very
 //! directory it was built from (same device, inode and account): a profile
