@@ -98,6 +98,9 @@ pub struct Issued {
 pub struct TokenStore {
     dir: PathBuf,
     by_hash: Mutex<HashMap<String, Entry>>,
+    /// Ids of entries found expired when presented, whose files
+    /// [`TokenStore::flush`] removes (off the request path).
+    expired: Mutex<Vec<String>>,
 }
 
 fn now() -> u64 {
@@ -164,6 +167,7 @@ impl TokenStore {
         Ok(TokenStore {
             dir: dir.to_owned(),
             by_hash: Mutex::new(by_hash),
+            expired: Mutex::new(Vec::new()),
         })
     }
 
@@ -243,8 +247,8 @@ impl TokenStore {
 
     /// The record of `secret` when it is live; a session idle longer than
     /// `idle` has expired. Marks it used, in memory only: the request path
-    /// never waits for the disk, [`TokenStore::save_last_used`] writes the
-    /// times (an expired entry's file is removed here, which is rare).
+    /// never touches the disk; [`TokenStore::flush`] writes the times and
+    /// removes the files of entries found expired.
     pub fn authenticate(&self, secret: &str, idle: Duration) -> Option<Record> {
         if !secret.starts_with(PREFIX) {
             return None;
@@ -259,18 +263,28 @@ impl TokenStore {
             let id = r.id.clone();
             map.remove(&h);
             drop(map);
-            self.remove_file(&id);
+            // Gone from memory now; should the daemon stop before the file
+            // goes, the next start drops it again (expired) or the next
+            // use does (idle).
+            self.expired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(id);
             return None;
         }
         entry.record.last_used = t;
         Some(entry.record.clone())
     }
 
-    /// Writes the `last_used` time of every entry used since it was last
-    /// written. The daemon calls it every minute and at shutdown, off the
-    /// request path: idle expiry needs the time across restarts, but not
-    /// to the second.
-    pub fn save_last_used(&self) {
+    /// Removes the files of entries found expired, and writes the
+    /// `last_used` time of every entry used since it was last written. The
+    /// daemon calls it every minute and at shutdown, off the request path:
+    /// idle expiry needs the time across restarts, but not to the second.
+    pub fn flush(&self) {
+        let expired = std::mem::take(&mut *self.expired.lock().unwrap_or_else(|p| p.into_inner()));
+        for id in expired {
+            self.remove_file(&id);
+        }
         let due: Vec<Record> = self
             .lock()
             .values_mut()
