@@ -181,7 +181,8 @@ fn check_pam_service(service: &str) -> Result<(), Error> {
 /// How often request counts go to the users' usage logs.
 const USAGE_FLUSH: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Writes the request counts every minute and once more at shutdown.
+/// Writes the request counts and the tokens' last use (and removes the
+/// files of tokens found expired) every minute and once more at shutdown.
 async fn flush_usage_every(state: Arc<AppState>, mut stop: signal_watch::Receiver<bool>) {
     loop {
         let stopping = tokio::select! {
@@ -189,7 +190,12 @@ async fn flush_usage_every(state: Arc<AppState>, mut stop: signal_watch::Receive
             _ = stop.changed() => true,
         };
         let st = state.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || usage::flush(&st)).await {
+        if let Err(e) = tokio::task::spawn_blocking(move || {
+            usage::flush(&st);
+            st.auth.tokens.flush();
+        })
+        .await
+        {
             tracing::error!("writing usage counts failed: {e}");
         }
         if stopping {

@@ -6,10 +6,15 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Request counts of one route: by method, then by status.
+type ByMethod = BTreeMap<String, BTreeMap<u16, u64>>;
+
 /// The daemon's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    /// Route, then method, then status: nested so a request that was seen
+    /// before is counted without allocating its key.
+    requests: Mutex<BTreeMap<String, ByMethod>>,
     logins_ok: AtomicU64,
     logins_failed: AtomicU64,
     logins_throttled: AtomicU64,
@@ -40,8 +45,15 @@ impl Metrics {
     /// so ids do not explode the label set).
     pub fn request(&self, method: &str, route: &str, status: u16) {
         let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry((route.to_owned(), method.to_owned(), status))
-            .or_insert(0) += 1;
+        let methods = match map.get_mut(route) {
+            Some(m) => m,
+            None => map.entry(route.to_owned()).or_default(),
+        };
+        let statuses = match methods.get_mut(method) {
+            Some(s) => s,
+            None => methods.entry(method.to_owned()).or_default(),
+        };
+        *statuses.entry(status).or_insert(0) += 1;
     }
 
     /// Counts a login attempt.
@@ -60,11 +72,15 @@ impl Metrics {
         out.push_str("# HELP profiled_requests_total API requests by route, method and status.\n");
         out.push_str("# TYPE profiled_requests_total counter\n");
         let map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        for ((route, method, status), n) in map.iter() {
-            let _ = writeln!(
-                out,
-                "profiled_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
-            );
+        for (route, methods) in map.iter() {
+            for (method, statuses) in methods {
+                for (status, n) in statuses {
+                    let _ = writeln!(
+                        out,
+                        "profiled_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
+                    );
+                }
+            }
         }
         drop(map);
         out.push_str("# HELP profiled_logins_total Login attempts by result.\n");

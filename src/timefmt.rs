@@ -44,6 +44,15 @@ pub fn toml_datetime(t: OffsetDateTime) -> toml::value::Datetime {
 
 /// Today's date in UTC as `YYYY-MM-DD`, the name of a daily log file.
 pub fn today() -> String {
-    let t = OffsetDateTime::now_utc();
+    date(OffsetDateTime::now_utc())
+}
+
+/// The UTC day `days` days after 1970-01-01 as `YYYY-MM-DD`.
+pub fn day(days: u64) -> String {
+    let secs = i64::try_from(days.saturating_mul(86_400)).unwrap_or(0);
+    date(OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH))
+}
+
+fn date(t: OffsetDateTime) -> String {
     format!("{:04}-{:02}-{:02}", t.year(), t.month() as u8, t.day())
 }

@@ -14,7 +14,9 @@ use crate::timefmt;
 /// Counts not yet written.
 #[derive(Debug, Default)]
 pub struct Usage {
-    counts: Mutex<HashMap<(UserId, String), u64>>,
+    /// By account and UTC day (days since 1970: no date to format per
+    /// request).
+    counts: Mutex<HashMap<(UserId, u64), u64>>,
 }
 
 /// One line of a usage log.
@@ -33,8 +35,11 @@ pub struct Line<'a> {
 impl Usage {
     /// Counts one request of `uid` today.
     pub fn request(&self, uid: UserId) {
+        let day = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 86_400);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        *counts.entry((uid, timefmt::today())).or_insert(0) += 1;
+        *counts.entry((uid, day)).or_insert(0) += 1;
     }
 
     /// Takes every pending count: (uid, day, count).
@@ -42,7 +47,7 @@ impl Usage {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         counts
             .drain()
-            .map(|((uid, day), n)| (uid, day, n))
+            .map(|((uid, day), n)| (uid, timefmt::day(day), n))
             .collect()
     }
 }

@@ -559,3 +559,117 @@ fn a_profile_removed_while_running_reports_its_records_deleted() {
     let seen = events.until("memory.deleted", |v| is(v, "memory.deleted", &id));
     assert!(seen.iter().all(|v| v["action"] == "deleted"), "{seen:#?}");
 }
+
+/// `user`'s memories listing: (ids with their text, problem files).
+fn memories_listed(d: &Daemon, user: &TestUser) -> (Vec<(String, String)>, Vec<String>) {
+    let (status, page) = d.api(Some(user), "GET", "/v1/memories?limit=100", None);
+    assert_eq!(status, 200, "{page}");
+    let items = page["items"].as_array().expect("items");
+    let problems = page["problems"].as_array().expect("problems");
+    (
+        items
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap_or("").to_owned(),
+                    m["text"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect(),
+        problems
+            .iter()
+            .map(|p| p["file"].as_str().unwrap_or("").to_owned())
+            .collect(),
+    )
+}
+
+#[test]
+fn a_hand_edit_is_listed_once_its_event_arrives() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("");
+    let events = Stream::settled(&d, &alice);
+    let id = capture(&d, &alice, "first draft");
+    events.until("memory.created", |v| is(v, "memory.created", &id));
+    let file = memory_file(&d, &alice, &id);
+    let rel = file
+        .strip_prefix(d.profile(&alice))
+        .expect("relative")
+        .display()
+        .to_string();
+    // The first listing builds the view.
+    let (items, _) = memories_listed(&d, &alice);
+    assert_eq!(items, vec![(id.clone(), "first draft\n".to_owned())]);
+
+    // An editor's save (temp file renamed over the original).
+    let text = std::fs::read_to_string(&file).expect("read");
+    save_like_an_editor(&alice, &file, &text.replace("first draft", "edited in vim"));
+    events.until("memory.updated", |v| is(v, "memory.updated", &id));
+    let (items, problems) = memories_listed(&d, &alice);
+    assert_eq!(items, vec![(id.clone(), "edited in vim\n".to_owned())]);
+    assert!(problems.is_empty(), "{problems:?}");
+
+    // A save that breaks the front matter: listed as a problem, as before.
+    save_like_an_editor(
+        &alice,
+        &file,
+        &text.replace("processed = false", "processed = flase"),
+    );
+    events.until("memory.updated (broken)", |v| is(v, "memory.updated", &id));
+    let (items, problems) = memories_listed(&d, &alice);
+    assert!(items.is_empty(), "{items:?}");
+    assert_eq!(problems, vec![rel.clone()]);
+
+    // A task written by hand appears in the task listing.
+    let task_file = d
+        .profile(&alice)
+        .join("memory/tasks/task-written-by-hand.md");
+    save_like_an_editor(&alice, &task_file, "+++\ntitle = \"by hand\"\n+++\n");
+    events.until("task.created", |v| {
+        is(v, "task.created", "task-written-by-hand")
+    });
+    let (status, tasks) = d.api(Some(&alice), "GET", "/v1/tasks?status=todo", None);
+    assert_eq!(status, 200, "{tasks}");
+    assert!(
+        tasks["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|t| t["id"] == "task-written-by-hand" && t["title"] == "by hand"),
+        "{tasks}"
+    );
+
+    // A deletion by hand: neither the record nor its problem is listed.
+    let out = alice
+        .command("rm")
+        .arg(&file)
+        .output()
+        .expect("rm as alice");
+    assert!(out.status.success());
+    events.until("memory.deleted", |v| is(v, "memory.deleted", &id));
+    let (items, problems) = memories_listed(&d, &alice);
+    assert!(
+        items.is_empty() && problems.is_empty(),
+        "{items:?} {problems:?}"
+    );
+}
+
+#[test]
+fn a_text_too_long_for_the_view_is_listed_whole() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("");
+    let long = format!("{}\n", "a long memory. ".repeat(400));
+    let id = capture(&d, &alice, &long);
+    // The first listing walks the profile; the second is served by the view,
+    // which reads this one record from disk.
+    for _ in 0..2 {
+        let (items, problems) = memories_listed(&d, &alice);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(items, vec![(id.clone(), long.clone())]);
+    }
+}

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Daemon, TestUser, capture, require_root};
+use common::{Daemon, TestGroup, TestUser, capture, require_root};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -98,14 +98,40 @@ fn every_failed_login_looks_the_same_and_locking_ends_access() {
     assert_eq!(wrong.body, unknown.body);
     assert_eq!(wrong.body, ineligible.body);
 
+    // Used just before: whatever the daemon remembers of alice is fresh.
+    let used = d.http("GET", "/v1/me", &[("Authorization", &bearer(&token))], None);
+    assert_eq!(used.status, 200, "{}", used.body);
     alice.lock_password();
-    assert_eq!(d.login(&alice.name, PASSWORD).status, 401);
     let used = d.http("GET", "/v1/me", &[("Authorization", &bearer(&token))], None);
     assert_eq!(
         used.status, 401,
         "a locked account's token still works: {}",
         used.body
     );
+    assert_eq!(d.login(&alice.name, PASSWORD).status, 401);
+}
+
+#[test]
+fn leaving_the_admin_group_ends_admin_rights_on_the_next_request() {
+    if !require_root() {
+        return;
+    }
+    let admins = TestGroup::new("adm");
+    let alice = TestUser::new("alice");
+    alice.set_password(PASSWORD);
+    admins.add(&alice);
+    let d = Daemon::start(&format!("[accounts]\nadmin_group = \"{}\"\n", admins.name));
+    let auth = bearer(&token_of(&d.login(&alice.name, PASSWORD)));
+    let before = d.http("GET", "/v1/profiles", &[("Authorization", &auth)], None);
+    assert_eq!(before.status, 200, "{}", before.body);
+    let (status, body) = d.api(Some(&alice), "GET", "/v1/profiles", None);
+    assert_eq!(status, 200, "{body}");
+
+    admins.remove(&alice);
+    let after = d.http("GET", "/v1/profiles", &[("Authorization", &auth)], None);
+    assert_eq!(after.status, 403, "still an admin over TCP: {}", after.body);
+    let (status, body) = d.api(Some(&alice), "GET", "/v1/profiles", None);
+    assert_eq!(status, 403, "still an admin on the socket: {body}");
 }
 
 #[test]

@@ -206,3 +206,71 @@ fn first_request_provisions_and_accounts_outside_the_range_are_refused() {
     );
     assert!(!d.profile(&sys).exists());
 }
+
+#[test]
+fn a_listing_never_serves_another_profiles_cached_view() {
+    if !require_root() {
+        return;
+    }
+    const PASSWORD: &str = "view privacy password 7";
+    let alice = TestUser::new("alice");
+    let bob = TestUser::new("bob");
+    bob.set_password(PASSWORD);
+    let d = Daemon::start("");
+    let memory = capture(&d, &alice, "alice's cached secret");
+    let (status, task) = d.api(
+        Some(&alice),
+        "POST",
+        "/v1/tasks",
+        Some(r#"{"title":"alice's cached task"}"#),
+    );
+    assert_eq!(status, 200, "{task}");
+    let task = task["id"].as_str().expect("task id").to_owned();
+    // alice lists: her view now holds both records.
+    for (path, id) in [("/v1/memories", &memory), ("/v1/tasks", &task)] {
+        let (status, page) = d.api(Some(&alice), "GET", path, None);
+        assert_eq!(status, 200);
+        assert!(page.to_string().contains(id.as_str()), "{page}");
+    }
+
+    // bob, through every listing, on the socket and over TCP, sees none of it.
+    let reply = d.login(&bob.name, PASSWORD);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let auth = format!("Bearer {}", reply.json()["token"].as_str().expect("token"));
+    let secrets = [memory.as_str(), task.as_str(), "cached"];
+    for path in [
+        "/v1/memories",
+        "/v1/memories?limit=1000",
+        &format!("/v1/memories?before={memory}z"),
+        "/v1/tasks",
+        "/v1/tasks?status=todo",
+        "/v1/me",
+    ] {
+        let (status, body) = d.api(Some(&bob), "GET", path, None);
+        assert_eq!(status, 200, "{path}: {body}");
+        let tcp = d.http("GET", path, &[("Authorization", &auth)], None);
+        assert_eq!(tcp.status, 200, "{path}: {}", tcp.body);
+        for secret in secrets {
+            assert!(!body.to_string().contains(secret), "{path}: {body}");
+            assert!(!tcp.body.contains(secret), "{path}: {}", tcp.body);
+        }
+    }
+    for path in ["/v1/memories", "/v1/tasks"] {
+        let path = format!("{path}?user={}", alice.name);
+        let (status, body) = d.api(Some(&bob), "GET", &path, None);
+        assert_eq!(status, 403, "{path}: {body}");
+        let tcp = d.http("GET", &path, &[("Authorization", &auth)], None);
+        assert_eq!(tcp.status, 403, "{path}: {}", tcp.body);
+        for secret in secrets {
+            assert!(!body.to_string().contains(secret), "{body}");
+            assert!(!tcp.body.contains(secret), "{}", tcp.body);
+        }
+    }
+
+    // A profile removed and provisioned again is another directory: what
+    // was cached of the old one is not served for it.
+    std::fs::remove_dir_all(d.profile(&alice)).expect("remove alice's profile");
+    let (status, page) = d.api(Some(&alice), "GET", "/v1/memories", None);
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(0), "{page}");
+}

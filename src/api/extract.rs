@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::AppState;
+use super::identity::Checked;
 use super::problem::ApiError;
 use crate::accounts::{self, Account, Eligibility, Policy, UserId};
 
@@ -34,8 +35,9 @@ pub struct Credential {
     pub via_cookie: bool,
 }
 
-/// The account making the request and its role, looked up afresh for every
-/// request so a change to /etc/group or the config applies at once.
+/// The account making the request and its role, looked up for every request
+/// through [`Identities`](super::Identities), so a change to /etc/group or
+/// the config applies on the next request.
 #[derive(Clone, Debug)]
 pub struct Caller {
     /// The account.
@@ -59,9 +61,20 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .get::<Peer>()
             .copied()
             .ok_or_else(|| ApiError::internal("a request arrived without peer credentials"))?;
-        let policy = state.config().policy.clone();
+        let config = state.config();
+        let ids = &state.auth.identities;
+        // Over TCP the guard has checked the account files for this request.
+        let checked = match parts.extensions.get::<Checked>() {
+            Some(c) => *c,
+            None => ids.check(),
+        };
+        if let Some(caller) = ids.peek_caller(checked, peer.uid, &config.policy) {
+            return Ok(caller);
+        }
         // NSS may block (LDAP, SSSD): keep it off the async threads.
-        tokio::task::spawn_blocking(move || identify(peer.uid, &policy))
+        let policy = config.policy.clone();
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || st.auth.identities.caller(peer.uid, &policy))
             .await
             .map_err(ApiError::internal)?
     }

@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 
 use super::auth::COOKIE;
 use super::extract::{Credential, Peer};
-use super::{ApiError, AppState};
-use crate::accounts;
+use super::identity::Checked;
+use super::{ApiError, AppState, Identities};
+use crate::auth::tokens::Record;
 
 /// Routes a TCP client may call without credentials.
 const PUBLIC: &[&str] = &[
@@ -76,27 +77,25 @@ pub async fn tcp_guard(State(guard): State<TcpGuard>, mut req: Request, next: Ne
     }
     let st = guard.state.clone();
     let idle = st.config().auth.session_idle;
-    let checked = tokio::task::spawn_blocking(move || {
-        let record = st
-            .auth
-            .tokens
-            .authenticate(&secret, idle)
-            .ok_or("the session or token is unknown, expired or revoked; log in again")?;
-        // The account may be gone, renamed, or locked since the token was
-        // issued: it keeps access only while it is the same live account.
-        let account = accounts::by_uid(record.uid)
-            .ok()
-            .flatten()
-            .filter(|a| a.name == record.user)
-            .ok_or("the account this token belongs to no longer exists")?;
-        // Fail closed: a shadow database that cannot answer keeps tokens out.
-        if !matches!(account.login_blocked(), Ok(None)) {
-            return Err("the account is locked or expired");
-        }
-        Ok(record)
-    })
-    .await;
-    match checked {
+    // The account files are checked once for the whole request.
+    let checked = st.auth.identities.check();
+    req.extensions_mut().insert(checked);
+    let verdict = match st.auth.tokens.authenticate(&secret, idle) {
+        None => Ok(Err(
+            "the session or token is unknown, expired or revoked; log in again",
+        )),
+        Some(record) => match owner_known(&st.auth.identities, checked, &record) {
+            Some(verdict) => Ok(verdict.map(|()| record)),
+            // NSS may block (LDAP, SSSD): keep it off the async threads.
+            None => {
+                tokio::task::spawn_blocking(move || {
+                    owner_asked(&st.auth.identities, &record).map(|()| record)
+                })
+                .await
+            }
+        },
+    };
+    match verdict {
         Ok(Ok(record)) => {
             req.extensions_mut().insert(Peer { uid: record.uid });
             req.extensions_mut().insert(Credential {
@@ -111,6 +110,44 @@ pub async fn tcp_guard(State(guard): State<TcpGuard>, mut req: Request, next: Ne
         Err(e) => ApiError::internal(e).into_response(),
     }
 }
+
+/// Whether the token's account is still the same live, unlocked account,
+/// from what the name service already told: `None` when it must be asked.
+fn owner_known(
+    ids: &Identities,
+    checked: Checked,
+    record: &Record,
+) -> Option<Result<(), &'static str>> {
+    match ids.peek_account(checked, record.uid)? {
+        Some(account) if account.name == record.user => {
+            match ids.peek_login_blocked(checked, &account)? {
+                None => Some(Ok(())),
+                Some(_) => Some(Err(LOCKED)),
+            }
+        }
+        _ => Some(Err(GONE)),
+    }
+}
+
+/// [`owner_known`], asking the name service what it does not know yet.
+fn owner_asked(ids: &Identities, record: &Record) -> Result<(), &'static str> {
+    // The account may be gone, renamed, or locked since the token was
+    // issued: it keeps access only while it is the same live account.
+    let account = ids
+        .account(record.uid)
+        .ok()
+        .flatten()
+        .filter(|a| a.name == record.user)
+        .ok_or(GONE)?;
+    // Fail closed: a shadow database that cannot answer keeps tokens out.
+    match ids.login_blocked(&account) {
+        Ok(None) => Ok(()),
+        _ => Err(LOCKED),
+    }
+}
+
+const GONE: &str = "the account this token belongs to no longer exists";
+const LOCKED: &str = "the account is locked or expired";
 
 fn unauthenticated(detail: &str) -> Response {
     let mut resp =

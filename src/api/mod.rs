@@ -3,7 +3,9 @@
 //!
 //! Every handler runs its file work on the blocking pool (fsync, NSS) and
 //! reaches a profile only through [`AppState::with_store`], which decides
-//! whose profile the request may touch (rule 4).
+//! whose profile the request may touch (rule 4). The one shortcut: a
+//! listing of the caller's own profile is answered from its in-memory view
+//! ([`AppState::own_view`]), which opens no file.
 
 mod accounting;
 mod admin;
@@ -12,6 +14,7 @@ mod credentials;
 mod events;
 mod extract;
 mod guard;
+mod identity;
 mod memories;
 mod observe;
 mod persona;
@@ -22,6 +25,7 @@ mod tasks;
 pub use admin::{Me, ProfileChange, ProfileRow};
 pub use auth::{NewToken, TokenInfo};
 pub use extract::{Caller, ClientAddr, Peer, identify};
+pub use identity::Identities;
 pub use observe::document as openapi_document;
 pub use problem::ApiError;
 
@@ -41,7 +45,7 @@ use crate::auth::tokens::TokenStore;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::profile::{AdoptReport, ProfileDir, ProfilesRoot, Provenance};
-use crate::store::Store;
+use crate::store::{ProfileView, Store, Views};
 use crate::timefmt;
 use crate::usage::Usage;
 use crate::watch::EventHub;
@@ -55,6 +59,8 @@ pub struct AppState {
     pub auth: AuthState,
     /// Profile changes found by the watcher, for `/v1/events`.
     pub events: EventHub,
+    /// The in-memory view of each profile listed so far.
+    views: Views,
 }
 
 /// The state of logins and request accounting.
@@ -71,6 +77,8 @@ pub struct AuthState {
     pub usage: Usage,
     /// Counters for /v1/metrics.
     pub metrics: Metrics,
+    /// The name service's recent answers about callers.
+    pub identities: Identities,
 }
 
 impl AppState {
@@ -84,6 +92,7 @@ impl AppState {
             pam_slots: Semaphore::new(config.auth.max_concurrent_logins),
             usage: Usage::default(),
             metrics: Metrics::default(),
+            identities: Identities::default(),
         };
         AppState {
             config: RwLock::new(Arc::new(config)),
@@ -91,6 +100,7 @@ impl AppState {
             system_log,
             auth,
             events: EventHub::default(),
+            views: Views::default(),
         }
     }
 
@@ -136,7 +146,33 @@ impl AppState {
             actor: &caller.account.name,
             on_behalf,
         };
-        f(&Store::new(&profile, &auditor))
+        let view = self.views.of(&profile)?;
+        f(&Store::new(&profile, &auditor).with_view(view))
+    }
+
+    /// The caller's own profile's view, for a listing answered from memory
+    /// on the async thread (no file opened, no blocking pool): only when
+    /// the request acts on the caller's own profile (`?user=` absent or
+    /// naming the caller) and the caller has one. Anything else, and a view
+    /// not walked yet, goes through [`AppState::with_store`].
+    pub fn own_view(&self, caller: &Caller, user: Option<&str>) -> Option<Arc<ProfileView>> {
+        if caller.ineligible.is_some() || user.is_some_and(|u| u != caller.account.name) {
+            return None;
+        }
+        self.views.get(&self.root, &caller.account)
+    }
+
+    /// The watcher saw the file `rel` of `user`'s profile change: its view
+    /// re-reads it, before the change is published, so a client that got
+    /// the event lists the change.
+    pub fn refresh_view(&self, user: &str, rel: &str) {
+        self.views.refresh(&self.root, user, rel, &self.system_log);
+    }
+
+    /// Events may have been lost: every view is walked again on its next
+    /// listing.
+    pub fn clear_views(&self) {
+        self.views.clear();
     }
 
     fn target(&self, caller: &Caller, user: Option<&str>) -> Result<(ProfileDir, bool), ApiError> {
@@ -282,6 +318,19 @@ fn created<T>(location: &str, body: T) -> (StatusCode, HeaderMap, Json<T>) {
         headers.insert(header::LOCATION, v);
     }
     (StatusCode::CREATED, headers, Json(body))
+}
+
+/// A listing page already rendered as JSON (from a profile's view).
+fn json_page(json: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response()
 }
 
 /// Clamps a requested page size to `1..=max`, defaulting to 50.

@@ -19,9 +19,6 @@ use crate::statefs;
 pub const PREFIX: &str = "pfd_";
 /// Live sessions and tokens one account may hold.
 pub const MAX_PER_ACCOUNT: usize = 100;
-/// `last_used` is written to disk at most this often per token: idle expiry
-/// needs it across restarts, but not to the second.
-const PERSIST_EVERY: u64 = 60;
 
 /// A session record is a few hundred bytes; anything larger is not one.
 const MAX_RECORD_BYTES: u64 = 64 * 1024;
@@ -101,6 +98,9 @@ pub struct Issued {
 pub struct TokenStore {
     dir: PathBuf,
     by_hash: Mutex<HashMap<String, Entry>>,
+    /// Ids of entries found expired when presented, whose files
+    /// [`TokenStore::flush`] removes (off the request path).
+    expired: Mutex<Vec<String>>,
 }
 
 fn now() -> u64 {
@@ -110,8 +110,15 @@ fn now() -> u64 {
 }
 
 fn hash(secret: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(secret.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    // Every request hashes its token: no allocation per byte.
+    let mut out = String::with_capacity(2 * digest.len());
+    for b in digest {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 impl TokenStore {
@@ -160,6 +167,7 @@ impl TokenStore {
         Ok(TokenStore {
             dir: dir.to_owned(),
             by_hash: Mutex::new(by_hash),
+            expired: Mutex::new(Vec::new()),
         })
     }
 
@@ -238,7 +246,9 @@ impl TokenStore {
     }
 
     /// The record of `secret` when it is live; a session idle longer than
-    /// `idle` has expired. Marks it used.
+    /// `idle` has expired. Marks it used, in memory only: the request path
+    /// never touches the disk; [`TokenStore::flush`] writes the times and
+    /// removes the files of entries found expired.
     pub fn authenticate(&self, secret: &str, idle: Duration) -> Option<Record> {
         if !secret.starts_with(PREFIX) {
             return None;
@@ -253,29 +263,48 @@ impl TokenStore {
             let id = r.id.clone();
             map.remove(&h);
             drop(map);
-            self.remove_file(&id);
+            // Gone from memory now; should the daemon stop before the file
+            // goes, the next start drops it again (expired) or the next
+            // use does (idle).
+            self.expired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(id);
             return None;
         }
         entry.record.last_used = t;
-        let record = entry.record.clone();
-        let persist = t.saturating_sub(entry.persisted_last_used) >= PERSIST_EVERY;
-        if persist {
-            entry.persisted_last_used = t;
+        Some(entry.record.clone())
+    }
+
+    /// Removes the files of entries found expired, and writes the
+    /// `last_used` time of every entry used since it was last written. The
+    /// daemon calls it every minute and at shutdown, off the request path:
+    /// idle expiry needs the time across restarts, but not to the second.
+    pub fn flush(&self) {
+        let expired = std::mem::take(&mut *self.expired.lock().unwrap_or_else(|p| p.into_inner()));
+        for id in expired {
+            self.remove_file(&id);
         }
-        drop(map);
-        if persist {
+        let due: Vec<Record> = self
+            .lock()
+            .values_mut()
+            .filter(|e| e.record.last_used != e.persisted_last_used)
+            .map(|e| {
+                e.persisted_last_used = e.record.last_used;
+                e.record.clone()
+            })
+            .collect();
+        for record in due {
             if let Err(e) = self.persist(&record) {
                 tracing::warn!("could not record the use of a session: {e}");
             }
             // A revocation may have removed the token while it was being
             // written: remove the file again, or it would come back at the
             // next start.
-            if !self.lock().contains_key(&h) {
+            if !self.lock().contains_key(&record.hash) {
                 self.remove_file(&record.id);
-                return None;
             }
         }
-        Some(record)
     }
 
     /// The live sessions and tokens of `user`, oldest first.

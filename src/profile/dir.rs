@@ -87,6 +87,14 @@ impl ProfileDir {
         &self.fd
     }
 
+    /// The directory's identity (device, inode): a profile removed and
+    /// created again is another directory, and what was cached of the old
+    /// one must not be served for the new one.
+    pub fn identity(&self) -> Result<(u64, u64)> {
+        let st = stat(&self.fd, ".")?;
+        Ok((st.st_dev, st.st_ino))
+    }
+
     /// Reads the regular file `rel`, refusing links, FIFOs, hard links,
     /// files owned by anyone but the account and files over the size limit.
     pub fn read(&self, rel: &str) -> Result<Vec<u8>> {

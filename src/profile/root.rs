@@ -130,6 +130,20 @@ impl ProfilesRoot {
         &self.path
     }
 
+    /// The (device, inode) of `account`'s profile when it is a directory
+    /// owned by the account, found without opening it (one `fstatat`
+    /// beneath the root, not following a link): enough to tell whether
+    /// what was cached of a profile still describes the directory there.
+    pub fn profile_identity(&self, account: &Account) -> Option<(u64, u64)> {
+        let name = account.name.as_str();
+        if !crate::accounts::is_valid_name(name) {
+            return None;
+        }
+        let st = lstat_at(&self.fd, name, name).ok()?;
+        (FileType::from_raw_mode(st.st_mode) == FileType::Directory && st.st_uid == account.uid.0)
+            .then_some((st.st_dev, st.st_ino))
+    }
+
     /// Opens `account`'s profile only if it is a directory owned by the
     /// account; changes nothing (no adoption, no chmod). `Ok(None)` when it
     /// is missing or belongs to someone else: the watcher reports nothing

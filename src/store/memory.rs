@@ -3,10 +3,14 @@
 use serde::{Deserialize, Serialize};
 use toml::value::Datetime;
 
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
 use super::frontmatter::Document;
+use super::view::{Index, MemoryKey, Picked, Slot, kept};
 use super::{
-    Error, Page, Problem, RecordFront, Result, Store, check_tags, new_id, problem_of, record_stems,
-    valid_id, with_newline,
+    Error, Page, Problem, RecordFront, Result, Store, bad_slots, check_tags, fill_texts, new_id,
+    problem_of, record_stems, valid_id, with_newline,
 };
 use crate::profile::{self, EntryKind, WriteMode};
 use crate::timefmt;
@@ -110,56 +114,17 @@ impl Store<'_> {
             &body,
             WriteMode::CreateNew,
         )?;
+        self.wrote(&rel);
         self.audit("memory.create", &id, "ok");
         Ok(to_memory(&id, &rel, &front, &body))
     }
 
     /// One page of memories, newest first, starting after the id `before`.
     pub fn list_memories(&self, limit: usize, before: Option<&str>) -> Result<Page<Memory>> {
-        let mut page = Page {
-            items: Vec::new(),
-            next: None,
-            problems: Vec::new(),
-        };
-        let cursor_month = before.and_then(month_of);
-        // An unusable tree (a refused directory) is a problem to report,
-        // not a failure of the whole listing.
-        let months = match self.months() {
-            Ok(m) => m,
-            Err(e) => {
-                page.problems.extend(problem_of(e));
-                return Ok(page);
-            }
-        };
-        'walk: for (year, month) in months {
-            if let Some(c) = &cursor_month
-                && (year.as_str(), month.as_str()) > (c.0.as_str(), c.1.as_str())
-            {
-                continue;
-            }
-            let dir = format!("{DIR}/{year}/{month}");
-            let entries = match self.dir.list(&dir) {
-                Ok(e) => e,
-                Err(e) => {
-                    page.problems.extend(problem_of(e.into()));
-                    continue;
-                }
-            };
-            for stem in record_stems(entries) {
-                if before.is_some_and(|b| stem.as_str() >= b) {
-                    continue;
-                }
-                if page.items.len() == limit {
-                    page.next = page.items.last().map(|m: &Memory| m.id.clone());
-                    break 'walk;
-                }
-                let rel = format!("{dir}/{stem}.md");
-                match self.read_memory(&stem, &rel) {
-                    Ok((m, _)) => page.items.push(m),
-                    Err(e) => page.problems.extend(problem_of(e)),
-                }
-            }
-        }
+        let (mut page, stale) = self.with_index(|index| pick(index, limit, before).page());
+        fill_texts(&mut page, &stale, |m: &Memory| {
+            self.read_memory(&m.id, &m.path).map(|(m, _)| m)
+        });
         Ok(page)
     }
 
@@ -189,6 +154,7 @@ impl Store<'_> {
         }
         let body = with_newline(&update.text);
         self.write_record(&rel, &front, &doc.extra, &body, WriteMode::Replace)?;
+        self.wrote(&rel);
         self.audit("memory.update", id, "ok");
         Ok(to_memory(id, &rel, &front, &body))
     }
@@ -197,6 +163,7 @@ impl Store<'_> {
     pub fn delete_memory(&self, id: &str) -> Result<()> {
         let rel = self.locate(id)?;
         self.dir.remove(&rel)?;
+        self.wrote(&rel);
         self.audit("memory.delete", id, "ok");
         Ok(())
     }
@@ -210,25 +177,54 @@ impl Store<'_> {
                 out.extend(self.unfollowed_links(&format!("{DIR}/{year}")));
             }
         }
+        // From the disk, not the view: a file fixed by hand is seen fixed at
+        // once, before the watcher reports it.
+        let (slots, tree) = self.walk_memories();
+        out.extend(tree);
+        out.extend(bad_slots(slots.iter()));
+        out
+    }
+
+    /// Every memory file of the profile, read from disk, and the problems
+    /// of the tree itself.
+    pub(super) fn walk_memories(&self) -> (BTreeMap<MemoryKey, Slot<()>>, Vec<Problem>) {
+        let mut slots = BTreeMap::new();
+        let mut tree = Vec::new();
+        // An unusable tree (a refused directory) is a problem to report,
+        // not a failure of the whole listing.
         let months = match self.months() {
             Ok(m) => m,
-            Err(e) => return problem_of(e).into_iter().collect(),
+            Err(e) => {
+                tree.extend(problem_of(e));
+                return (slots, tree);
+            }
         };
         for (year, month) in months {
             let dir = format!("{DIR}/{year}/{month}");
-            match self.dir.list(&dir) {
-                Ok(entries) => {
-                    for stem in record_stems(entries) {
-                        let rel = format!("{dir}/{stem}.md");
-                        if let Err(e) = self.read_memory(&stem, &rel) {
-                            out.extend(problem_of(e));
-                        }
-                    }
+            let entries = match self.dir.list(&dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    tree.extend(problem_of(e.into()));
+                    continue;
                 }
-                Err(e) => out.extend(problem_of(e.into())),
+            };
+            for stem in record_stems(entries) {
+                let rel = format!("{dir}/{stem}.md");
+                if let Some(slot) = self.memory_slot(&stem, &rel) {
+                    slots.insert((year.clone(), month.clone(), stem), slot);
+                }
             }
         }
-        out
+        (slots, tree)
+    }
+
+    /// What the view keeps of the memory file `rel`: `None` when it is
+    /// gone.
+    pub(super) fn memory_slot(&self, stem: &str, rel: &str) -> Option<Slot<()>> {
+        match self.read_memory(stem, rel) {
+            Ok((m, _)) => Some(kept(m, (), rel, |m| &mut m.text)),
+            Err(e) => problem_of(e).map(Slot::Bad),
+        }
     }
 
     /// The `(YYYY, MM)` directories, newest first.
@@ -281,6 +277,34 @@ impl Store<'_> {
         let doc = self.read_record::<Front>(stem, rel, KNOWN)?;
         Ok((to_memory(stem, rel, &doc.front, &doc.body), doc))
     }
+}
+
+/// One page of memories from `index`, newest first, after the id `before`.
+pub(super) fn pick<'a>(index: &'a Index, limit: usize, before: Option<&str>) -> Picked<'a> {
+    // Months after the cursor's are skipped whole: a key below
+    // (year, month + "\0", "") is in that month or an earlier one.
+    let upper = match before.and_then(month_of) {
+        Some((y, m)) => Bound::Excluded((y, format!("{m}\0"), String::new())),
+        None => Bound::Unbounded,
+    };
+    let mut picked = Picked {
+        problems: index.memory_tree.clone(),
+        ..Picked::default()
+    };
+    for ((_, _, stem), slot) in index.memories.range((Bound::Unbounded, upper)).rev() {
+        if before.is_some_and(|b| stem.as_str() >= b) {
+            continue;
+        }
+        if picked.items.len() == limit {
+            picked.next = picked.items.last().map(|(id, _, _)| (*id).to_owned());
+            break;
+        }
+        match slot {
+            Slot::Record { json, whole, .. } => picked.items.push((stem, json, *whole)),
+            Slot::Bad(problem) => picked.problems.push(problem.clone()),
+        }
+    }
+    picked
 }
 
 fn to_memory(id: &str, rel: &str, front: &Front, body: &str) -> Memory {

@@ -9,11 +9,15 @@ mod memory;
 mod persona;
 mod settings;
 mod task;
+mod view;
 
 pub use memory::{Memory, MemoryUpdate, NewMemory};
 pub use persona::Persona;
 pub use settings::UserSettings;
 pub use task::{NewTask, Task, TaskPatch, TaskStatus};
+pub use view::{ProfileView, Views};
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -89,12 +93,43 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct Store<'a> {
     dir: &'a ProfileDir,
     audit: &'a Auditor<'a>,
+    /// The profile's in-memory view; without one, a listing walks the disk.
+    view: Option<Arc<ProfileView>>,
 }
 
 impl<'a> Store<'a> {
     /// The store of `dir`; refusals and changes are recorded with `audit`.
     pub fn new(dir: &'a ProfileDir, audit: &'a Auditor<'a>) -> Store<'a> {
-        Store { dir, audit }
+        Store {
+            dir,
+            audit,
+            view: None,
+        }
+    }
+
+    /// The same store, listing from `view` (the view of this very profile,
+    /// from [`Views::of`]) and keeping it current with its own writes.
+    pub fn with_view(self, view: Arc<ProfileView>) -> Store<'a> {
+        Store {
+            view: Some(view),
+            ..self
+        }
+    }
+
+    /// Runs `f` on the profile's index: the view's, or one walked now.
+    fn with_index<R>(&self, f: impl FnOnce(&view::Index) -> R) -> R {
+        match &self.view {
+            Some(v) => f(&v.index(self)),
+            None => f(&view::Index::walk(self)),
+        }
+    }
+
+    /// Brings the view up to date with the record file `rel` just written
+    /// or removed, so the next listing shows it (read-your-writes).
+    fn wrote(&self, rel: &str) {
+        if let Some(v) = &self.view {
+            v.refresh(self, rel);
+        }
     }
 
     /// The profile directory.
@@ -219,8 +254,8 @@ impl<'a> Store<'a> {
         Ok(())
     }
 
-    /// Every problem in the profile: unparsable or unsafe records, an
-    /// invalid persona or settings file.
+    /// Every problem in the profile, read from disk: unparsable or unsafe
+    /// records, an invalid persona or settings file.
     pub fn problems(&self) -> Vec<Problem> {
         let mut out = self.memory_problems();
         out.extend(self.task_problems());
@@ -232,6 +267,33 @@ impl<'a> Store<'a> {
         }
         out
     }
+}
+
+/// Reads again the items of `page` at `stale` (ascending), whose text was
+/// too long for the view; one that now fails becomes a problem.
+fn fill_texts<T>(page: &mut Page<T>, stale: &[usize], read: impl Fn(&T) -> Result<T>) {
+    for &i in stale.iter().rev() {
+        let Some(item) = page.items.get_mut(i) else {
+            continue;
+        };
+        match read(item) {
+            Ok(whole) => *item = whole,
+            Err(e) => {
+                page.items.remove(i);
+                page.problems.extend(problem_of(e));
+            }
+        }
+    }
+}
+
+/// The problems among `slots`, in listing order.
+fn bad_slots<'s, K: 's, T: 's>(
+    slots: impl DoubleEndedIterator<Item = (&'s K, &'s view::Slot<T>)>,
+) -> impl Iterator<Item = Problem> {
+    slots.rev().filter_map(|(_, s)| match s {
+        view::Slot::Bad(p) => Some(p.clone()),
+        view::Slot::Record { .. } => None,
+    })
 }
 
 /// Turns a store error met while reading one file into a [`Problem`];

@@ -3,10 +3,14 @@
 use serde::{Deserialize, Serialize};
 use toml::value::Datetime;
 
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
 use super::frontmatter::Document;
+use super::view::{Index, Picked, Slot, kept};
 use super::{
-    Error, Page, Problem, RecordFront, Result, Store, check_tags, new_id, problem_of, record_stems,
-    valid_id, with_newline,
+    Error, Page, Problem, RecordFront, Result, Store, bad_slots, check_tags, fill_texts, new_id,
+    problem_of, record_stems, valid_id, with_newline,
 };
 use crate::profile::{self, WriteMode};
 use crate::timefmt;
@@ -129,6 +133,7 @@ impl Store<'_> {
             &notes,
             WriteMode::CreateNew,
         )?;
+        self.wrote(&rel);
         self.audit("task.create", &id, "ok");
         Ok(to_task(&id, &rel, &front, &notes))
     }
@@ -140,35 +145,10 @@ impl Store<'_> {
         limit: usize,
         before: Option<&str>,
     ) -> Result<Page<Task>> {
-        let mut page = Page {
-            items: Vec::new(),
-            next: None,
-            problems: Vec::new(),
-        };
-        let stems = match self.task_stems() {
-            Ok(s) => s,
-            Err(e) => {
-                page.problems.extend(problem_of(e));
-                return Ok(page);
-            }
-        };
-        for stem in stems {
-            if before.is_some_and(|b| stem.as_str() >= b) {
-                continue;
-            }
-            let rel = format!("{DIR}/{stem}.md");
-            match self.read_task(&stem, &rel) {
-                Ok((t, _)) if status.is_none_or(|s| s == t.status) => {
-                    if page.items.len() == limit {
-                        page.next = page.items.last().map(|t: &Task| t.id.clone());
-                        break;
-                    }
-                    page.items.push(t);
-                }
-                Ok(_) => {}
-                Err(e) => page.problems.extend(problem_of(e)),
-            }
-        }
+        let (mut page, stale) = self.with_index(|index| pick(index, status, limit, before).page());
+        fill_texts(&mut page, &stale, |t: &Task| {
+            self.read_task(&t.id, &t.path).map(|(t, _)| t)
+        });
         Ok(page)
     }
 
@@ -204,6 +184,7 @@ impl Store<'_> {
         front.id = Some(id.to_owned());
         front.updated = Some(timefmt::now_toml());
         self.write_record(&rel, &front, &doc.extra, &notes, WriteMode::Replace)?;
+        self.wrote(&rel);
         self.audit("task.update", id, "ok");
         Ok(to_task(id, &rel, &front, &notes))
     }
@@ -212,21 +193,45 @@ impl Store<'_> {
     pub fn delete_task(&self, id: &str) -> Result<()> {
         let rel = self.task_path(id)?;
         self.dir.remove(&rel)?;
+        self.wrote(&rel);
         self.audit("task.delete", id, "ok");
         Ok(())
     }
 
     /// Problems of every task file.
     pub(super) fn task_problems(&self) -> Vec<Problem> {
+        // From the disk, like the memories' problems.
+        let (slots, mut out) = self.walk_tasks();
+        out.extend(bad_slots(slots.iter()));
+        out
+    }
+
+    /// Every task file of the profile, read from disk, and the problems of
+    /// the task directory itself.
+    pub(super) fn walk_tasks(&self) -> (BTreeMap<String, Slot<TaskStatus>>, Vec<Problem>) {
         match self.task_stems() {
-            Ok(stems) => stems
-                .into_iter()
-                .filter_map(|stem| {
-                    let rel = format!("{DIR}/{stem}.md");
-                    self.read_task(&stem, &rel).err().and_then(problem_of)
-                })
-                .collect(),
-            Err(e) => problem_of(e).into_iter().collect(),
+            Ok(stems) => (
+                stems
+                    .into_iter()
+                    .filter_map(|stem| {
+                        let rel = format!("{DIR}/{stem}.md");
+                        self.task_slot(&stem, &rel).map(|slot| (stem, slot))
+                    })
+                    .collect(),
+                Vec::new(),
+            ),
+            Err(e) => (BTreeMap::new(), problem_of(e).into_iter().collect()),
+        }
+    }
+
+    /// What the view keeps of the task file `rel`: `None` when it is gone.
+    pub(super) fn task_slot(&self, stem: &str, rel: &str) -> Option<Slot<TaskStatus>> {
+        match self.read_task(stem, rel) {
+            Ok((t, _)) => {
+                let status = t.status;
+                Some(kept(t, status, rel, |t| &mut t.notes))
+            }
+            Err(e) => problem_of(e).map(Slot::Bad),
         }
     }
 
@@ -254,6 +259,35 @@ impl Store<'_> {
         let doc = self.read_record::<Front>(stem, rel, KNOWN)?;
         Ok((to_task(stem, rel, &doc.front, &doc.body), doc))
     }
+}
+
+/// One page of tasks from `index`, newest first, optionally only those in
+/// `status`.
+pub(super) fn pick<'a>(
+    index: &'a Index,
+    status: Option<TaskStatus>,
+    limit: usize,
+    before: Option<&str>,
+) -> Picked<'a> {
+    let upper = before.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut picked = Picked {
+        problems: index.task_tree.clone(),
+        ..Picked::default()
+    };
+    for (id, slot) in index.tasks.range::<str, _>((Bound::Unbounded, upper)).rev() {
+        match slot {
+            Slot::Record { json, meta, whole } if status.is_none_or(|s| s == *meta) => {
+                if picked.items.len() == limit {
+                    picked.next = picked.items.last().map(|(id, _, _)| (*id).to_owned());
+                    break;
+                }
+                picked.items.push((id, json, *whole));
+            }
+            Slot::Record { .. } => {}
+            Slot::Bad(problem) => picked.problems.push(problem.clone()),
+        }
+    }
+    picked
 }
 
 fn to_task(id: &str, rel: &str, front: &Front, notes: &str) -> Task {

@@ -231,6 +231,7 @@ fn next_burst(
     }
     let policy = state.config().policy.clone();
     if batch.rescan {
+        state.clear_views();
         return Some(tracker.rescan_all(state.root(), &policy));
     }
     let mut changes = Vec::new();
@@ -268,6 +269,7 @@ fn publish(state: &AppState, tracker: &Tracker, mut change: Change) {
         change.action = Action::Invalid;
         change.problem = Some(problem);
     }
+    state.refresh_view(&change.user, &change.path);
     state.events.publish(change);
 }
 

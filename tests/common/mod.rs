@@ -138,6 +138,11 @@ impl TestGroup {
         let _lock = accounts_lock();
         run_ok(Command::new("gpasswd").args(["-a", &user.name, &self.name]));
     }
+
+    pub fn remove(&self, user: &TestUser) {
+        let _lock = accounts_lock();
+        run_ok(Command::new("gpasswd").args(["-d", &user.name, &self.name]));
+    }
 }
 
 impl Drop for TestGroup {
