@@ -261,3 +261,45 @@ fn tasks_persona_and_stdin_capture_through_profilectl() {
     let out = d.ctl(Some(&alice), &["task", "frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Two requests that both need a new directory (the first captures of a
+/// month) never see it half made: it appears already owned by the account.
+#[test]
+fn a_directory_made_by_one_writer_is_never_seen_half_made_by_another() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("");
+    d.ok(Some(&alice), &["status"]);
+    let root = profiled::profile::ProfilesRoot::open_beside_daemon(&d.profiles, 1 << 20)
+        .expect("open the profiles root");
+    let account = profiled::accounts::by_name(&alice.name)
+        .expect("NSS answers")
+        .expect("alice exists");
+    let dir = root
+        .open_owned(&account)
+        .expect("open alice's profile")
+        .expect("alice has a profile");
+    for round in 0..300 {
+        let rel = format!("out/race-{round}/inner");
+        let failures: Vec<String> = std::thread::scope(|s| {
+            let writers: Vec<_> = (0..4).map(|_| s.spawn(|| dir.ensure_dir(&rel))).collect();
+            writers
+                .into_iter()
+                .filter_map(|w| match w.join() {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("a writer panicked".to_owned()),
+                })
+                .collect()
+        });
+        assert!(failures.is_empty(), "round {round}: {failures:?}");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(d.profile(&alice).join("out"))
+        .expect("list out/")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary directories left: {leftovers:?}");
+}

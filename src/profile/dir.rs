@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
@@ -358,25 +358,7 @@ impl ProfileDir {
             let parent = cur.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd);
             let fd = match open_dir_beneath(parent, comp) {
                 Ok(fd) => fd,
-                Err(Error::NotFound { .. }) => {
-                    match rustix::fs::mkdirat(parent, comp, Mode::from_raw_mode(DIR_MODE)) {
-                        Ok(()) => {
-                            let fd = open_dir_beneath(parent, comp).map_err(|e| e.at(shown))?;
-                            self.own(&fd, DIR_MODE)
-                                .map_err(|e| errno(shown, "chown", e))?;
-                            // The new entry must survive a crash with the
-                            // first file written into it.
-                            rustix::fs::fsync(parent)
-                                .map_err(|e| errno(shown, "fsync directory", e))?;
-                            fd
-                        }
-                        // Another request created it meanwhile.
-                        Err(Errno::EXIST) => {
-                            open_dir_beneath(parent, comp).map_err(|e| e.at(shown))?
-                        }
-                        Err(e) => return Err(errno(shown, "mkdir", e)),
-                    }
-                }
+                Err(Error::NotFound { .. }) => self.make_dir(parent, comp, shown)?,
                 Err(e) => return Err(e.at(shown)),
             };
             check_dir(&stat(&fd, shown)?, self.account.uid, shown)?;
@@ -385,6 +367,51 @@ impl ProfileDir {
         cur.ok_or_else(|| Error::BadPath {
             path: rel.to_owned(),
         })
+    }
+
+    /// Creates the directory `name` in `parent` and opens it. It is made
+    /// under a hidden temporary name, given to the account, then renamed
+    /// into place, so no other thread ever finds it still owned by root
+    /// (which `check_dir` would refuse).
+    fn make_dir(&self, parent: BorrowedFd<'_>, name: &str, shown: &str) -> Result<OwnedFd> {
+        let tmp = format!(".{name}.{}.tmp", ulid::Ulid::generate());
+        rustix::fs::mkdirat(parent, tmp.as_str(), Mode::from_raw_mode(DIR_MODE))
+            .map_err(|e| errno(shown, "mkdir", e))?;
+        let placed = open_dir_beneath(parent, &tmp)
+            .map_err(|e| e.at(shown))
+            .and_then(|fd| {
+                self.own(&fd, DIR_MODE)
+                    .map_err(|e| errno(shown, "chown", e))?;
+                rustix::fs::renameat_with(
+                    parent,
+                    tmp.as_str(),
+                    parent,
+                    name,
+                    RenameFlags::NOREPLACE,
+                )
+                .map(|()| Some(fd))
+                .or_else(|e| match e {
+                    // Another request created it meanwhile: use theirs.
+                    Errno::EXIST => Ok(None),
+                    e => Err(errno(shown, "rename", e)),
+                })
+            });
+        let fd = match placed {
+            Ok(Some(fd)) => fd,
+            Ok(None) => {
+                let _ = rustix::fs::unlinkat(parent, tmp.as_str(), AtFlags::REMOVEDIR);
+                return open_dir_beneath(parent, name).map_err(|e| e.at(shown));
+            }
+            Err(e) => {
+                // Best effort: the temporary name is hidden and empty.
+                let _ = rustix::fs::unlinkat(parent, tmp.as_str(), AtFlags::REMOVEDIR);
+                return Err(e);
+            }
+        };
+        // The new entry must survive a crash with the first file written
+        // into it.
+        rustix::fs::fsync(parent).map_err(|e| errno(shown, "fsync directory", e))?;
+        Ok(fd)
     }
 
     /// Refuses `len` bytes at `rel` when over the size limit.
