@@ -30,7 +30,7 @@ impl Summary {
             .map(|(name, n)| format!("{n} {name}"))
             .collect::<Vec<_>>()
             .join(", ");
-        const SHOWN: usize = 5;
+        const SHOWN: usize = 8;
         for d in details.iter().take(SHOWN) {
             let _ = write!(line, "; {d}");
         }
