@@ -304,3 +304,44 @@ fn load_hashes(dir: &ProfileDir) -> Result<HashSet<String>, Error> {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    fn texts(name: &str, body: &str) -> Result<Vec<(String, Vec<String>)>, String> {
+        parse(name, body.as_bytes()).map(|v| v.into_iter().map(|m| (m.text, m.tags)).collect())
+    }
+
+    #[test]
+    fn accepted_shapes() {
+        assert_eq!(
+            texts("a.json", r#"{"text": "t", "tags": ["x"]}"#),
+            Ok(vec![("t".into(), vec!["x".into()])])
+        );
+        assert_eq!(
+            texts("a.JSON", r#"[{"content": "c"}, {"text": "d"}]"#),
+            Ok(vec![("c".into(), vec![]), ("d".into(), vec![])])
+        );
+        assert_eq!(
+            texts(
+                "a.md",
+                "+++\ntags = [\"m\"]\ntitle = \"ignored\"\n+++\nbody\n"
+            ),
+            Ok(vec![("body\n".into(), vec!["m".into()])])
+        );
+        assert_eq!(texts("a", "plain"), Ok(vec![("plain".into(), vec![])]));
+    }
+
+    #[test]
+    fn refused_shapes_say_why() {
+        let why = texts("a.json", r#"{"txt": "t"}"#).expect_err("unknown key");
+        assert!(why.contains("bad JSON"), "{why}");
+        let why = texts("a.json", "[]").expect_err("empty array");
+        assert!(why.contains("empty"), "{why}");
+        let why = texts("a.json", r#"[{"tags": []}]"#).expect_err("no text");
+        assert!(why.contains("item 0"), "{why}");
+        let why = parse("a.txt", b"caf\xe9").expect_err("latin-1");
+        assert!(why.contains("offset 3"), "{why}");
+    }
+}

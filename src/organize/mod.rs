@@ -283,3 +283,22 @@ fn record_tokens(
         tracing::warn!("usage log of {}: {e}", dir.account().name);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_tags;
+
+    #[test]
+    fn tags_from_strict_or_fenced_json() {
+        assert_eq!(
+            parse_tags(r#"{"tags": [" Work ", "bob"]}"#),
+            Some(vec!["work".into(), "bob".into()])
+        );
+        assert_eq!(
+            parse_tags("```json\n{\"tags\": [\"a\"]}\n```"),
+            Some(vec!["a".into()])
+        );
+        assert_eq!(parse_tags("no json here"), None);
+        assert_eq!(parse_tags(r#"{"tags": ["", "\u0007"]}"#), None);
+    }
+}
