@@ -101,15 +101,18 @@ fn a_hundred_inbox_files_become_memories_found_by_remember_and_not_twice() {
     for (name, text) in &files {
         drop_file(&d, &alice, name, text);
     }
+    // The same content twice in one run makes one memory.
+    drop_file(&d, &alice, "copy-of-2.txt", &files[2].1);
     // A link to a root-only file planted in the inbox is never read.
     let inbox = d.profile(&alice).join("memory/inbox");
     symlink("/etc/shadow", inbox.join("shadow.txt")).expect("plant a symlink");
 
     let s = ingest_now(&config, &dir);
     assert_eq!(s.count("ingested"), 100, "{}", s.line);
+    assert_eq!(s.count("duplicates"), 1, "{}", s.line);
     assert_eq!(s.count("rejected"), 1, "{}", s.line);
     assert!(s.line.contains("shadow.txt: a symbolic link"), "{}", s.line);
-    assert_eq!(count_files(&d.profile(&alice).join("memory/archive")), 100);
+    assert_eq!(count_files(&d.profile(&alice).join("memory/archive")), 101);
     let rejected = inbox.join("rejected/shadow.txt");
     assert!(
         std::fs::symlink_metadata(&rejected)
@@ -148,7 +151,7 @@ fn a_hundred_inbox_files_become_memories_found_by_remember_and_not_twice() {
     let s = ingest_now(&config, &dir);
     assert_eq!(s.count("ingested"), 0, "{}", s.line);
     assert_eq!(s.count("duplicates"), 100, "{}", s.line);
-    assert_eq!(count_files(&d.profile(&alice).join("memory/archive")), 200);
+    assert_eq!(count_files(&d.profile(&alice).join("memory/archive")), 201);
     let s = builtin::index(&config, &dir).expect("index runs");
     assert_eq!(s.count("indexed"), 0, "{}", s.line);
     assert_eq!(s.count("unchanged"), 100, "{}", s.line);

@@ -16,11 +16,16 @@
 //! moved byte for byte to `memory/inbox/rejected/` and named with its reason
 //! in the summary and the user's audit log; nothing is ever deleted.
 //!
+//! Files are taken by a few threads at once (each costs several fsyncs);
+//! the same content twice in one run still makes one memory.
+//!
 //! A file modified less than [`Options::settle`] ago is left for the next
 //! run: it may still be being written (the trigger's debounce usually
 //! covers this; the check makes ingest safe on a schedule too).
 
 use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
@@ -103,93 +108,96 @@ pub fn run_with(config: &Config, dir: &ProfileDir, opts: Options) -> Result<Summ
         on_behalf: false,
     };
     let store = Store::new(dir, &auditor);
-    let entries = match dir.list(INBOX) {
+    let mut entries = match dir.list(INBOX) {
         Ok(e) => e,
         Err(e) if e.is_not_found() => return Ok(Summary::of(vec![("ingested", 0)], &[])),
         Err(e) => return Err(e.into()),
     };
+    entries.retain(|e| e.kind != EntryKind::Dir);
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
     dir.ensure_dir(ARCHIVE)?;
-    let mut seen = load_hashes(dir)?;
-    let run_id = ulid::Ulid::generate().to_string().to_lowercase();
-    let mut new_hashes = Vec::new();
+    // Made here, before the threads: ensure_dir creates a directory and
+    // then hands it to the account, and a second thread opening it in
+    // between would find root's directory and refuse it.
+    let now = time::OffsetDateTime::now_utc();
+    dir.ensure_dir(&format!(
+        "memory/episodic/{:04}/{:02}",
+        now.year(),
+        now.month() as u8
+    ))?;
+    let run = Run {
+        store: &store,
+        opts,
+        run_id: ulid::Ulid::generate().to_string().to_lowercase(),
+        seen: Mutex::new(load_hashes(dir)?),
+    };
+    // Each file costs a few fsyncs (record, directory, audit line, archive
+    // rename): files are taken by a few threads at once so the waits
+    // overlap. Order between files does not matter; each is all or nothing.
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let outcomes: Vec<Result<Vec<Outcome>, Error>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..WORKERS.min(entries.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    while !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(entry) = entries.get(i) else { break };
+                        match run.one(entry) {
+                            Ok(o) => out.push(o),
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Ok(Vec::new())))
+            .collect()
+    });
     let (mut memories, mut files, mut duplicates, mut waiting) = (0u64, 0u64, 0u64, 0u64);
     let mut rejected = Vec::new();
-    let mut names: Vec<_> = entries.into_iter().collect();
-    names.sort_by(|a, b| a.name.cmp(&b.name));
-    for entry in names {
-        let rel = format!("{INBOX}/{}", entry.name);
-        match entry.kind {
-            EntryKind::Dir => continue,
-            EntryKind::Symlink | EntryKind::Other => {
-                let why = if entry.kind == EntryKind::Symlink {
-                    "a symbolic link"
-                } else {
-                    "not a regular file"
-                };
-                rejected.push(reject(&store, &entry.name, why, &run_id)?);
-                continue;
-            }
-            EntryKind::File => {}
-        }
-        if let Ok(Some(stamp)) = dir.stamp(&rel)
-            && SystemTime::now()
-                .duration_since(stamp.modified())
-                .is_ok_and(|age| age < opts.settle)
-        {
-            waiting += 1;
-            continue;
-        }
-        let bytes = match dir.read(&rel) {
-            Ok(b) => b,
-            Err(profile::Error::Refused { reason, .. }) => {
-                rejected.push(reject(&store, &entry.name, &reason.to_string(), &run_id)?);
-                continue;
-            }
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let hash = hex(&Sha256::digest(&bytes));
-        if seen.contains(&hash) {
-            archive(dir, &entry.name, &run_id)?;
-            duplicates += 1;
-            continue;
-        }
-        let items = match parse(&entry.name, &bytes) {
-            Ok(items) => items,
-            Err(why) => {
-                rejected.push(reject(&store, &entry.name, &why, &run_id)?);
-                continue;
-            }
-        };
-        // Checked before any memory is written, so a file is all in or out.
-        if let Some(why) = items.iter().find_map(|m| check(m).err()) {
-            rejected.push(reject(&store, &entry.name, &why, &run_id)?);
-            continue;
-        }
-        for item in items {
-            match store.create_memory(item) {
-                Ok(_) => memories += 1,
-                Err(store::Error::Profile(e)) => return Err(e.into()),
-                // check() ran the store's own rules; anything left is a
-                // store rule it missed: say so rather than lose the file.
-                Err(e) => {
-                    rejected.push(reject(&store, &entry.name, &e.to_string(), &run_id)?);
-                    break;
+    let mut new_hashes = Vec::new();
+    let mut first_error = None;
+    for o in outcomes {
+        match o {
+            Ok(list) => {
+                for o in list {
+                    match o {
+                        Outcome::Ingested { memories: n, hash } => {
+                            memories += n;
+                            files += 1;
+                            new_hashes.push(hash);
+                        }
+                        Outcome::Duplicate => duplicates += 1,
+                        Outcome::Waiting => waiting += 1,
+                        Outcome::Rejected(why) => rejected.push(why),
+                        Outcome::Gone => {}
+                    }
                 }
             }
+            Err(e) => first_error = first_error.or(Some(e)),
         }
-        // The memory is written before its hash: a crash in between makes a
-        // duplicate on the next run, never a lost file.
-        seen.insert(hash.clone());
-        new_hashes.push(hash);
-        archive(dir, &entry.name, &run_id)?;
-        files += 1;
     }
+    // The memories are written before their hashes: a crash in between
+    // makes duplicates on the next run, never a lost file. The hashes of
+    // what was done are kept even when another file failed the run.
     if !new_hashes.is_empty() {
+        new_hashes.sort();
         let mut text = new_hashes.join("\n");
         text.push('\n');
         dir.append(HASHES, text.as_bytes())?;
     }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    rejected.sort();
     let mut counts = vec![
         ("ingested", memories),
         ("files", files),
@@ -200,6 +208,118 @@ pub fn run_with(config: &Config, dir: &ProfileDir, opts: Options) -> Result<Summ
         counts.push(("still being written", waiting));
     }
     Ok(Summary::of(counts, &rejected))
+}
+
+/// Threads ingesting files of one inbox at once.
+const WORKERS: usize = 8;
+
+/// What became of one inbox entry.
+enum Outcome {
+    /// Memories were made and the file archived.
+    Ingested { memories: u64, hash: String },
+    /// Its content was ingested before; archived.
+    Duplicate,
+    /// Modified too recently; left for the next run.
+    Waiting,
+    /// Moved to `rejected/`, with the line saying why.
+    Rejected(String),
+    /// Gone before it could be read.
+    Gone,
+}
+
+/// One run over one inbox.
+struct Run<'a> {
+    store: &'a Store<'a>,
+    opts: Options,
+    run_id: String,
+    /// Hashes ingested before and claimed in this run.
+    seen: Mutex<HashSet<String>>,
+}
+
+impl Run<'_> {
+    fn one(&self, entry: &profile::Entry) -> Result<Outcome, Error> {
+        let (store, dir, run_id) = (self.store, self.store.dir(), self.run_id.as_str());
+        let name = entry.name.as_str();
+        let rel = format!("{INBOX}/{name}");
+        match entry.kind {
+            EntryKind::File => {}
+            EntryKind::Symlink => {
+                return Ok(Outcome::Rejected(reject(
+                    store,
+                    name,
+                    "a symbolic link",
+                    run_id,
+                )?));
+            }
+            _ => {
+                return Ok(Outcome::Rejected(reject(
+                    store,
+                    name,
+                    "not a regular file",
+                    run_id,
+                )?));
+            }
+        }
+        if let Ok(Some(stamp)) = dir.stamp(&rel)
+            && SystemTime::now()
+                .duration_since(stamp.modified())
+                .is_ok_and(|age| age < self.opts.settle)
+        {
+            return Ok(Outcome::Waiting);
+        }
+        let bytes = match dir.read(&rel) {
+            Ok(b) => b,
+            Err(profile::Error::Refused { reason, .. }) => {
+                return Ok(Outcome::Rejected(reject(
+                    store,
+                    name,
+                    &reason.to_string(),
+                    run_id,
+                )?));
+            }
+            Err(e) if e.is_not_found() => return Ok(Outcome::Gone),
+            Err(e) => return Err(e.into()),
+        };
+        let hash = hex(&Sha256::digest(&bytes));
+        // Claimed before the memories are made, so two identical files in
+        // one run make one memory.
+        if !self.lock_seen().insert(hash.clone()) {
+            archive(dir, name, run_id)?;
+            return Ok(Outcome::Duplicate);
+        }
+        let unclaim = |why: String| -> Result<Outcome, Error> {
+            self.lock_seen().remove(&hash);
+            Ok(Outcome::Rejected(reject(store, name, &why, run_id)?))
+        };
+        let items = match parse(name, &bytes) {
+            Ok(items) => items,
+            Err(why) => return unclaim(why),
+        };
+        // Checked before any memory is written, so a file is all in or out.
+        if let Some(why) = items.iter().find_map(|m| check(m).err()) {
+            return unclaim(why);
+        }
+        let mut memories = 0;
+        for item in items {
+            match store.create_memory(item) {
+                Ok(_) => memories += 1,
+                Err(store::Error::Profile(e)) => return Err(e.into()),
+                // check() ran the store's own rules; anything left is a
+                // store rule it missed: say so rather than lose the file.
+                Err(e) if memories == 0 => return unclaim(e.to_string()),
+                Err(e) => {
+                    tracing::warn!("ingest of {name}: {e} after {memories} memories");
+                    break;
+                }
+            }
+        }
+        archive(dir, name, run_id)?;
+        Ok(Outcome::Ingested { memories, hash })
+    }
+
+    fn lock_seen(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The memories in the file `name`, or why there are none.
