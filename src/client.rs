@@ -197,6 +197,16 @@ impl Client {
         self.call(method, path, Some(body)).await?.json()
     }
 
+    /// `GET /v1/search`: the `limit` best hits for `query`.
+    pub async fn search(
+        &self,
+        query: &str,
+        limit: usize,
+    ) -> Result<crate::search::query::Hits, Error> {
+        self.get(&format!("/v1/search?q={}&limit={limit}", encode(query)))
+            .await
+    }
+
     fn with_user(&self, path: &str) -> String {
         match &self.user {
             None => path.to_owned(),

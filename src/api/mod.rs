@@ -20,6 +20,7 @@ mod observe;
 mod persona;
 mod problem;
 pub mod routes;
+mod search;
 mod tasks;
 
 pub use admin::{Me, ProfileChange, ProfileRow};

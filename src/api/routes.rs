@@ -6,7 +6,9 @@ use std::sync::Arc;
 use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
-use super::{AppState, admin, auth, credentials, events, memories, observe, persona, tasks};
+use super::{
+    AppState, admin, auth, credentials, events, memories, observe, persona, search, tasks,
+};
 
 /// Who may call a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,6 +354,17 @@ pub fn table() -> Vec<(Spec, Handler)> {
                 "Hand a conflicting profile to the current account",
             ),
             post(admin::adopt_profile),
+        ),
+        // Search (issue #6, built-in agents).
+        (
+            spec(
+                M::GET,
+                "/v1/search",
+                User,
+                true,
+                "Ranked full-text hits in your memories and tasks (q, limit)",
+            ),
+            get(search::search),
         ),
     ]
 }

@@ -59,6 +59,25 @@ pub struct Stamp {
     mtime: (i64, u64),
 }
 
+impl Stamp {
+    /// The stamp as a short string, to keep beside derived data (the search
+    /// index) and tell later whether the file changed.
+    pub fn key(&self) -> String {
+        format!(
+            "{}:{}:{}.{}",
+            self.ino, self.size, self.mtime.0, self.mtime.1
+        )
+    }
+
+    /// When the file was last modified.
+    pub fn modified(&self) -> std::time::SystemTime {
+        let secs = u64::try_from(self.mtime.0).unwrap_or(0);
+        std::time::UNIX_EPOCH
+            + std::time::Duration::new(secs, 0)
+            + std::time::Duration::from_nanos(self.mtime.1)
+    }
+}
+
 /// An open profile directory whose owner was checked against its account.
 #[derive(Debug)]
 pub struct ProfileDir {

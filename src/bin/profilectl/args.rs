@@ -43,6 +43,15 @@ pub enum Command {
         #[arg(long)]
         before: Option<String>,
     },
+    /// Search your memories and tasks: ranked hits with snippets. QUERY
+    /// takes words, "quoted phrases", AND/OR/NOT and tags:NAME.
+    Remember {
+        /// What to look for.
+        query: String,
+        /// How many hits.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
     /// Show or remove one memory.
     #[command(subcommand)]
     Memory(MemoryCommand),

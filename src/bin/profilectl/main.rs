@@ -84,6 +84,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             }
             out.memories(&client.get::<Page<Memory>>(&path).await?);
         }
+        Command::Remember { query, limit } => out.hits(&client.search(&query, limit).await?),
         Command::Memory(MemoryCommand::Show { id }) => {
             out.memory(&client.get::<Memory>(&record_path("memories", &id)).await?)
         }

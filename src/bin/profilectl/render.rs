@@ -1,6 +1,7 @@
 //! How answers are printed: short text for people, JSON with `--json`.
 
 use profiled::api::{Me, NewToken, ProfileChange, ProfileRow, TokenInfo};
+use profiled::search::query::Hits;
 use profiled::store::{Memory, Page, Persona, Problem, Task};
 use serde::Serialize;
 
@@ -44,6 +45,19 @@ impl Output {
     pub fn done(&self, msg: &str) {
         if !self.json {
             println!("{msg}");
+        }
+    }
+
+    pub fn hits(&self, hits: &Hits) {
+        if self.json {
+            return self.print_json(hits);
+        }
+        if hits.hits.is_empty() {
+            println!("nothing found for {:?}", hits.query);
+        }
+        for h in &hits.hits {
+            println!("{}  {}  {:.2}  {}", h.id, h.kind, h.score, h.title);
+            println!("    {}", h.snippet);
         }
     }
 

@@ -1,0 +1,146 @@
+//! One request to an OpenAI-compatible `POST {base_url}/chat/completions`
+//! (OpenAI, OpenRouter, a local Ollama…), blocking, with timeouts.
+//!
+//! ureq 3 (rustls, blocking) fits the agents' blocking worker thread: no
+//! second async runtime, https without OpenSSL. Its errors never carry
+//! request headers, so the key cannot leak through them.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::creds::Secret;
+
+/// How long to wait for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a whole request may take (a local model can be slow).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// The largest answer read.
+const MAX_ANSWER: u64 = 1024 * 1024;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The endpoint refused the key (401 or 403).
+    #[error("the endpoint refused the key (HTTP {0})")]
+    Rejected(u16),
+    /// Any other failure: network, status, or an answer that is not the
+    /// expected JSON.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Tokens an answer cost, as the endpoint reports them.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+pub struct Tokens {
+    /// Tokens in the request.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Tokens in the answer.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Both.
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'a str,
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct Request<'a> {
+    model: &'a str,
+    messages: Vec<Message<'a>>,
+    temperature: f32,
+    response_format: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<Tokens>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: AnswerMessage,
+}
+
+#[derive(Deserialize)]
+struct AnswerMessage {
+    content: Option<String>,
+}
+
+/// A chat endpoint with its model and key.
+pub struct Endpoint<'a> {
+    /// The base URL, without `/chat/completions`.
+    pub base_url: &'a str,
+    /// The model name.
+    pub model: &'a str,
+    /// The key.
+    pub key: &'a Secret,
+}
+
+impl Endpoint<'_> {
+    /// Sends `system` and `user` messages; the answer's text and its cost.
+    pub fn complete(&self, system: &str, user: &str) -> Result<(String, Tokens), Error> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let body = serde_json::to_vec(&Request {
+            model: self.model,
+            messages: vec![
+                Message {
+                    role: "system",
+                    content: system,
+                },
+                Message {
+                    role: "user",
+                    content: user,
+                },
+            ],
+            temperature: 0.0,
+            response_format: serde_json::json!({"type": "json_object"}),
+        })
+        .map_err(|e| Error::Failed(e.to_string()))?;
+        let url = format!("{}/chat/completions", self.base_url.trim_end_matches('/'));
+        let auth = Zeroizing::new(format!("Bearer {}", self.key.expose()));
+        let mut resp = agent
+            .post(&url)
+            .header("Authorization", auth.as_str())
+            .header("Content-Type", "application/json")
+            .send(&body[..])
+            .map_err(|e| Error::Failed(format!("{url}: {e}")))?;
+        let status = resp.status().as_u16();
+        if status == 401 || status == 403 {
+            return Err(Error::Rejected(status));
+        }
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_string()
+            .map_err(|e| Error::Failed(format!("{url}: reading the answer: {e}")))?;
+        if !(200..300).contains(&status) {
+            let head: String = text.chars().take(200).collect();
+            return Err(Error::Failed(format!("{url}: HTTP {status}: {head}")));
+        }
+        let answer: Answer = serde_json::from_str(&text)
+            .map_err(|e| Error::Failed(format!("{url}: not a chat-completions answer: {e}")))?;
+        let content = answer
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content)
+            .ok_or_else(|| Error::Failed(format!("{url}: the answer has no message")))?;
+        Ok((content, answer.usage.unwrap_or_default()))
+    }
+}

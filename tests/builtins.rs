@@ -1,0 +1,522 @@
+//! The built-in agents (issue 6 item 4) with real accounts: `ingest`,
+//! `index` behind `/v1/search` and `profilectl remember`, and `organize`
+//! against a small OpenAI-compatible server on loopback. The functions are
+//! called through the library, as the agent framework calls them, on the
+//! profiles of a real daemon.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::{chown, symlink};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Daemon, TestUser, capture, require_root};
+use profiled::builtin::{self, ingest};
+use profiled::config::Config;
+use profiled::profile::{ProfileDir, ProfilesRoot, WriteMode};
+
+/// The daemon's config and `user`'s profile (provisioned by the daemon).
+fn profile_of(d: &Daemon, user: &TestUser) -> (Config, ProfileDir) {
+    d.ok(Some(user), &["status"]);
+    let config = Config::load(&d.config).expect("the daemon's config");
+    let root = ProfilesRoot::open_beside_daemon(&d.profiles, 1 << 20).expect("profiles root");
+    let dir = root
+        .open_owned(&account_of(user))
+        .expect("open the profile")
+        .expect("the profile exists");
+    (config, dir)
+}
+
+fn account_of(user: &TestUser) -> profiled::accounts::Account {
+    profiled::accounts::by_name(&user.name)
+        .expect("NSS answers")
+        .expect("the account exists")
+}
+
+/// Ingest now, without waiting for files to settle (the test wrote them
+/// and closed them before).
+fn ingest_now(config: &Config, dir: &ProfileDir) -> builtin::Summary {
+    ingest::run_with(
+        config,
+        dir,
+        ingest::Options {
+            settle: Duration::ZERO,
+        },
+    )
+    .expect("ingest runs")
+}
+
+/// Writes `name` with `text` into `user`'s inbox, owned by `user`.
+fn drop_file(d: &Daemon, user: &TestUser, name: &str, text: &str) {
+    let path = d.profile(user).join("memory/inbox").join(name);
+    std::fs::write(&path, text).expect("write an inbox file");
+    chown(&path, Some(user.uid), Some(user.gid)).expect("chown the inbox file");
+}
+
+/// The 100 files of the inbox test: text, Markdown with tags, JSON.
+fn hundred_files() -> Vec<(String, String)> {
+    (0..100)
+        .map(|i| match i % 10 {
+            0 => (
+                format!("note-{i:03}.md"),
+                format!("+++\ntags = [\"md\", \"n{i}\"]\n+++\nMarkdown inboxword number{i}\n"),
+            ),
+            1 => (
+                format!("note-{i:03}.json"),
+                format!("{{\"text\": \"JSON inboxword number{i}\", \"tags\": [\"json\"]}}"),
+            ),
+            _ => (
+                format!("note-{i:03}.txt"),
+                format!("Plain inboxword number{i}\nsecond line\n"),
+            ),
+        })
+        .collect()
+}
+
+fn remember_json(d: &Daemon, user: &TestUser, query: &str) -> serde_json::Value {
+    let out = d.ok(Some(user), &["--json", "remember", query, "--limit", "500"]);
+    serde_json::from_str(&out).expect("remember --json prints JSON")
+}
+
+fn hits(v: &serde_json::Value) -> &Vec<serde_json::Value> {
+    v["hits"].as_array().expect("a hits array")
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |r| r.filter_map(Result::ok).count())
+}
+
+#[test]
+fn a_hundred_inbox_files_become_memories_found_by_remember_and_not_twice() {
+    if !require_root() {
+        return;
+    }
+    let d = Daemon::start("");
+    let alice = TestUser::new("alice");
+    let (config, dir) = profile_of(&d, &alice);
+    let files = hundred_files();
+    for (name, text) in &files {
+        drop_file(&d, &alice, name, text);
+    }
+    // The same content twice in one run makes one memory.
+    drop_file(&d, &alice, "copy-of-2.txt", &files[2].1);
+    // A link to a root-only file planted in the inbox is never read.
+    let inbox = d.profile(&alice).join("memory/inbox");
+    symlink("/etc/shadow", inbox.join("shadow.txt")).expect("plant a symlink");
+
+    let s = ingest_now(&config, &dir);
+    assert_eq!(s.count("ingested"), 100, "{}", s.line);
+    assert_eq!(s.count("duplicates"), 1, "{}", s.line);
+    assert_eq!(s.count("rejected"), 1, "{}", s.line);
+    assert!(s.line.contains("shadow.txt: a symbolic link"), "{}", s.line);
+    assert_eq!(count_files(&d.profile(&alice).join("memory/archive")), 101);
+    let rejected = inbox.join("rejected/shadow.txt");
+    assert!(
+        std::fs::symlink_metadata(&rejected)
+            .expect("the link is set aside, not lost")
+            .file_type()
+            .is_symlink()
+    );
+
+    let s = builtin::index(&config, &dir).expect("index runs");
+    assert_eq!(s.count("indexed"), 100, "{}", s.line);
+    let found = remember_json(&d, &alice, "inboxword");
+    assert_eq!(hits(&found).len(), 100);
+    // Nothing of /etc/shadow was ingested: root's entry is in no memory.
+    assert!(hits(&remember_json(&d, &alice, "root")).is_empty());
+    let one = remember_json(&d, &alice, "number42");
+    assert_eq!(hits(&one).len(), 1);
+    assert_eq!(one["hits"][0]["kind"], "memory");
+    assert!(
+        one["hits"][0]["snippet"]
+            .as_str()
+            .expect("a snippet")
+            .contains("**number42**"),
+        "{one}"
+    );
+    // Tags of Markdown front matter and JSON are kept and searchable.
+    assert_eq!(hits(&remember_json(&d, &alice, "tags:md")).len(), 10);
+    assert_eq!(hits(&remember_json(&d, &alice, "tags:json")).len(), 10);
+    let text = d.ok(Some(&alice), &["remember", "number7"]);
+    assert!(text.contains("Plain inboxword number7"), "{text}");
+
+    // The same files again, after a "restart" (fresh state in the
+    // functions, hashes read from the profile): no new memory.
+    for (name, text) in &files {
+        drop_file(&d, &alice, name, text);
+    }
+    let s = ingest_now(&config, &dir);
+    assert_eq!(s.count("ingested"), 0, "{}", s.line);
+    assert_eq!(s.count("duplicates"), 100, "{}", s.line);
+    assert_eq!(count_files(&d.profile(&alice).join("memory/archive")), 201);
+    let s = builtin::index(&config, &dir).expect("index runs");
+    assert_eq!(s.count("indexed"), 0, "{}", s.line);
+    assert_eq!(s.count("unchanged"), 100, "{}", s.line);
+    assert_eq!(hits(&remember_json(&d, &alice, "inboxword")).len(), 100);
+
+    // A deleted memory leaves the index on the next run.
+    let id = one["hits"][0]["id"].as_str().expect("an id").to_owned();
+    d.ok(Some(&alice), &["memory", "rm", &id]);
+    let s = builtin::index(&config, &dir).expect("index runs");
+    assert_eq!(s.count("removed"), 1, "{}", s.line);
+    assert!(hits(&remember_json(&d, &alice, "number42")).is_empty());
+}
+
+#[test]
+fn bad_inbox_files_are_set_aside_with_a_reason_and_nothing_is_lost() {
+    if !require_root() {
+        return;
+    }
+    let d = Daemon::start("");
+    let alice = TestUser::new("alice");
+    let bob = TestUser::new("bob");
+    let (config, dir) = profile_of(&d, &alice);
+    let inbox = d.profile(&alice).join("memory/inbox");
+    drop_file(&d, &alice, "bad.json", "{\"text\": ");
+    drop_file(&d, &alice, "empty.txt", "   \n");
+    std::fs::write(inbox.join("latin1.txt"), b"caf\xe9\n").expect("write");
+    chown(inbox.join("latin1.txt"), Some(alice.uid), Some(alice.gid)).expect("chown");
+    // bob's file in alice's inbox, and a hard link to a root-owned file.
+    std::fs::write(inbox.join("bobs.txt"), "from bob").expect("write");
+    chown(inbox.join("bobs.txt"), Some(bob.uid), Some(bob.gid)).expect("chown");
+    let secret = d.scratch.path.join("root-secret");
+    std::fs::write(&secret, "root only").expect("write");
+    std::fs::hard_link(&secret, inbox.join("hard.txt")).expect("hard link");
+    nix::unistd::mkfifo(&inbox.join("fifo.txt"), nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    drop_file(&d, &alice, "good.txt", "a good note");
+
+    let s = ingest_now(&config, &dir);
+    assert_eq!(s.count("ingested"), 1, "{}", s.line);
+    assert_eq!(s.count("rejected"), 6, "{}", s.line);
+    for reason in [
+        "bad.json: bad JSON at line 1",
+        "latin1.txt: not UTF-8",
+        "empty.txt: no text",
+    ] {
+        assert!(s.line.contains(reason), "{reason} not in {}", s.line);
+    }
+    let rejected: Vec<String> = std::fs::read_dir(inbox.join("rejected"))
+        .expect("rejected dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(rejected.len(), 6, "{rejected:?}");
+    assert_eq!(
+        std::fs::read(inbox.join("rejected/latin1.txt")).expect("kept byte for byte"),
+        b"caf\xe9\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&secret).expect("root file"),
+        "root only"
+    );
+    let audit = d.user_audit(&alice);
+    assert!(audit.contains("ingest.reject"), "{audit}");
+}
+
+#[test]
+fn search_answers_only_the_callers_own_records() {
+    if !require_root() {
+        return;
+    }
+    let d = Daemon::start("");
+    let alice = TestUser::new("alice");
+    let bob = TestUser::new("bob");
+    let (config, alice_dir) = profile_of(&d, &alice);
+    let (_, bob_dir) = profile_of(&d, &bob);
+    capture(&d, &alice, "alice's secret plan zanzibar");
+    capture(&d, &bob, "bob's grocery list");
+    d.ok(Some(&alice), &["task", "add", "book zanzibar flights"]);
+    builtin::index(&config, &alice_dir).expect("index alice");
+    builtin::index(&config, &bob_dir).expect("index bob");
+
+    let mine = remember_json(&d, &alice, "zanzibar");
+    let kinds: Vec<&str> = hits(&mine)
+        .iter()
+        .filter_map(|h| h["kind"].as_str())
+        .collect();
+    assert_eq!(kinds.len(), 2, "{mine}");
+    assert!(
+        kinds.contains(&"task") && kinds.contains(&"memory"),
+        "{mine}"
+    );
+    assert!(hits(&remember_json(&d, &bob, "zanzibar")).is_empty());
+    assert!(hits(&remember_json(&d, &alice, "grocery")).is_empty());
+    // bob cannot name alice's index.
+    let (status, body) = d.api(
+        Some(&bob),
+        "GET",
+        &format!("/v1/search?q=zanzibar&user={}", alice.name),
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
+    // Bad syntax says what is wrong.
+    let (status, body) = d.api(Some(&alice), "GET", "/v1/search?q=nosuchfield:x", None);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nosuchfield"),
+        "{body}"
+    );
+    let (status, _) = d.api(Some(&alice), "GET", "/v1/search", None);
+    assert_eq!(status, 400);
+    // The index lives in the root-only state directory, not the profile.
+    let index_dir = profiled::search::dir_of(&d.state, &account_of(&alice));
+    let md = std::fs::metadata(&index_dir).expect("the index dir");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((md.uid(), md.mode() & 0o777), (0, 0o700));
+}
+
+/// One request the fake model server received.
+#[derive(Clone, Debug)]
+struct Seen {
+    authorization: String,
+    body: String,
+}
+
+/// A tiny OpenAI-compatible chat server on loopback: answers tags and
+/// usage, or 401 for the key `rejected`. Records every request.
+struct FakeModel {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl FakeModel {
+    fn start(rejected: String) -> FakeModel {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let Some(req) = read_request(&mut stream) else {
+                    continue;
+                };
+                let reject = req.authorization == format!("Bearer {rejected}");
+                log.lock().expect("log").push(req);
+                let (status, body) = if reject {
+                    (
+                        "401 Unauthorized",
+                        r#"{"error":{"message":"bad key"}}"#.to_owned(),
+                    )
+                } else {
+                    (
+                        "200 OK",
+                        serde_json::json!({
+                            "choices": [{"message": {"role": "assistant",
+                                "content": "{\"tags\": [\"Fake\", \"organized\"]}"}}],
+                            "usage": {"prompt_tokens": 30, "completion_tokens": 7, "total_tokens": 37}
+                        })
+                        .to_string(),
+                    )
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        FakeModel { url, seen }
+    }
+
+    fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().expect("log").clone()
+    }
+}
+
+fn read_request(stream: &mut std::net::TcpStream) -> Option<Seen> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut authorization = String::new();
+    let mut length = 0usize;
+    let mut first = true;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if first {
+            first = false;
+            continue;
+        }
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':')?;
+        match name.to_ascii_lowercase().as_str() {
+            "authorization" => authorization = value.trim().to_owned(),
+            "content-length" => length = value.trim().parse().ok()?,
+            _ => {}
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(Seen {
+        authorization,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn set_key(d: &Daemon, user: &TestUser, secret: &str) {
+    let out = d.ctl_stdin(
+        Some(user),
+        &["creds", "set", "openai"],
+        Some(&format!("{secret}\n")),
+    );
+    assert!(out.status.success(), "creds set: {out:?}");
+}
+
+fn use_model(dir: &ProfileDir, url: &str) {
+    let toml =
+        format!("[model]\nprovider = \"openai\"\nbase_url = \"{url}\"\nname = \"test-model\"\n");
+    dir.write("profile.toml", toml.as_bytes(), WriteMode::Replace)
+        .expect("write profile.toml");
+}
+
+#[test]
+fn organize_uses_each_users_own_key_and_stops_on_a_missing_or_rejected_key() {
+    if !require_root() {
+        return;
+    }
+    let d = Daemon::start("");
+    let tag = common::tag();
+    let alice_key = format!("sk-alice-{tag}");
+    let bob_key = format!("sk-bob-{tag}");
+    let dave_key = format!("sk-dave-rejected-{tag}");
+    let model = FakeModel::start(dave_key.clone());
+    let users: Vec<TestUser> = ["alice", "bob", "carol", "dave"]
+        .iter()
+        .map(|r| TestUser::new(r))
+        .collect();
+    let [alice, bob, _carol, dave] = &users[..] else {
+        unreachable!("four users")
+    };
+    let mut dirs = Vec::new();
+    let mut config = None;
+    for u in &users {
+        let (c, dir) = profile_of(&d, u);
+        use_model(&dir, &model.url);
+        capture(
+            &d,
+            u,
+            &format!("{} met the team about the migration", u.name),
+        );
+        capture(&d, u, &format!("{} bought flowers", u.name));
+        config = Some(c);
+        dirs.push(dir);
+    }
+    let config = config.expect("a config");
+    set_key(&d, alice, &alice_key);
+    set_key(&d, bob, &bob_key);
+    set_key(&d, dave, &dave_key);
+
+    let mut summaries = Vec::new();
+    for dir in &dirs {
+        summaries.push(builtin::organize(&config, dir).expect("organize runs"));
+    }
+    let seen = model.requests();
+    let by_key = |key: &str| -> Vec<Seen> {
+        seen.iter()
+            .filter(|s| s.authorization == format!("Bearer {key}"))
+            .cloned()
+            .collect()
+    };
+    for (user, key) in [(alice, &alice_key), (bob, &bob_key)] {
+        let mine = by_key(key);
+        assert_eq!(mine.len(), 2, "{} sent {mine:?}", user.name);
+        assert!(mine.iter().all(|s| s.body.contains(&user.name)), "{mine:?}");
+        assert!(
+            mine.iter()
+                .all(|s| s.body.contains("\"model\":\"test-model\""))
+        );
+    }
+    // carol has no key: nothing sent, and she is told what to do.
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    let carol_says = summaries[2].attention.clone().expect("carol's status");
+    assert!(
+        carol_says.contains("profilectl creds set openai"),
+        "{carol_says}"
+    );
+    // dave's key is refused once...
+    assert_eq!(by_key(&dave_key).len(), 1);
+    let dave_says = summaries[3].attention.clone().expect("dave's status");
+    assert!(
+        dave_says.contains("your openai key was rejected"),
+        "{dave_says}"
+    );
+    // ... and not tried again.
+    let again = builtin::organize(&config, &dirs[3]).expect("organize runs");
+    assert!(again.attention.is_some_and(|a| a.contains("rejected")));
+    assert_eq!(model.requests().len(), 5);
+    // A new key is tried.
+    set_key(&d, dave, &format!("sk-dave-new-{tag}"));
+    let fixed = builtin::organize(&config, &dirs[3]).expect("organize runs");
+    assert_eq!(fixed.count("tagged"), 2, "{}", fixed.line);
+
+    // alice's memories are tagged and processed; her tokens are counted.
+    let page: serde_json::Value =
+        serde_json::from_str(&d.ok(Some(alice), &["--json", "memories"])).expect("json");
+    for m in page["items"].as_array().expect("items") {
+        assert_eq!(m["processed"], true, "{m}");
+        assert_eq!(m["tags"], serde_json::json!(["fake", "organized"]), "{m}");
+    }
+    let usage = read_all(&d.profile(alice).join("logs/usage"));
+    assert!(usage.contains("\"kind\":\"model_tokens\""), "{usage}");
+    assert!(usage.contains("\"count\":74"), "{usage}");
+    // No key in any summary, usage line or audit line.
+    for key in [&alice_key, &bob_key, &dave_key] {
+        for s in &summaries {
+            assert!(!s.line.contains(key.as_str()));
+        }
+        for u in &users {
+            assert!(!read_all(&d.profile(u).join("logs")).contains(key.as_str()));
+            assert!(!read_all(&d.profile(u).join(".profiled")).contains(key.as_str()));
+        }
+    }
+    // A second run has nothing left to do and sends nothing.
+    let before = model.requests().len();
+    let s = builtin::organize(&config, &dirs[0]).expect("organize runs");
+    assert_eq!(s.count("tagged"), 0);
+    assert_eq!(model.requests().len(), before);
+}
+
+#[test]
+fn organize_without_a_model_sends_nothing_and_says_what_to_set() {
+    if !require_root() {
+        return;
+    }
+    let d = Daemon::start("");
+    let erin = TestUser::new("erin");
+    let (config, dir) = profile_of(&d, &erin);
+    capture(&d, &erin, "a note");
+    let s = builtin::organize(&config, &dir).expect("organize runs");
+    let says = s.attention.expect("a status");
+    assert!(
+        says.contains("no model configured in profile.toml [model]"),
+        "{says}"
+    );
+}
+
+/// Every file's text under `dir`, recursively.
+fn read_all(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![PathBuf::from(dir)];
+    while let Some(p) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&p) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(text) = std::fs::read_to_string(&path) {
+                out.push_str(&text);
+            }
+        }
+    }
+    out
+}
