@@ -7,6 +7,7 @@
 
 mod accounting;
 mod admin;
+mod agents;
 mod auth;
 mod credentials;
 mod events;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub auth: AuthState,
     /// Profile changes found by the watcher, for `/v1/events`.
     pub events: EventHub,
+    /// Agent declarations, last and next runs, the stop flag.
+    pub agents: crate::agents::Agents,
 }
 
 /// The state of logins and request accounting.
@@ -91,6 +94,7 @@ impl AppState {
             system_log,
             auth,
             events: EventHub::default(),
+            agents: crate::agents::Agents::default(),
         }
     }
 

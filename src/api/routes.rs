@@ -6,7 +6,9 @@ use std::sync::Arc;
 use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
-use super::{AppState, admin, auth, credentials, events, memories, observe, persona, tasks};
+use super::{
+    AppState, admin, agents, auth, credentials, events, memories, observe, persona, tasks,
+};
 
 /// Who may call a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,6 +354,37 @@ pub fn table() -> Vec<(Spec, Handler)> {
                 "Hand a conflicting profile to the current account",
             ),
             post(admin::adopt_profile),
+        ),
+        // Agents (issue #6).
+        (
+            spec(
+                M::GET,
+                "/v1/agents",
+                User,
+                true,
+                "The agents that run for you, with your last run and the next",
+            ),
+            get(agents::list),
+        ),
+        (
+            spec(
+                M::POST,
+                "/v1/agents/{name}/run",
+                User,
+                true,
+                "Run an agent for yourself now (admins: ?all=true runs a whole cycle)",
+            ),
+            post(agents::run),
+        ),
+        (
+            spec(
+                M::GET,
+                "/v1/agents/{name}/runs",
+                User,
+                true,
+                "Your runs of an agent, newest first (?limit=)",
+            ),
+            get(agents::runs),
         ),
     ]
 }

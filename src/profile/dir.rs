@@ -82,6 +82,13 @@ impl ProfileDir {
         &self.account
     }
 
+    /// The profile's directory handle, for an agent's working directory
+    /// (entered with fchdir as the account, never by path).
+    pub fn dir_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
     /// The profile's own directory handle.
     pub(super) fn fd(&self) -> &OwnedFd {
         &self.fd
