@@ -181,7 +181,7 @@ pub fn run_user(
     }
     run.end = runlog::precise_now();
     run.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    if let Err(e) = runlog::append(profile, &run) {
+    if let Err(e) = runlog::append(profile, &run, &state.agents.syncer) {
         tracing::error!(
             "agent {}: cannot write {}'s run log: {e}",
             agent.name,

@@ -68,6 +68,7 @@ pub struct Agents {
     next: Mutex<HashMap<String, i64>>,
     stop: AtomicBool,
     guard: std::sync::OnceLock<Option<guard::Guard>>,
+    syncer: runlog::Syncer,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -210,8 +211,16 @@ fn has_agent(state: &AppState, profile: &ProfileDir, agent: &Agent) -> bool {
 
 /// Runs a whole cycle of `agent` now (an admin's request).
 pub fn run_cycle_now(state: &AppState, agent: &Agent) -> CycleOutcome {
+    let started = std::time::Instant::now();
     let users = users_of(state, agent);
-    cycle::run_cycle(state, agent, users, &Trigger::Manual)
+    let listed = started.elapsed();
+    let outcome = cycle::run_cycle(state, agent, users, &Trigger::Manual);
+    tracing::info!(
+        "agent {}: manual cycle {outcome:?} in {:?} (finding its users took {listed:?})",
+        agent.key(),
+        started.elapsed()
+    );
+    outcome
 }
 
 /// Runs `agent` for `profile`'s account now, under the agent's lock (so

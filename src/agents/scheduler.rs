@@ -154,12 +154,17 @@ fn start_due_cycles(
         let st = state.clone();
         tasks.spawn_blocking(move || {
             let _permit = permit;
+            let started = Instant::now();
             let users = users_of(&st, &agent);
             match cycle::run_cycle(&st, &agent, users, &Trigger::Schedule(due)) {
                 cycle::CycleOutcome::Failed(e) => {
                     tracing::error!("agent {}: the cycle could not run: {e}", agent.key());
                 }
-                outcome => tracing::debug!("agent {}: {outcome:?}", agent.key()),
+                outcome => tracing::info!(
+                    "agent {}: cycle of slot {due}: {outcome:?} in {:?}",
+                    agent.key(),
+                    started.elapsed()
+                ),
             }
         });
     }

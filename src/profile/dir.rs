@@ -227,6 +227,15 @@ impl ProfileDir {
     /// owned by the account. One `write` per line, so concurrent appenders
     /// never interleave inside a line.
     pub fn append(&self, rel: &str, line: &[u8]) -> Result<()> {
+        let file = self.append_unsynced(rel, line)?;
+        rustix::fs::fdatasync(&file).map_err(|e| errno(rel, "fsync", e))
+    }
+
+    /// [`ProfileDir::append`] without the final `fdatasync`: the line is
+    /// written (a process crash loses nothing) and the open file is
+    /// returned for the caller to sync later, off its hot path (agent run
+    /// logs, synced by a background thread).
+    pub fn append_unsynced(&self, rel: &str, line: &[u8]) -> Result<File> {
         check_rel(rel)?;
         let (parent, name) = split_parent(rel);
         let dir = self.ensure_dir_opt(parent)?;
@@ -259,7 +268,7 @@ impl ProfileDir {
                 source: std::io::Error::new(std::io::ErrorKind::WriteZero, "short write"),
             });
         }
-        rustix::fs::fdatasync(&file).map_err(|e| errno(rel, "fsync", e))
+        Ok(file)
     }
 
     /// Removes the file `rel` (never a directory). A link is removed, not
