@@ -75,6 +75,7 @@ pub fn run_cycle(
     };
     users.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     let mut ran = 0;
+    let mut last_profile = None;
     for (account, profile) in users {
         if done.contains(&account.name) {
             continue;
@@ -87,13 +88,17 @@ pub fn run_cycle(
             );
             break;
         }
-        run_user(state, agent, &account, &profile, trigger);
+        run_user(state, agent, &account, &profile, trigger, false);
         ran += 1;
         if trigger.slot().is_some()
             && let Err(e) = held.done(&account.name)
         {
             tracing::error!("agent {}: {e}", agent.key());
         }
+        last_profile = Some(profile);
+    }
+    if let Some(profile) = &last_profile {
+        runlog::sync_all(profile);
     }
     CycleOutcome::Ran(ran)
 }
@@ -112,13 +117,15 @@ fn stamped(held: &mut Held, slot: i64) -> Result<Option<BTreeSet<String>>, Strin
 }
 
 /// Runs `agent` for one user under the user's lock, records the run in the
-/// profile's log and the status, and tells the user's event stream.
+/// profile's log (synced now when `durable`; a cycle syncs once at its
+/// end) and the status, and tells the user's event stream.
 pub fn run_user(
     state: &AppState,
     agent: &Agent,
     account: &Account,
     profile: &ProfileDir,
     trigger: &Trigger,
+    durable: bool,
 ) -> Run {
     let config = state.config();
     let run_id = ulid::Ulid::generate().to_string();
@@ -181,7 +188,7 @@ pub fn run_user(
     }
     run.end = runlog::precise_now();
     run.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    if let Err(e) = runlog::append(profile, &run, &state.agents.syncer) {
+    if let Err(e) = runlog::append(profile, &run, durable) {
         tracing::error!(
             "agent {}: cannot write {}'s run log: {e}",
             agent.name,

@@ -68,7 +68,6 @@ pub struct Agents {
     next: Mutex<HashMap<String, i64>>,
     stop: AtomicBool,
     guard: std::sync::OnceLock<Option<guard::Guard>>,
-    syncer: runlog::Syncer,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -248,5 +247,6 @@ pub fn run_one_now(
         profile.account(),
         profile,
         trigger,
+        true,
     ))
 }

@@ -60,66 +60,29 @@ pub fn path(agent: &str) -> String {
     format!("logs/agents/{agent}.jsonl")
 }
 
-/// Appends `run` to the profile's log of its agent and hands the file to
-/// `syncer` for its fdatasync, so a cycle does not wait for the disk
-/// between users (a process crash loses nothing: the line is written; a
-/// power cut may lose the lines of the last moments).
-pub fn append(profile: &ProfileDir, run: &Run, syncer: &Syncer) -> Result<(), String> {
+/// Appends `run` to the profile's log of its agent; with `durable`, syncs
+/// it before returning. A cycle passes `false` and syncs the filesystem
+/// once at its end ([`sync_all`]): a sync per user forces a journal commit
+/// per user and triples the cost of a cycle of small agents. A process
+/// crash loses nothing either way (the line is written); a power cut
+/// during a cycle may lose that cycle's lines.
+pub fn append(profile: &ProfileDir, run: &Run, durable: bool) -> Result<(), String> {
     let mut line = serde_json::to_vec(run).map_err(|e| e.to_string())?;
     line.push(b'\n');
     let file = profile
         .append_unsynced(&path(&run.agent), &line)
         .map_err(|e| e.to_string())?;
-    syncer.sync(file);
+    if durable {
+        file.sync_data().map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
-/// A background thread that fdatasyncs the run logs written.
-pub struct Syncer {
-    tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<std::fs::File>>>,
-}
-
-impl Default for Syncer {
-    fn default() -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<std::fs::File>();
-        let started = std::thread::Builder::new()
-            .name("agent-log-sync".into())
-            .spawn(move || {
-                for file in rx {
-                    if let Err(e) = file.sync_data() {
-                        tracing::error!("cannot sync an agent run log: {e}");
-                    }
-                }
-            });
-        let tx = match started {
-            Ok(_) => Some(tx),
-            Err(e) => {
-                tracing::warn!("no background sync of run logs ({e}): each line is synced at once");
-                None
-            }
-        };
-        Syncer {
-            tx: std::sync::Mutex::new(tx),
-        }
-    }
-}
-
-impl Syncer {
-    fn sync(&self, file: std::fs::File) {
-        let tx = match self.tx.lock() {
-            Ok(t) => t.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        let file = match tx {
-            Some(tx) => match tx.send(file) {
-                Ok(()) => return,
-                Err(std::sync::mpsc::SendError(file)) => file,
-            },
-            None => file,
-        };
-        if let Err(e) = file.sync_data() {
-            tracing::error!("cannot sync an agent run log: {e}");
-        }
+/// Makes the run logs written so far durable: one `syncfs` of the
+/// filesystem holding `profile`.
+pub fn sync_all(profile: &ProfileDir) {
+    if let Err(e) = rustix::fs::syncfs(profile.dir_fd()) {
+        tracing::error!("cannot sync the run logs of the cycle: {e}");
     }
 }
 
