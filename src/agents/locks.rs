@@ -90,3 +90,32 @@ impl Held {
             .map_err(|e| format!("cannot write the cycle stamp: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stamp_lists_users_done_in_its_slot_and_ignores_a_torn_line() -> Result<(), String> {
+        let path = std::env::temp_dir().join(format!("profiled-stamp-{}", ulid::Ulid::generate()));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| e.to_string())?;
+        let mut held = Held { file };
+        assert_eq!(held.stamp(), (None, BTreeSet::new()));
+        held.begin(600)?;
+        held.done("alice")?;
+        held.done("bob")?;
+        held.file.write_all(b"car").map_err(|e| e.to_string())?;
+        let (slot, done) = held.stamp();
+        assert_eq!(slot, Some(600));
+        assert_eq!(done.into_iter().collect::<Vec<_>>(), ["alice", "bob"]);
+        held.begin(900)?;
+        assert_eq!(held.stamp(), (Some(900), BTreeSet::new()));
+        let _ = std::fs::remove_file(path);
+        Ok(())
+    }
+}
