@@ -583,3 +583,42 @@ fn invalid_declarations_are_reported_and_the_rest_still_run() {
     let out = d.ctl(Some(&alice), &["agent", "run", "mine"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_file_dropped_in_the_inbox_triggers_a_run_for_that_user_only() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let bob = TestUser::new("bob");
+    let (d, agents_d) = daemon_with(&[], "", "[agents]\ndebounce = \"1s\"\n");
+    let seen = script(&d, "seen.sh", "ls memory/inbox");
+    std::fs::write(
+        agents_d.join("seen.toml"),
+        format!(
+            "[agents.seen]\ncommand = [\"/bin/sh\", \"{}\"]\non_change = [\"memory/inbox/*\"]\n",
+            seen.display()
+        ),
+    )
+    .expect("write seen.toml");
+    let d = start(d);
+    for u in [&alice, &bob] {
+        d.ok(Some(u), &["status"]);
+    }
+    let note = d.profile(&alice).join("memory/inbox/note.md");
+    std::fs::write(&note, "hello").expect("drop a file");
+    std::os::unix::fs::chown(&note, Some(alice.uid), Some(alice.gid)).expect("chown");
+    wait_for("the triggered run", || !runs(&d, &alice, "seen").is_empty());
+    let run = &runs(&d, &alice, "seen")[0];
+    assert_eq!(
+        field(run, "trigger"),
+        "change:memory/inbox/note.md",
+        "{run:?}"
+    );
+    assert_eq!(field(run, "status"), "ok");
+    assert!(field(run, "output").contains("note.md"));
+    assert!(
+        runs(&d, &bob, "seen").is_empty(),
+        "bob's profile did not change"
+    );
+}

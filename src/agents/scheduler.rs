@@ -61,7 +61,8 @@ async fn run(state: Arc<AppState>) {
             event = events.recv() => match event {
                 Ok(e) => {
                     let Body::Change(change) = &e.body else { continue };
-                    if change.kind == crate::watch::Kind::Settings {
+                    // A profile new since the last look, or new settings.
+                    if change.kind == crate::watch::Kind::Settings || !in_force.contains_key(&e.user) {
                         let st = state.clone();
                         let user = e.user.clone();
                         if let Ok(Some(agents)) = tokio::task::spawn_blocking(move || agents_of_user(&st, &user)).await {
