@@ -51,6 +51,11 @@ pub struct Paths {
     pub runtime_dir: PathBuf,
     /// The Unix socket the API listens on.
     pub socket: PathBuf,
+    /// Admins' agent declarations: `*.toml` files.
+    pub agents_dir: PathBuf,
+    /// Lock files and cycle stamps of the agents (root, 0700); two daemons
+    /// sharing one profiles tree share this directory too.
+    pub lock_dir: PathBuf,
 }
 
 impl Paths {
@@ -160,6 +165,28 @@ pub struct Config {
     pub credentials: crate::creds::Settings,
     /// The file watcher.
     pub watch: Watch,
+    /// Agent cycles and runs.
+    pub agents: Agents,
+}
+
+/// How agents run (`[agents]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Agents {
+    /// Cycles of different agents running at once.
+    pub max_parallel_agents: usize,
+    /// A run's limit when its declaration gives none.
+    pub default_timeout: Duration,
+    /// Between SIGTERM and SIGKILL when a run times out.
+    pub kill_grace: Duration,
+    /// At shutdown, how long the run in progress may go on.
+    pub shutdown_grace: Duration,
+    /// How long a run waits for the user's lock (another agent in the
+    /// same profile) before it is recorded as skipped.
+    pub lock_wait: Duration,
+    /// How long path changes must be quiet before a triggered run.
+    pub debounce: Duration,
+    /// The tail of a run's output that is kept, in bytes.
+    pub output_limit: usize,
 }
 
 #[derive(Deserialize, Default)]
@@ -179,6 +206,20 @@ struct RawConfig {
     credentials: crate::creds::RawSettings,
     #[serde(default)]
     watch: RawWatch,
+    #[serde(default)]
+    agents: RawAgents,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAgents {
+    max_parallel_agents: Option<NonZeroU64>,
+    default_timeout: Option<HumanDuration>,
+    kill_grace: Option<HumanDuration>,
+    shutdown_grace: Option<HumanDuration>,
+    lock_wait: Option<HumanDuration>,
+    debounce: Option<HumanDuration>,
+    output_limit: Option<NonZeroU64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -221,6 +262,8 @@ struct RawPaths {
     profiles_dir: Option<AbsolutePath>,
     runtime_dir: Option<AbsolutePath>,
     socket: Option<AbsolutePath>,
+    agents_dir: Option<AbsolutePath>,
+    lock_dir: Option<AbsolutePath>,
 }
 
 #[derive(Deserialize, Default)]
@@ -384,6 +427,16 @@ impl Config {
                 .socket
                 .map(|p| p.0)
                 .unwrap_or_else(|| runtime_dir.join("api.sock")),
+            agents_dir: raw
+                .paths
+                .agents_dir
+                .map(|p| p.0)
+                .unwrap_or_else(|| PathBuf::from("/etc/profiled/agents.d")),
+            lock_dir: raw
+                .paths
+                .lock_dir
+                .map(|p| p.0)
+                .unwrap_or_else(|| runtime_dir.join("locks")),
             state_dir,
             runtime_dir,
         };
@@ -486,7 +539,22 @@ impl Config {
                 mode: raw.watch.mode.unwrap_or(WatchMode::Auto),
                 poll_interval: dur(raw.watch.poll_interval, 2),
             },
+            agents: agents_of(raw.agents),
         })
+    }
+}
+
+fn agents_of(a: RawAgents) -> Agents {
+    let dur =
+        |d: Option<HumanDuration>, default: u64| d.map_or(Duration::from_secs(default), |d| d.0);
+    Agents {
+        max_parallel_agents: usize_of(a.max_parallel_agents, 2),
+        default_timeout: dur(a.default_timeout, 15 * 60),
+        kill_grace: dur(a.kill_grace, 5),
+        shutdown_grace: dur(a.shutdown_grace, 10),
+        lock_wait: dur(a.lock_wait, 5 * 60),
+        debounce: dur(a.debounce, 2),
+        output_limit: usize_of(a.output_limit, 64 * 1024),
     }
 }
 
@@ -500,7 +568,7 @@ fn usize_of(v: Option<NonZeroU64>, default: u64) -> usize {
 
 /// Builds an `Invalid` error for the byte range `span` of `text`, prefixing
 /// the reason with the dotted key found there.
-fn invalid(file: &Path, text: &str, span: Range<usize>, reason: String) -> Error {
+pub(crate) fn invalid(file: &Path, text: &str, span: Range<usize>, reason: String) -> Error {
     let start = span.start.min(text.len());
     let line = text[..start].matches('\n').count() + 1;
     let reason = match key_at(text, start) {

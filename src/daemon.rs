@@ -94,6 +94,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         tracing::info!("serving on http://{addr}");
     }
     let flusher = tokio::spawn(flush_usage_every(state.clone(), stop_rx));
+    let agents = crate::agents::start(state.clone());
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!("could not notify systemd of readiness: {e}");
     }
@@ -133,6 +134,12 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         }
     }
     tracing::info!("stopping: finishing requests in flight");
+    // Runs in progress get `[agents] shutdown_grace`, then their groups are
+    // killed; no cycle starts another user.
+    state.agents.request_stop();
+    if let Err(e) = agents.await {
+        tracing::error!("the agent scheduler failed: {e}");
+    }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
     // Event streams never end by themselves: end them so shutdown is not
@@ -236,7 +243,10 @@ fn prepare_dirs(config: &Config) -> Result<(), Error> {
     ensure_root_dir(&p.state_dir, 0o755)?;
     ensure_root_dir(&p.audit_dir(), 0o700)?;
     ensure_root_dir(&p.runtime_dir, 0o755)?;
-    ensure_root_dir(&p.runtime_dir.join("locks"), 0o700)?;
+    ensure_root_dir(&p.lock_dir, 0o700)?;
+    // 0711: accounts reach their run's directory by its (unguessable) name
+    // but cannot list the others'.
+    ensure_root_dir(&p.runtime_dir.join("credentials"), 0o711)?;
     if let Some(parent) = p.socket.parent() {
         ensure_root_dir(parent, 0o755)?;
     }

@@ -4,6 +4,7 @@
 //! Each module has one job; see `docs/` and DESIGN.md for the whole picture.
 
 pub mod accounts;
+pub mod agents;
 pub mod api;
 pub mod audit;
 pub mod auth;

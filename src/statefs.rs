@@ -268,6 +268,14 @@ pub fn remove(path: &Path) -> Result<()> {
 /// credentials file, across threads and processes (the daemon and
 /// `profiled rotate-keys`).
 pub fn lock(path: &Path) -> Result<File> {
+    let file = open_lock(path)?;
+    file.lock().map_err(io(path, "lock"))?;
+    Ok(file)
+}
+
+/// Opens (creating root 0600) the lock file `path` without locking it,
+/// refusing anything but a regular file owned by root.
+pub fn open_lock(path: &Path) -> Result<File> {
     let fd = rustix::fs::open(
         path,
         OFlags::RDWR | OFlags::CREATE | ALWAYS,
@@ -282,7 +290,5 @@ pub fn lock(path: &Path) -> Result<File> {
             format!("remove it; profiled creates {} itself", path.display()),
         ));
     }
-    let file = File::from(fd);
-    file.lock().map_err(io(path, "lock"))?;
-    Ok(file)
+    Ok(File::from(fd))
 }

@@ -301,5 +301,8 @@ fn a_directory_made_by_one_writer_is_never_seen_half_made_by_another() {
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
         .collect();
-    assert!(leftovers.is_empty(), "temporary directories left: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "temporary directories left: {leftovers:?}"
+    );
 }

@@ -112,7 +112,7 @@ impl Feed {
             }
             tokio::select! {
                 got = self.live.recv() => match got {
-                    Ok(e) if e.change.user == self.user => {
+                    Ok(e) if e.user == self.user => {
                         self.last = e.id;
                         return Some(sse(&e));
                     }

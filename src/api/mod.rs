@@ -9,6 +9,7 @@
 
 mod accounting;
 mod admin;
+mod agents;
 mod auth;
 mod credentials;
 mod events;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub events: EventHub,
     /// The in-memory view of each profile listed so far.
     views: Views,
+    /// Agent declarations, last and next runs, the stop flag.
+    pub agents: crate::agents::Agents,
 }
 
 /// The state of logins and request accounting.
@@ -102,6 +105,7 @@ impl AppState {
             auth,
             events: EventHub::default(),
             views: Views::default(),
+            agents: crate::agents::Agents::default(),
         }
     }
 

@@ -7,7 +7,7 @@ use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
 use super::{
-    AppState, admin, auth, credentials, events, memories, observe, persona, search, tasks,
+    AppState, admin, agents, auth, credentials, events, memories, observe, persona, search, tasks,
 };
 
 /// Who may call a route.
@@ -365,6 +365,37 @@ pub fn table() -> Vec<(Spec, Handler)> {
                 "Ranked full-text hits in your memories and tasks (q, limit)",
             ),
             get(search::search),
+        ),
+        // Agents (issue #6).
+        (
+            spec(
+                M::GET,
+                "/v1/agents",
+                User,
+                true,
+                "The agents that run for you, with your last run and the next",
+            ),
+            get(agents::list),
+        ),
+        (
+            spec(
+                M::POST,
+                "/v1/agents/{name}/run",
+                User,
+                true,
+                "Run an agent for yourself now (admins: ?all=true runs a whole cycle)",
+            ),
+            post(agents::run),
+        ),
+        (
+            spec(
+                M::GET,
+                "/v1/agents/{name}/runs",
+                User,
+                true,
+                "Your runs of an agent, newest first (?limit=)",
+            ),
+            get(agents::runs),
         ),
     ]
 }

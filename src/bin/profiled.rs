@@ -32,6 +32,10 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
     },
+    /// Started by the daemon itself: kills the agents' process groups
+    /// still running when the daemon dies (see src/agents/guard.rs).
+    #[command(hide = true)]
+    AgentGuard,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::AgentGuard => {
+            profiled::agents::guard::run_guard();
+            ExitCode::SUCCESS
+        }
         Command::RotateKeys { user } => {
             profiled::creds::rotate_keys_cli(args.config.as_deref(), user.as_deref())
         }

@@ -101,6 +101,13 @@ impl ProfileDir {
         &self.account
     }
 
+    /// The profile's directory handle, for an agent's working directory
+    /// (entered with fchdir as the account, never by path).
+    pub fn dir_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
     /// The profile's own directory handle.
     pub(super) fn fd(&self) -> &OwnedFd {
         &self.fd
@@ -247,6 +254,15 @@ impl ProfileDir {
     /// owned by the account. One `write` per line, so concurrent appenders
     /// never interleave inside a line.
     pub fn append(&self, rel: &str, line: &[u8]) -> Result<()> {
+        let file = self.append_unsynced(rel, line)?;
+        rustix::fs::fdatasync(&file).map_err(|e| errno(rel, "fsync", e))
+    }
+
+    /// [`ProfileDir::append`] without the final `fdatasync`: the line is
+    /// written (a process crash loses nothing) and the open file is
+    /// returned for the caller to sync later, off its hot path (agent run
+    /// logs, synced by a background thread).
+    pub fn append_unsynced(&self, rel: &str, line: &[u8]) -> Result<File> {
         check_rel(rel)?;
         let (parent, name) = split_parent(rel);
         let dir = self.ensure_dir_opt(parent)?;
@@ -279,7 +295,7 @@ impl ProfileDir {
                 source: std::io::Error::new(std::io::ErrorKind::WriteZero, "short write"),
             });
         }
-        rustix::fs::fdatasync(&file).map_err(|e| errno(rel, "fsync", e))
+        Ok(file)
     }
 
     /// Removes the file `rel` (never a directory). A link is removed, not

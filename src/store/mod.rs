@@ -181,7 +181,12 @@ impl<'a> Store<'a> {
             Err(e) => return Err(e),
         };
         toml::from_str(&text).map(Some).map_err(|e| {
-            let at = e.span().map_or(0, |s| s.start.min(text.len()));
+            let span = e.span().unwrap_or(0..0);
+            // A whole table's span (an agent declaration) narrows to the
+            // line of the key the message names.
+            let at = crate::agents::decl::narrow_span(&text, span, e.message())
+                .start
+                .min(text.len());
             Error::Invalid {
                 problem: Problem {
                     file: rel.to_owned(),

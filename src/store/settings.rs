@@ -16,6 +16,10 @@ pub struct UserSettings {
     pub timezone: Option<String>,
     /// The model agents use.
     pub model: Option<ModelSettings>,
+    /// The user's own agents, and `enabled = false` for admins' agents
+    /// they do not want (`[agents.NAME]`, see docs/CONFIG.md).
+    #[serde(default)]
+    pub agents: crate::agents::decl::Table,
 }
 
 /// An OpenAI-compatible chat endpoint.

@@ -20,6 +20,9 @@ pub enum Kind {
     Persona,
     /// `profile.toml`
     Settings,
+    /// `memory/inbox/<name>`: a file dropped for the ingest agent (no
+    /// record id; `on_change` triggers of agents match its path).
+    Inbox,
 }
 
 impl Kind {
@@ -30,6 +33,7 @@ impl Kind {
             Kind::Task => "task",
             Kind::Persona => "persona",
             Kind::Settings => "settings",
+            Kind::Inbox => "inbox",
         }
     }
 }
@@ -40,6 +44,7 @@ pub fn classify(rel: &str) -> Option<(Kind, Option<String>)> {
     let parts: Vec<&str> = rel.split('/').collect();
     match parts.as_slice() {
         ["profile.toml"] => Some((Kind::Settings, None)),
+        ["memory", "inbox", name] if is_dropped_file(name) => Some((Kind::Inbox, None)),
         ["persona", "core.toml"] => Some((Kind::Persona, None)),
         ["persona", "facets", name] => stem(name, ".toml").map(|id| (Kind::Persona, Some(id))),
         ["memory", "tasks", name] => stem(name, ".md").map(|id| (Kind::Task, Some(id))),
@@ -64,11 +69,18 @@ pub fn may_hold_records(rel: &str) -> bool {
         | ["persona", "facets"]
         | ["memory"]
         | ["memory", "episodic"]
+        | ["memory", "inbox"]
         | ["memory", "tasks"] => true,
         ["memory", "episodic", year] => digits(year, 4),
         ["memory", "episodic", year, month] => digits(year, 4) && digits(month, 2),
         _ => false,
     }
+}
+
+/// A file someone dropped, not an editor's or a copier's temporary one
+/// (hidden names, `x~`, vim's `4913`).
+fn is_dropped_file(name: &str) -> bool {
+    !name.starts_with('.') && !name.ends_with('~') && name != "4913"
 }
 
 fn stem(name: &str, ext: &str) -> Option<String> {
@@ -104,7 +116,7 @@ mod tests {
             format!("memory/episodic/2026/11/{id}.md~"),
             format!("memory/episodic/2026/11/{id}.md.swp"),
             "memory/episodic/2026/11/4913".to_owned(),
-            "memory/inbox/note.md".to_owned(),
+            "memory/inbox/.note.md.swp".to_owned(),
             "logs/audit/2026-11-22.jsonl".to_owned(),
             "memory/episodic/26/11/x.md".to_owned(),
         ] {
@@ -118,6 +130,7 @@ mod tests {
         assert!(may_hold_records("memory/episodic/2026/11"));
         assert!(!may_hold_records("memory/episodic/2026/11/x"));
         assert!(!may_hold_records("logs"));
-        assert!(!may_hold_records("memory/inbox"));
+        assert!(may_hold_records("memory/inbox"));
+        assert_eq!(classify("memory/inbox/note.md"), Some((Kind::Inbox, None)));
     }
 }

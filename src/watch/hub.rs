@@ -25,9 +25,22 @@ pub struct Event {
     pub event_type: String,
     /// When the watcher saw it (RFC 3339).
     pub time: String,
-    /// What changed.
+    /// Whose profile it concerns (streams filter on it).
+    #[serde(skip)]
+    pub user: String,
+    /// What happened.
     #[serde(flatten)]
-    pub change: Change,
+    pub body: Body,
+}
+
+/// What an event carries.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Body {
+    /// A record file changed.
+    Change(Change),
+    /// Anything else (agent runs): a JSON object, `user` included.
+    Other(serde_json::Map<String, serde_json::Value>),
 }
 
 /// What a subscriber missed since the id it last saw.
@@ -102,21 +115,40 @@ impl EventHub {
 
     /// Numbers `change`, keeps it and sends it to every live stream.
     pub fn publish(&self, change: Change) {
+        let event_type = format!("{}.{}", change.kind.as_str(), change.action.as_str());
+        let user = change.user.clone();
+        self.publish_body(user, event_type, Body::Change(change));
+    }
+
+    /// Publishes an event that is not a file change (`agent.started`) on
+    /// `user`'s stream; `fields` become the event's JSON (with `user`).
+    pub fn publish_other(
+        &self,
+        user: &str,
+        event_type: &str,
+        mut fields: serde_json::Map<String, serde_json::Value>,
+    ) {
+        fields.insert("user".into(), user.into());
+        self.publish_body(user.to_owned(), event_type.to_owned(), Body::Other(fields));
+    }
+
+    fn publish_body(&self, user: String, event_type: String, body: Body) {
         let mut ring = self.ring();
         let start = ring.start;
-        let next = ring.next.entry(change.user.clone()).or_insert(start);
+        let next = ring.next.entry(user.clone()).or_insert(start);
         let id = *next;
         *next += 1;
         let event = Arc::new(Event {
             id,
-            event_type: format!("{}.{}", change.kind.as_str(), change.action.as_str()),
+            event_type,
             time: timefmt::now_rfc3339(),
-            change,
+            user,
+            body,
         });
         if ring.events.len() == BUFFER
             && let Some(old) = ring.events.pop_front()
         {
-            ring.dropped.insert(old.change.user.clone(), old.id);
+            ring.dropped.insert(old.user.clone(), old.id);
         }
         ring.events.push_back(event.clone());
         // Sent under the lock, so a subscriber sees each event exactly once:
@@ -144,7 +176,7 @@ impl EventHub {
             Some(last) => Catchup::Events(
                 ring.events
                     .iter()
-                    .filter(|e| e.change.user == user && e.id > last)
+                    .filter(|e| e.user == user && e.id > last)
                     .cloned()
                     .collect(),
             ),

@@ -13,7 +13,7 @@ mod tracker;
 
 pub use classify::Kind;
 pub use file::watch_file;
-pub use hub::{BUFFER, Catchup, Event, EventHub, Subscription};
+pub use hub::{BUFFER, Body, Catchup, Event, EventHub, Subscription};
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path};

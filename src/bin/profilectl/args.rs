@@ -67,6 +67,9 @@ pub enum Command {
     /// Your provider API keys, encrypted with age in credentials.age.
     #[command(subcommand)]
     Creds(crate::creds::CredsCommand),
+    /// Agents: list them, run one now, read its run log.
+    #[command(subcommand)]
+    Agent(crate::agent::AgentCommand),
     /// Personal tokens for scripts on loopback TCP, and your sessions.
     #[command(subcommand)]
     Token(TokenCommand),

@@ -57,6 +57,15 @@ fn print(out: &Output, event: &SseEvent) {
         let v: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
         if event.name == "resync" {
             "resync: events were missed; reload what you show".to_owned()
+        } else if event.name.starts_with("agent.") {
+            format!(
+                "{} {} {} {} ({})",
+                event.name,
+                v["agent"].as_str().unwrap_or("-"),
+                v["run_id"].as_str().unwrap_or("-"),
+                v["status"].as_str().or(v["trigger"].as_str()).unwrap_or(""),
+                v["user"].as_str().unwrap_or("")
+            )
         } else {
             let user = v["user"].as_str().unwrap_or("");
             format!(

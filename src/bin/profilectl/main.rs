@@ -3,6 +3,7 @@
 //! Exit status: 0 success, 1 error (the daemon's message on stderr),
 //! 2 usage.
 
+mod agent;
 mod args;
 mod creds;
 mod events;
@@ -28,6 +29,8 @@ enum Failure {
     Client(client::Error),
     /// The user's input (exit 2).
     Usage(String),
+    /// What was asked for ran and failed (exit 1), e.g. an agent run.
+    Failed(String),
 }
 
 impl From<client::Error> for Failure {
@@ -52,6 +55,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Client(e)) => {
             eprintln!("profilectl: {e}");
+            ExitCode::FAILURE
+        }
+        Err(Failure::Failed(msg)) => {
+            eprintln!("profilectl: {msg}");
             ExitCode::FAILURE
         }
         Err(Failure::Usage(msg)) => {
@@ -180,6 +187,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             (None, false) => return Err(Failure::Usage("name a token id or --all".into())),
         },
         Command::Creds(cmd) => creds::run(&client, &out, cmd).await?,
+        Command::Agent(cmd) => agent::run(&client, &out, cmd).await?,
         Command::Events { last_event_id } => events::follow(&client, &out, last_event_id).await?,
         Command::Api { method, path, body } => {
             // clap allows only the five methods the API uses.

@@ -1,0 +1,252 @@
+//! Agents: declarations (agents.d and profile.toml), the scheduler
+//! (intervals, cron expressions, path triggers), cycles under flock locks,
+//! the external-process runner of rule 3 and the built-ins' dispatch.
+//! See docs/CONFIG.md for the declaration format and DESIGN.md "Agents".
+
+pub mod builtin;
+pub mod catalog;
+pub mod credsdir;
+pub mod cycle;
+pub mod decl;
+pub mod guard;
+pub mod locks;
+pub mod runlog;
+pub mod runner;
+mod scheduler;
+
+pub use catalog::{Agent, Owner};
+pub use cycle::CycleOutcome;
+pub use runlog::Run;
+pub use scheduler::start;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::accounts::{self, Account, Eligibility};
+use crate::api::AppState;
+use crate::audit::Auditor;
+use crate::profile::{ProfileDir, ProfileState};
+use crate::store::Store;
+
+/// What started a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// The schedule, for the slot (Unix seconds) it names.
+    Schedule(i64),
+    /// Someone asked (`POST /v1/agents/{name}/run`).
+    Manual,
+    /// A path matching `on_change` changed.
+    Change(String),
+}
+
+impl Trigger {
+    /// As written in the run log.
+    pub fn label(&self) -> String {
+        match self {
+            Trigger::Schedule(_) => "schedule".into(),
+            Trigger::Manual => "manual".into(),
+            Trigger::Change(path) => format!("change:{path}"),
+        }
+    }
+
+    /// The scheduled slot, for scheduled cycles.
+    pub fn slot(&self) -> Option<i64> {
+        match self {
+            Trigger::Schedule(s) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+/// The agents' shared state: declarations, last runs, next runs, the stop
+/// flag.
+#[derive(Default)]
+pub struct Agents {
+    admin: Mutex<catalog::AdminAgents>,
+    last: Mutex<HashMap<(String, String), Run>>,
+    next: Mutex<HashMap<String, i64>>,
+    stop: AtomicBool,
+    guard: std::sync::OnceLock<Option<guard::Guard>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl Agents {
+    /// Whether the daemon is stopping (cycles end after the current user).
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Asks runs and cycles to end (SIGTERM).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn stop_flag(&self) -> &AtomicBool {
+        &self.stop
+    }
+
+    /// Starts the agent guard (once; the daemon does at start-up).
+    pub fn start_guard(&self) {
+        self.guard.get_or_init(guard::Guard::spawn);
+    }
+
+    fn guard(&self) -> Option<&guard::Guard> {
+        self.guard.get().and_then(Option::as_ref)
+    }
+
+    /// Re-reads agents.d where it changed.
+    pub fn refresh_admin(&self, dir: &std::path::Path) -> bool {
+        locked(&self.admin).refresh(dir)
+    }
+
+    /// The admins' agents in force.
+    pub fn admin_agents(&self) -> std::collections::BTreeMap<String, Agent> {
+        locked(&self.admin).agents()
+    }
+
+    /// What is wrong in agents.d (`file:line: reason` each).
+    pub fn admin_problems(&self) -> Vec<String> {
+        locked(&self.admin).problems()
+    }
+
+    fn record(&self, agent: &Agent, run: &Run) {
+        locked(&self.last).insert((agent.key(), run.user.clone()), run.clone());
+    }
+
+    /// The last run of `agent` for `user` seen by this daemon.
+    pub fn last_run(&self, agent: &Agent, user: &str) -> Option<Run> {
+        locked(&self.last)
+            .get(&(agent.key(), user.to_owned()))
+            .cloned()
+    }
+
+    /// When the next scheduled cycle of `agent` starts (Unix seconds).
+    pub fn next_run(&self, agent: &Agent) -> Option<i64> {
+        locked(&self.next).get(&agent.key()).copied()
+    }
+
+    fn set_next(&self, key: String, at: i64) {
+        locked(&self.next).insert(key, at);
+    }
+}
+
+/// The agents that run for `account` (whose profile is `profile`), and
+/// what is wrong in their profile.toml's `[agents]`.
+pub fn agents_for(state: &AppState, profile: &ProfileDir) -> (Vec<Agent>, Vec<String>) {
+    let user = profile.account().name.clone();
+    let auditor = Auditor {
+        system: state.system_log(),
+        actor: "profiled",
+        on_behalf: false,
+    };
+    // An invalid profile.toml counts as no user agents and no overrides
+    // until it is fixed.
+    // TODO(merge): read the last good settings once that cache exists.
+    let (own, problem) = match Store::new(profile, &auditor).settings() {
+        Ok(s) => (s.agents, None),
+        Err(e) => (decl::Table::default(), Some(e.to_string())),
+    };
+    let (agents, mut problems) = catalog::for_user(&state.agents.admin_agents(), &user, &own);
+    problems.extend(problem);
+    (agents, problems)
+}
+
+/// Every eligible account with a profile it owns, by name.
+pub fn eligible_profiles(state: &AppState) -> Vec<(Account, ProfileDir)> {
+    let config = state.config();
+    let listing = match state.root().list() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot list the profiles: {e}");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for entry in listing {
+        if entry.state != ProfileState::Directory {
+            continue;
+        }
+        let Ok(Some(account)) = accounts::by_name(&entry.name) else {
+            continue;
+        };
+        if !matches!(
+            config.policy.eligibility(&account),
+            Ok(Eligibility::Eligible)
+        ) {
+            continue;
+        }
+        if let Ok(Some(profile)) = state.root().open_owned(&account) {
+            out.push((account, profile));
+        }
+    }
+    out
+}
+
+/// The users a cycle of `agent` covers: for an admin's agent every eligible
+/// profile that did not switch it off, for a user's agent that user.
+pub fn users_of(state: &AppState, agent: &Agent) -> Vec<(Account, ProfileDir)> {
+    eligible_profiles(state)
+        .into_iter()
+        .filter(|(account, profile)| match &agent.owner {
+            Owner::User(u) => *u == account.name && has_agent(state, profile, agent),
+            Owner::Admin => has_agent(state, profile, agent),
+        })
+        .collect()
+}
+
+fn has_agent(state: &AppState, profile: &ProfileDir, agent: &Agent) -> bool {
+    agents_for(state, profile)
+        .0
+        .iter()
+        .any(|a| a.key() == agent.key())
+}
+
+/// Runs a whole cycle of `agent` now (an admin's request).
+pub fn run_cycle_now(state: &AppState, agent: &Agent) -> CycleOutcome {
+    let started = std::time::Instant::now();
+    let users = users_of(state, agent);
+    let listed = started.elapsed();
+    let outcome = cycle::run_cycle(state, agent, users, &Trigger::Manual);
+    tracing::info!(
+        "agent {}: manual cycle {outcome:?} in {:?} (finding its users took {listed:?})",
+        agent.key(),
+        started.elapsed()
+    );
+    outcome
+}
+
+/// Runs `agent` for `profile`'s account now, under the agent's lock (so
+/// runs of one agent never overlap) and the user's.
+pub fn run_one_now(
+    state: &AppState,
+    agent: &Agent,
+    profile: &ProfileDir,
+    trigger: &Trigger,
+) -> Result<Run, String> {
+    let config = state.config();
+    let lock_path = config
+        .paths
+        .lock_dir
+        .join(format!("agent-{}.lock", agent.key()));
+    let _held = locks::lock_within(&lock_path, config.agents.lock_wait)?.ok_or_else(|| {
+        format!(
+            "a cycle of {} has been running for more than {:?}; try again later",
+            agent.name, config.agents.lock_wait
+        )
+    })?;
+    Ok(cycle::run_user(
+        state,
+        agent,
+        profile.account(),
+        profile,
+        trigger,
+        true,
+    ))
+}

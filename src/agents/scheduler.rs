@@ -1,0 +1,270 @@
+//! The scheduler: starts cycles at their slots (intervals aligned to the
+//! Unix epoch, or cron times, UTC, so daemons sharing a lock directory pick
+//! the same slots) and single runs when watched paths change (debounced),
+//! at most `max_parallel_agents` at a time. At shutdown it starts nothing
+//! more and waits for what runs (runs get `shutdown_grace`).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinSet;
+
+use super::decl::Schedule;
+use super::{Agent, Owner, Trigger, agents_for, credsdir, cycle, eligible_profiles, users_of};
+use crate::accounts;
+use crate::api::AppState;
+use crate::watch::Body;
+
+/// How often the scheduler looks at the clock and agents.d.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Starts the scheduler; the handle ends once a stop was requested
+/// ([`super::Agents::request_stop`]) and every run has ended.
+pub fn start(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(state))
+}
+
+/// The agents in force for each user with a profile, for triggers and
+/// users' own schedules.
+type InForce = HashMap<String, Vec<Agent>>;
+
+async fn run(state: Arc<AppState>) {
+    let config = state.config();
+    super::runner::become_subreaper();
+    state.agents.start_guard();
+    credsdir::remove_stale(&config.paths.runtime_dir.join("credentials"));
+    let slots = Arc::new(Semaphore::new(config.agents.max_parallel_agents));
+    let mut tasks = JoinSet::new();
+    let mut events = state.events.subscribe("", None).live;
+    let mut pending: HashMap<(String, String), (Instant, String)> = HashMap::new();
+    state.agents.refresh_admin(&config.paths.agents_dir);
+    let mut in_force = refresh_all(&state).await;
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if state.agents.stopping() {
+                    break;
+                }
+                let config = state.config();
+                if state.agents.refresh_admin(&config.paths.agents_dir) {
+                    in_force = refresh_all(&state).await;
+                }
+                while tasks.try_join_next().is_some() {}
+                start_due_cycles(&state, &in_force, &slots, &mut tasks);
+                start_due_triggers(&state, &in_force, &slots, &mut tasks, &mut pending);
+            }
+            event = events.recv() => match event {
+                Ok(e) => {
+                    let Body::Change(change) = &e.body else { continue };
+                    // A profile new since the last look, or new settings.
+                    if change.kind == crate::watch::Kind::Settings || !in_force.contains_key(&e.user) {
+                        let st = state.clone();
+                        let user = e.user.clone();
+                        if let Ok(Some(agents)) = tokio::task::spawn_blocking(move || agents_of_user(&st, &user)).await {
+                            in_force.insert(e.user.clone(), agents);
+                        }
+                    }
+                    let debounce = state.config().agents.debounce;
+                    for agent in in_force.get(&e.user).into_iter().flatten() {
+                        if matches_any(&agent.spec.on_change, &change.path) {
+                            pending.insert(
+                                (agent.key(), e.user.clone()),
+                                (Instant::now() + debounce, change.path.clone()),
+                            );
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(n)) => tracing::warn!("agents: {n} path changes were missed (the event queue overflowed); their triggers did not fire"),
+                Err(RecvError::Closed) => break,
+            }
+        }
+    }
+    tracing::info!("agents: waiting for {} run(s) in progress", tasks.len());
+    while tasks.join_next().await.is_some() {}
+}
+
+/// The agents in force for every eligible profile.
+async fn refresh_all(state: &Arc<AppState>) -> InForce {
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        eligible_profiles(&st)
+            .into_iter()
+            .map(|(account, profile)| (account.name, agents_for(&st, &profile).0))
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+fn agents_of_user(state: &AppState, user: &str) -> Option<Vec<Agent>> {
+    let account = accounts::by_name(user).ok()??;
+    let profile = state.root().open_owned(&account).ok()??;
+    Some(agents_for(state, &profile).0)
+}
+
+/// Every agent with a schedule, once: the admins' and the users' own.
+fn scheduled(state: &AppState, in_force: &InForce) -> Vec<Agent> {
+    let mut out: Vec<Agent> = state.agents.admin_agents().into_values().collect();
+    for agents in in_force.values() {
+        out.extend(
+            agents
+                .iter()
+                .filter(|a| matches!(a.owner, Owner::User(_)))
+                .cloned(),
+        );
+    }
+    out.retain(|a| a.spec.schedule.is_some());
+    out
+}
+
+fn start_due_cycles(
+    state: &Arc<AppState>,
+    in_force: &InForce,
+    slots: &Arc<Semaphore>,
+    tasks: &mut JoinSet<()>,
+) {
+    let now = now_secs();
+    for agent in scheduled(state, in_force) {
+        let Some(schedule) = &agent.spec.schedule else {
+            continue;
+        };
+        let Some(due) = state.agents.next_run(&agent) else {
+            if let Some(next) = next_slot(schedule, now) {
+                state.agents.set_next(agent.key(), next);
+            }
+            continue;
+        };
+        if now < due {
+            continue;
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::info!(
+                "agent {}: max_parallel_agents cycles are running; its cycle waits",
+                agent.key()
+            );
+            continue;
+        };
+        if let Some(next) = next_slot(schedule, now) {
+            state.agents.set_next(agent.key(), next);
+        }
+        let st = state.clone();
+        tasks.spawn_blocking(move || {
+            let _permit = permit;
+            let started = Instant::now();
+            let users = users_of(&st, &agent);
+            match cycle::run_cycle(&st, &agent, users, &Trigger::Schedule(due)) {
+                cycle::CycleOutcome::Failed(e) => {
+                    tracing::error!("agent {}: the cycle could not run: {e}", agent.key());
+                }
+                outcome => tracing::info!(
+                    "agent {}: cycle of slot {due}: {outcome:?} in {:?}",
+                    agent.key(),
+                    started.elapsed()
+                ),
+            }
+        });
+    }
+}
+
+fn start_due_triggers(
+    state: &Arc<AppState>,
+    in_force: &InForce,
+    slots: &Arc<Semaphore>,
+    tasks: &mut JoinSet<()>,
+    pending: &mut HashMap<(String, String), (Instant, String)>,
+) {
+    let now = Instant::now();
+    let due: Vec<_> = pending
+        .iter()
+        .filter(|(_, (at, _))| *at <= now)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in due {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            return;
+        };
+        let Some((_, path)) = pending.remove(&key) else {
+            continue;
+        };
+        let (agent_key, user) = key;
+        let Some(agent) = in_force
+            .get(&user)
+            .and_then(|v| v.iter().find(|a| a.key() == agent_key))
+            .cloned()
+        else {
+            continue;
+        };
+        let st = state.clone();
+        tasks.spawn_blocking(move || {
+            let _permit = permit;
+            let Ok(Some(account)) = accounts::by_name(&user) else {
+                return;
+            };
+            let Ok(Some(profile)) = st.root().open_owned(&account) else {
+                return;
+            };
+            if let Err(e) = super::run_one_now(&st, &agent, &profile, &Trigger::Change(path)) {
+                tracing::warn!("agent {} for {user}: {e}", agent.key());
+            }
+        });
+    }
+}
+
+/// Whether `path` matches one of `globs` (`*` stays within a directory,
+/// `**` crosses them).
+fn matches_any(globs: &[String], path: &str) -> bool {
+    globs.iter().any(|g| {
+        globset::GlobBuilder::new(g)
+            .literal_separator(true)
+            .build()
+            .is_ok_and(|g| g.compile_matcher().is_match(path))
+    })
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The first slot of `schedule` after `after` (Unix seconds).
+pub fn next_slot(schedule: &Schedule, after: i64) -> Option<i64> {
+    match schedule {
+        Schedule::Every(d) => {
+            let d = i64::try_from(d.as_secs()).ok()?.max(1);
+            Some((after / d + 1) * d)
+        }
+        Schedule::Cron(expr) => {
+            let cron = croner::Cron::from_str(expr).ok()?;
+            let t = chrono::DateTime::from_timestamp(after, 0)?;
+            cron.find_next_occurrence(&t, false)
+                .ok()
+                .map(|n| n.timestamp())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_aligned_and_cron_times_are_found() {
+        let every = Schedule::Every(Duration::from_secs(900));
+        assert_eq!(next_slot(&every, 1000), Some(1800));
+        assert_eq!(next_slot(&every, 1800), Some(2700));
+        let cron = Schedule::Cron("*/5 * * * *".into());
+        assert_eq!(next_slot(&cron, 0), Some(300));
+        assert_eq!(next_slot(&cron, 300), Some(600));
+        assert!(matches_any(
+            &["memory/inbox/**".into()],
+            "memory/inbox/a/b.md"
+        ));
+        assert!(!matches_any(&["memory/*".into()], "memory/inbox/a.md"));
+    }
+}

@@ -1,0 +1,624 @@
+//! Agents with real accounts and real child processes: who they run as,
+//! what they see, cycles under locks (also across two daemons), failures,
+//! timeouts, kill -9 of the daemon, SIGTERM, and invalid declarations.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, KillOnDrop, PROFILECTL, TestGroup, TestUser, require_root};
+use serde_json::Value;
+
+/// A daemon whose agents.d is `<scratch>/agents.d` holding `files`, with
+/// `paths` added to [paths] and `extra` appended to the config.
+fn daemon_with(files: &[(&str, String)], paths: &str, extra: &str) -> (Daemon, PathBuf) {
+    let d = Daemon::configure(extra);
+    let agents_d = d.scratch.path.join("agents.d");
+    std::fs::create_dir(&agents_d).expect("create agents.d");
+    for (name, text) in files {
+        std::fs::write(agents_d.join(name), text).expect("write an agents.d file");
+    }
+    let config = std::fs::read_to_string(&d.config).expect("read config");
+    let config = config.replacen(
+        "[paths]\n",
+        &format!("[paths]\nagents_dir = \"{}\"\n{paths}", agents_d.display()),
+        1,
+    );
+    std::fs::write(&d.config, config).expect("write config");
+    (d, agents_d)
+}
+
+fn start(mut d: Daemon) -> Daemon {
+    d.spawn().expect("the daemon starts");
+    d
+}
+
+/// Writes a shell script into the scratch directory (readable by all).
+fn script(d: &Daemon, name: &str, body: &str) -> PathBuf {
+    let path = d.scratch.path.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    path
+}
+
+/// Waits until `check` holds, failing after a generous deadline.
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The runs recorded in `user`'s log of `agent`, oldest first.
+fn runs(d: &Daemon, user: &TestUser, agent: &str) -> Vec<Value> {
+    let path = d.profile(user).join(format!("logs/agents/{agent}.jsonl"));
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a run line is JSON"))
+        .collect()
+}
+
+fn field<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or("")
+}
+
+/// Whether any process of `user` is alive (`pgrep -u`). A zombie left to
+/// init is dead and holds nothing (this container's init may never reap
+/// it), so it does not count.
+fn has_processes(user: &TestUser) -> bool {
+    let out = Command::new("pgrep")
+        .args(["-u", &user.uid.to_string()])
+        .output()
+        .expect("run pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .any(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+                .unwrap_or(false)
+        })
+}
+
+/// `ps` of `user`'s processes, for failure messages.
+fn ps(user: &TestUser) -> String {
+    Command::new("ps")
+        .args([
+            "-o",
+            "pid,ppid,pgid,sid,stat,cmd",
+            "-u",
+            &user.uid.to_string(),
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn set_key(d: &Daemon, user: &TestUser, provider: &str, secret: &str) {
+    let out = d.ctl_stdin(
+        Some(user),
+        &["creds", "set", provider],
+        Some(&format!("{secret}\n")),
+    );
+    assert!(
+        out.status.success(),
+        "creds set: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `key=value` lines of a probe's report.
+fn report(path: &Path) -> BTreeMap<String, Vec<String>> {
+    let text = std::fs::read_to_string(path).expect("the probe wrote its report");
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            out.entry(k.to_owned()).or_default().push(v.to_owned());
+        }
+    }
+    out
+}
+
+fn one<'a>(r: &'a BTreeMap<String, Vec<String>>, key: &str) -> &'a str {
+    r.get(key)
+        .and_then(|v| v.first())
+        .map_or("", String::as_str)
+}
+
+const PROBE: &str = r#"
+exec > out/probe.txt 2>&1
+echo "uid=$(id -u)"
+echo "gid=$(id -g)"
+echo "groups=$(id -G)"
+echo "pwd=$(pwd -P)"
+echo "creds=$(ls "$CREDENTIALS_DIRECTORY" | tr '\n' ' ')"
+echo "openai_file=$(cat "$CREDENTIALS_DIRECTORY/openai")"
+echo "openai_env=$OPENAI_API_KEY"
+for p in "$PROFILE_DIR"/../*/; do
+  if ls "$p" >/dev/null 2>&1; then echo "readable=$(basename "$p")"; fi
+  if cat "$p/profile.toml" >/dev/null 2>&1; then echo "read_settings=$(basename "$p")"; fi
+done
+env | cut -d= -f1 | sed 's/^/env=/'
+"#;
+
+#[test]
+fn external_agent_runs_as_each_user_with_only_its_credentials() {
+    if !require_root() {
+        return;
+    }
+    let (alice, bob, carol) = (
+        TestUser::new("alice"),
+        TestUser::new("bob"),
+        TestUser::new("carol"),
+    );
+    let team = TestGroup::new("team");
+    team.add(&alice);
+    let team_gid = nix::unistd::Group::from_name(&team.name)
+        .expect("getgrnam")
+        .expect("the group exists")
+        .gid
+        .as_raw();
+    let (d, _) = daemon_with(&[], "", "");
+    let probe = script(&d, "probe.sh", PROBE);
+    std::fs::write(
+        d.scratch.path.join("agents.d/probe.toml"),
+        format!(
+            "[agents.probe]\ncommand = [\"/bin/sh\", \"{}\"]\ncredentials = [\"openai\"]\nenv = {{ OPENAI_API_KEY = \"openai\" }}\ntimeout = \"60s\"\n",
+            probe.display()
+        ),
+    )
+    .expect("write probe.toml");
+    let d = start(d);
+    for u in [&alice, &bob, &carol] {
+        d.ok(Some(u), &["status"]);
+        set_key(&d, u, "openai", &format!("sk-openai-{}", u.name));
+        set_key(&d, u, "anthropic", &format!("sk-anthropic-{}", u.name));
+    }
+    let out = d.ok(None, &["agent", "run", "probe", "--all"]);
+    assert!(out.contains("ran (3 users)"), "{out}");
+
+    let allowed: BTreeSet<&str> = [
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "PATH",
+        "SHELL",
+        "PROFILE_DIR",
+        "PROFILED_AGENT",
+        "PROFILED_RUN_ID",
+        "CREDENTIALS_DIRECTORY",
+        "OPENAI_API_KEY",
+        // What sh itself exports.
+        "PWD",
+        "OLDPWD",
+        "SHLVL",
+        "_",
+    ]
+    .into_iter()
+    .collect();
+    for u in [&alice, &bob, &carol] {
+        let r = report(&d.profile(u).join("out/probe.txt"));
+        assert_eq!(one(&r, "uid"), u.uid.to_string(), "{r:?}");
+        assert_eq!(one(&r, "gid"), u.gid.to_string(), "{r:?}");
+        let groups: BTreeSet<u32> = one(&r, "groups")
+            .split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .collect();
+        assert!(!groups.contains(&0), "root's group leaked: {r:?}");
+        assert_eq!(groups.contains(&team_gid), u.name == alice.name, "{r:?}");
+        assert_eq!(
+            Path::new(one(&r, "pwd")),
+            d.profile(u).canonicalize().expect("canonical profile path")
+        );
+        assert_eq!(one(&r, "creds").trim(), "openai", "only the declared key");
+        assert_eq!(one(&r, "openai_file"), format!("sk-openai-{}", u.name));
+        assert_eq!(one(&r, "openai_env"), format!("sk-openai-{}", u.name));
+        assert_eq!(r.get("readable"), Some(&vec![u.name.clone()]), "{r:?}");
+        assert!(
+            r.get("read_settings")
+                .is_none_or(|v| v.iter().all(|n| *n == u.name)),
+            "{r:?}"
+        );
+        let env: BTreeSet<&str> = r["env"].iter().map(String::as_str).collect();
+        for needed in ["HOME", "USER", "PATH", "PROFILE_DIR", "PROFILED_RUN_ID"] {
+            assert!(env.contains(needed), "{needed} missing: {env:?}");
+        }
+        assert!(env.is_subset(&allowed), "unexpected variables: {env:?}");
+        let logged = runs(&d, u, "probe");
+        assert_eq!(logged.len(), 1);
+        assert_eq!(field(&logged[0], "status"), "ok", "{:?}", logged[0]);
+        // The run log is the user's, not root's.
+        let md = std::fs::metadata(d.profile(u).join("logs/agents/probe.jsonl")).expect("run log");
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&md), u.uid);
+    }
+    // The private key directories are gone after the runs.
+    let left: Vec<_> = std::fs::read_dir(d.scratch.path.join("run/credentials"))
+        .expect("credentials dir")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn failures_and_timeouts_are_recorded_and_the_cycle_goes_on() {
+    if !require_root() {
+        return;
+    }
+    let users: Vec<TestUser> = ["alice", "bob", "carol", "dave", "erin"]
+        .into_iter()
+        .map(TestUser::new)
+        .collect();
+    let (d, _) = daemon_with(&[], "", "[agents]\nkill_grace = \"1s\"\n");
+    let body = r#"case "$USER" in
+  *bob) echo "bob fails"; exit 1 ;;
+  *carol) sleep 1000 & echo $! > out/child; sleep 1000 ;;
+esac
+echo "done for $USER""#;
+    let agent = script(&d, "flaky.sh", body);
+    std::fs::write(
+        d.scratch.path.join("agents.d/flaky.toml"),
+        format!(
+            "[agents.flaky]\ncommand = [\"/bin/sh\", \"{}\"]\ntimeout = \"2s\"\n",
+            agent.display()
+        ),
+    )
+    .expect("write flaky.toml");
+    let d = start(d);
+    for u in &users {
+        d.ok(Some(u), &["status"]);
+    }
+    for _cycle in 0..2 {
+        let out = d.ok(None, &["agent", "run", "flaky", "--all"]);
+        assert!(out.contains("ran (5 users)"), "{out}");
+    }
+    let mut all = Vec::new();
+    for u in &users {
+        let logged = runs(&d, u, "flaky");
+        assert_eq!(logged.len(), 2, "{} ran once per cycle: {logged:?}", u.name);
+        for run in &logged {
+            let expected = match &u.name {
+                n if n.ends_with("bob") => "failed",
+                n if n.ends_with("carol") => "timeout",
+                _ => "ok",
+            };
+            assert_eq!(field(run, "status"), expected, "{run:?}");
+            if expected == "failed" {
+                assert_eq!(run["exit_code"], 1);
+                assert!(field(run, "output").contains("bob fails"));
+            }
+            all.push((field(run, "start").to_owned(), field(run, "end").to_owned()));
+        }
+    }
+    let carol = &users[2];
+    assert!(
+        !has_processes(carol),
+        "carol's process group is gone: {}",
+        ps(carol)
+    );
+    all.sort();
+    for pair in all.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "runs overlap: {pair:?}");
+    }
+}
+
+#[test]
+fn two_daemons_sharing_a_lock_dir_run_each_user_once_per_cycle() {
+    if !require_root() {
+        return;
+    }
+    let users: Vec<TestUser> = ["alice", "bob", "carol"]
+        .into_iter()
+        .map(TestUser::new)
+        .collect();
+    let (first, agents_d) = daemon_with(&[], "", "");
+    let locks = first.scratch.path.join("shared-locks");
+    let tick = script(&first, "tick.sh", "echo tick >> out/ticks");
+    std::fs::write(
+        agents_d.join("tick.toml"),
+        format!(
+            "[agents.tick]\ncommand = [\"/bin/sh\", \"{}\"]\nevery = \"1s\"\n",
+            tick.display()
+        ),
+    )
+    .expect("write tick.toml");
+    let config = std::fs::read_to_string(&first.config).expect("config");
+    std::fs::write(
+        &first.config,
+        config.replacen(
+            "[paths]\n",
+            &format!("[paths]\nlock_dir = \"{}\"\n", locks.display()),
+            1,
+        ),
+    )
+    .expect("config");
+    let first = start(first);
+    for u in &users {
+        first.ok(Some(u), &["status"]);
+    }
+    let (second, _) = daemon_with(
+        &[],
+        &format!(
+            "profiles_dir = \"{}\"\nlock_dir = \"{}\"\n",
+            first.profiles.display(),
+            locks.display()
+        ),
+        "",
+    );
+    // Both read the same agents.d.
+    let config = std::fs::read_to_string(&second.config).expect("config");
+    std::fs::write(
+        &second.config,
+        config.replacen(
+            &format!(
+                "agents_dir = \"{}\"",
+                second.scratch.path.join("agents.d").display()
+            ),
+            &format!("agents_dir = \"{}\"", agents_d.display()),
+            1,
+        ),
+    )
+    .expect("config");
+    let mut second = start(second);
+    wait_for("six cycles for every user", || {
+        users.iter().all(|u| runs(&first, u, "tick").len() >= 6)
+    });
+    second.kill9();
+    let mut first = first;
+    first.kill9();
+    let mut daemons = BTreeSet::new();
+    for u in &users {
+        let logged = runs(&first, u, "tick");
+        let slots: Vec<i64> = logged.iter().filter_map(|r| r["slot"].as_i64()).collect();
+        assert_eq!(slots.len(), logged.len(), "every run is a scheduled one");
+        let unique: BTreeSet<i64> = slots.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            slots.len(),
+            "{}: a slot ran twice: {slots:?}",
+            u.name
+        );
+        daemons.extend(logged.iter().filter_map(|r| r["daemon_pid"].as_u64()));
+    }
+    eprintln!("runs came from daemons {daemons:?}");
+}
+
+#[test]
+fn kill9_of_the_daemon_takes_its_agents_down_and_leaves_no_stale_lock() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let (d, agents_d) = daemon_with(&[], "", "");
+    let hang = script(
+        &d,
+        "hang.sh",
+        "if [ -e out/hung ]; then echo fine; exit 0; fi\ntouch out/hung\nsleep 1000 &\necho $! > out/pid\nwait",
+    );
+    std::fs::write(
+        agents_d.join("hang.toml"),
+        format!(
+            "[agents.hang]\ncommand = [\"/bin/sh\", \"{}\"]\ntimeout = \"1h\"\n",
+            hang.display()
+        ),
+    )
+    .expect("write hang.toml");
+    let mut d = start(d);
+    d.ok(Some(&alice), &["status"]);
+    let _runner = KillOnDrop(
+        Command::new(PROFILECTL)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["agent", "run", "hang", "--all"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn profilectl"),
+    );
+    let pid_file = d.profile(&alice).join("out/pid");
+    wait_for("the agent to start", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
+    });
+    assert!(has_processes(&alice));
+    d.kill9();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while has_processes(&alice) {
+        assert!(
+            Instant::now() < deadline,
+            "alice's agent processes outlived the daemon: {}",
+            ps(&alice)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.spawn().expect("the daemon restarts");
+    let out = d.ok(None, &["agent", "run", "hang", "--all"]);
+    assert!(out.contains("ran (1 users)"), "{out}");
+    let logged = runs(&d, &alice, "hang");
+    assert_eq!(
+        logged.last().map(|r| field(r, "status").to_owned()),
+        Some("ok".to_owned()),
+        "{logged:?}"
+    );
+}
+
+#[test]
+fn sigterm_lets_the_run_finish_within_the_grace_then_kills_it() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let (d, agents_d) = daemon_with(&[], "", "[agents]\nshutdown_grace = \"1s\"\n");
+    let hang = script(&d, "slow.sh", "sleep 1000 &\necho $! > out/pid\nwait");
+    std::fs::write(
+        agents_d.join("slow.toml"),
+        format!(
+            "[agents.slow]\ncommand = [\"/bin/sh\", \"{}\"]\ntimeout = \"1h\"\n",
+            hang.display()
+        ),
+    )
+    .expect("write slow.toml");
+    let mut d = start(d);
+    d.ok(Some(&alice), &["status"]);
+    let _runner = KillOnDrop(
+        Command::new(PROFILECTL)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["agent", "run", "slow", "--all"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn profilectl"),
+    );
+    let pid_file = d.profile(&alice).join("out/pid");
+    wait_for("the agent to start", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let status = d.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status}: {}", d.log_text());
+    assert!(!has_processes(&alice), "nothing of alice's is left running");
+    let logged = runs(&d, &alice, "slow");
+    assert_eq!(logged.len(), 1);
+    assert_eq!(field(&logged[0], "status"), "stopped", "{logged:?}");
+}
+
+#[test]
+fn invalid_declarations_are_reported_and_the_rest_still_run() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let bob = TestUser::new("bob");
+    let (d, agents_d) = daemon_with(
+        &[],
+        "",
+        &format!("[accounts]\nadmins = [\"{}\"]\n", alice.name),
+    );
+    let ok = script(&d, "ok.sh", "echo fine");
+    let good = |name: &str| {
+        format!(
+            "[agents.{name}]\ncommand = [\"/bin/sh\", \"{}\"]\n",
+            ok.display()
+        )
+    };
+    std::fs::write(agents_d.join("good.toml"), good("good")).expect("write");
+    std::fs::write(agents_d.join("kept.toml"), good("kept")).expect("write");
+    std::fs::write(
+        agents_d.join("bad.toml"),
+        "[agents.bad]\ncommand = [\"/bin/true\"]\nevery = \"soon\"\n",
+    )
+    .expect("write");
+    let d = start(d);
+    for u in [&alice, &bob] {
+        d.ok(Some(u), &["status"]);
+    }
+    let problems = |d: &Daemon| {
+        let (status, v) = d.api(Some(&alice), "GET", "/v1/agents", None);
+        assert_eq!(status, 200, "{v}");
+        v["problems"].to_string()
+    };
+    let bad = agents_d.join("bad.toml");
+    assert!(
+        problems(&d).contains(&format!("{}:3:", bad.display())),
+        "{}",
+        problems(&d)
+    );
+    assert!(d.log_text().contains(&format!("{}:3:", bad.display())));
+
+    // kept.toml breaks: its last good version stays in force.
+    std::fs::write(agents_d.join("kept.toml"), "[agents.kept]\ncommand = 3\n").expect("write");
+    let kept = agents_d.join("kept.toml");
+    wait_for("the broken kept.toml to be reported", || {
+        problems(&d).contains(&format!("{}:2:", kept.display()))
+    });
+    for agent in ["good", "kept"] {
+        let out = d.ok(None, &["agent", "run", agent, "--all"]);
+        assert!(out.contains("ran (2 users)"), "{agent}: {out}");
+    }
+
+    // bob switches `good` off for himself, and declares one of his own with
+    // a mistake: reported with its line; the admins' agents still run.
+    std::fs::write(
+        d.profile(&bob).join("profile.toml"),
+        format!(
+            "[agents.good]\nenabled = false\n\n[agents.mine]\ncommand = [\"/bin/sh\", \"{}\"]\ntimeout = \"a while\"\n",
+            ok.display()
+        ),
+    )
+    .expect("write bob's settings");
+    let (_, v) = d.api(Some(&bob), "GET", "/v1/agents", None);
+    assert!(
+        v["problems"]
+            .to_string()
+            .contains("profile.toml:6: timeout"),
+        "{v}"
+    );
+    let names: Vec<&str> = v["agents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"good") && names.contains(&"kept"),
+        "{names:?}"
+    );
+
+    std::fs::write(
+        d.profile(&bob).join("profile.toml"),
+        format!(
+            "[agents.good]\nenabled = false\n\n[agents.mine]\ncommand = [\"/bin/sh\", \"{}\"]\n",
+            ok.display()
+        ),
+    )
+    .expect("write bob's settings");
+    let out = d.ok(None, &["agent", "run", "good", "--all"]);
+    assert!(out.contains("ran (1 users)"), "bob switched it off: {out}");
+    let out = d.ok(Some(&bob), &["agent", "run", "mine"]);
+    assert!(out.contains("ok"), "{out}");
+    let logs = d.ok(Some(&bob), &["agent", "logs", "mine"]);
+    assert!(logs.contains("fine"), "{logs}");
+    // alice has no agent named mine.
+    let out = d.ctl(Some(&alice), &["agent", "run", "mine"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn a_file_dropped_in_the_inbox_triggers_a_run_for_that_user_only() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let bob = TestUser::new("bob");
+    let (d, agents_d) = daemon_with(&[], "", "[agents]\ndebounce = \"1s\"\n");
+    let seen = script(&d, "seen.sh", "ls memory/inbox");
+    std::fs::write(
+        agents_d.join("seen.toml"),
+        format!(
+            "[agents.seen]\ncommand = [\"/bin/sh\", \"{}\"]\non_change = [\"memory/inbox/*\"]\n",
+            seen.display()
+        ),
+    )
+    .expect("write seen.toml");
+    let d = start(d);
+    for u in [&alice, &bob] {
+        d.ok(Some(u), &["status"]);
+    }
+    let note = d.profile(&alice).join("memory/inbox/note.md");
+    std::fs::write(&note, "hello").expect("drop a file");
+    std::os::unix::fs::chown(&note, Some(alice.uid), Some(alice.gid)).expect("chown");
+    wait_for("the triggered run", || !runs(&d, &alice, "seen").is_empty());
+    let run = &runs(&d, &alice, "seen")[0];
+    assert_eq!(
+        field(run, "trigger"),
+        "change:memory/inbox/note.md",
+        "{run:?}"
+    );
+    assert_eq!(field(run, "status"), "ok");
+    assert!(field(run, "output").contains("note.md"));
+    assert!(
+        runs(&d, &bob, "seen").is_empty(),
+        "bob's profile did not change"
+    );
+}
