@@ -622,3 +622,99 @@ fn a_file_dropped_in_the_inbox_triggers_a_run_for_that_user_only() {
         "bob's profile did not change"
     );
 }
+
+/// The shipped built-ins (etc/agents.d/builtin.toml) end to end: files
+/// dropped in the inbox become memories through the ingest agent's trigger,
+/// the index agent follows, `profilectl remember` finds them, and the same
+/// files dropped again add nothing.
+#[test]
+fn dropped_files_become_memories_that_remember_finds_once() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/agents.d/builtin.toml"),
+    )
+    .expect("read the shipped built-in agents");
+    let (d, _) = daemon_with(
+        &[("builtin.toml", shipped)],
+        "",
+        "[agents]\ndebounce = \"1s\"\n",
+    );
+    let d = start(d);
+    d.ok(Some(&alice), &["status"]);
+    let inbox = d.profile(&alice).join("memory/inbox");
+    let drop_all = || {
+        for i in 0..100 {
+            let file = inbox.join(format!("note-{i:03}.txt"));
+            std::fs::write(&file, format!("field note {i}: the zebrafinch{i} sang"))
+                .expect("drop a file");
+            std::os::unix::fs::chown(&file, Some(alice.uid), Some(alice.gid)).expect("chown");
+        }
+    };
+    let memories = || {
+        let out = d.ok(Some(&alice), &["memories", "--json", "--limit", "200"]);
+        let page: Value = serde_json::from_str(&out).expect("memory list --json is JSON");
+        page["items"].as_array().map_or(0, Vec::len)
+    };
+    let inbox_empty = || {
+        std::fs::read_dir(&inbox)
+            .expect("list the inbox")
+            .filter_map(Result::ok)
+            .all(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+    };
+    let remembered = |word: &str| {
+        let out = d.ok(Some(&alice), &["remember", word, "--json"]);
+        let v: Value = serde_json::from_str(&out).expect("remember --json is JSON");
+        v["hits"].as_array().map_or(0, Vec::len)
+    };
+
+    drop_all();
+    wait_for("the inbox to be ingested", || {
+        inbox_empty() && memories() == 100
+    });
+    wait_for("the index to find the notes", || {
+        remembered("zebrafinch42") == 1
+    });
+    assert!(
+        runs(&d, &alice, "ingest")
+            .iter()
+            .all(|r| field(r, "status") == "ok"),
+        "{:?}",
+        runs(&d, &alice, "ingest")
+    );
+
+    let ingest_runs = runs(&d, &alice, "ingest").len();
+    drop_all();
+    wait_for("the second drop to be handled", || {
+        inbox_empty() && runs(&d, &alice, "ingest").len() > ingest_runs
+    });
+    assert_eq!(memories(), 100, "the same files again add no memory");
+    assert_eq!(remembered("zebrafinch42"), 1);
+}
+
+/// A built-in that needs the user to act (organize with no model set)
+/// records a run whose error says what to set, and sends nothing.
+#[test]
+fn a_builtin_that_needs_the_user_records_what_to_do() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/agents.d/builtin.toml"),
+    )
+    .expect("read the shipped built-in agents");
+    let (d, _) = daemon_with(&[("builtin.toml", shipped)], "", "");
+    let d = start(d);
+    d.ok(Some(&alice), &["capture", "an untagged note"]);
+    let _ = d.ctl(Some(&alice), &["agent", "run", "organize"]);
+    let logged = runs(&d, &alice, "organize");
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(field(&logged[0], "status"), "error", "{logged:?}");
+    assert!(
+        field(&logged[0], "error").contains("[model]"),
+        "the error names what to set: {logged:?}"
+    );
+}
