@@ -718,3 +718,47 @@ fn a_builtin_that_needs_the_user_records_what_to_do() {
         "the error names what to set: {logged:?}"
     );
 }
+
+/// A run log that grew large is rotated to `<agent>.jsonl.1` before the
+/// next line, so it stays readable (`agent logs`) and bounded.
+#[test]
+fn a_full_run_log_is_rotated_and_stays_readable() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let (d, _) = daemon_with(
+        &[(
+            "quiet.toml",
+            "[agents.quiet]\ncommand = [\"/bin/true\"]\n".to_owned(),
+        )],
+        "",
+        "",
+    );
+    let d = start(d);
+    d.ok(Some(&alice), &["agent", "run", "quiet"]);
+    let first = runs(&d, &alice, "quiet");
+    assert_eq!(first.len(), 1, "{first:?}");
+    let line = format!(
+        "{}\n",
+        serde_json::to_string(&first[0]).expect("a run as JSON")
+    );
+    let log = d.profile(&alice).join("logs/agents/quiet.jsonl");
+    let filler = line.repeat(600 * 1024 / line.len() + 1);
+    std::fs::write(&log, &filler).expect("grow the log");
+    std::os::unix::fs::chown(&log, Some(alice.uid), Some(alice.gid)).expect("chown");
+
+    d.ok(Some(&alice), &["agent", "run", "quiet"]);
+    let rotated = d.profile(&alice).join("logs/agents/quiet.jsonl.1");
+    assert_eq!(
+        std::fs::read_to_string(&rotated).expect("the rotated log"),
+        filler,
+        "the full log moved aside byte for byte"
+    );
+    assert_eq!(runs(&d, &alice, "quiet").len(), 1, "a new log was started");
+    let out = d.ok(Some(&alice), &["--json", "agent", "logs", "quiet"]);
+    assert!(
+        out.contains("\"status\""),
+        "the logs read across both files: {out}"
+    );
+}

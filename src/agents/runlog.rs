@@ -60,6 +60,35 @@ pub fn path(agent: &str) -> String {
     format!("logs/agents/{agent}.jsonl")
 }
 
+/// Where the log goes when it is rotated: one previous file is kept.
+fn previous(agent: &str) -> String {
+    format!("logs/agents/{agent}.jsonl.1")
+}
+
+/// A log this large is rotated before the next line: well under the
+/// largest file the daemon reads back (`limits.max_record_bytes`, 1 MiB by
+/// default), so `agent logs` can always read it, and the two files together
+/// bound what a frequent agent keeps (about 2,000 runs each).
+const ROTATE_AT: u64 = 512 * 1024;
+
+/// Moves a full log aside to `<agent>.jsonl.1` (replacing the previous
+/// one), so appends start a new file.
+fn rotate_if_full(profile: &ProfileDir, agent: &str) -> Result<(), String> {
+    let current = path(agent);
+    match profile.stamp(&current) {
+        Ok(Some(stamp)) if stamp.size() >= ROTATE_AT => {}
+        Ok(_) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    }
+    let old = previous(agent);
+    match profile.remove(&old) {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    profile.rename(&current, &old).map_err(|e| e.to_string())
+}
+
 /// Appends `run` to the profile's log of its agent; with `durable`, syncs
 /// it before returning. A cycle passes `false` and syncs the filesystem
 /// once at its end ([`sync_all`]): a sync per user forces a journal commit
@@ -67,6 +96,7 @@ pub fn path(agent: &str) -> String {
 /// crash loses nothing either way (the line is written); a power cut
 /// during a cycle may lose that cycle's lines.
 pub fn append(profile: &ProfileDir, run: &Run, durable: bool) -> Result<(), String> {
+    rotate_if_full(profile, &run.agent)?;
     let mut line = serde_json::to_vec(run).map_err(|e| e.to_string())?;
     line.push(b'\n');
     let file = profile
@@ -86,23 +116,31 @@ pub fn sync_all(profile: &ProfileDir) {
     }
 }
 
-/// The newest `limit` runs of `agent` in `profile`, newest first. A line
-/// that does not parse (edited by hand) is left out.
+/// The newest `limit` runs of `agent` in `profile`, newest first, from the
+/// log and, when it holds fewer, the rotated one. A line that does not
+/// parse (edited by hand) is left out.
 pub fn newest(
     profile: &ProfileDir,
     agent: &str,
     limit: usize,
 ) -> Result<Vec<Run>, crate::profile::Error> {
-    let data = match profile.read(&path(agent)) {
-        Ok(d) => d,
-        Err(e) if e.is_not_found() => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let text = String::from_utf8_lossy(&data);
-    Ok(text
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .take(limit)
-        .collect())
+    let mut runs = Vec::new();
+    for file in [path(agent), previous(agent)] {
+        if runs.len() >= limit {
+            break;
+        }
+        let data = match profile.read(&file) {
+            Ok(d) => d,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
+        };
+        let text = String::from_utf8_lossy(&data);
+        runs.extend(
+            text.lines()
+                .rev()
+                .filter_map(|l| serde_json::from_str::<Run>(l).ok())
+                .take(limit - runs.len()),
+        );
+    }
+    Ok(runs)
 }

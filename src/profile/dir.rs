@@ -60,6 +60,11 @@ pub struct Stamp {
 }
 
 impl Stamp {
+    /// The file's size in bytes.
+    pub fn size(&self) -> u64 {
+        u64::try_from(self.size).unwrap_or(0)
+    }
+
     /// The stamp as a short string, to keep beside derived data (the search
     /// index) and tell later whether the file changed.
     pub fn key(&self) -> String {
