@@ -762,3 +762,47 @@ fn a_full_run_log_is_rotated_and_stays_readable() {
         "the logs read across both files: {out}"
     );
 }
+
+/// Rule 7 for a user's own agents: a profile.toml broken by an edit keeps
+/// the last good declarations in force, reports file:line, and a fixed file
+/// applies at once.
+#[test]
+fn a_broken_profile_toml_keeps_the_last_good_agents_in_force() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let (d, _) = daemon_with(&[], "", "");
+    let d = start(d);
+    d.ok(Some(&alice), &["status"]);
+    let settings = d.profile(&alice).join("profile.toml");
+    let write = |text: &str| {
+        std::fs::write(&settings, text).expect("write profile.toml");
+        std::os::unix::fs::chown(&settings, Some(alice.uid), Some(alice.gid)).expect("chown");
+    };
+    write("[agents.mine]\ncommand = [\"/bin/true\"]\n");
+    let out = d.ok(Some(&alice), &["agent", "run", "mine"]);
+    assert!(out.contains("ok"), "{out}");
+
+    write("display_name = \"Alice\"\n[agents.mine\ncommand = [\"/bin/true\"]\n");
+    let out = d.ok(Some(&alice), &["agent", "run", "mine"]);
+    assert!(
+        out.contains("ok"),
+        "the last good declaration still runs: {out}"
+    );
+    let (status, v) = d.api(Some(&alice), "GET", "/v1/agents", None);
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["problems"].to_string().contains("profile.toml:2"),
+        "the problem is reported with its line: {v}"
+    );
+
+    write("display_name = \"Alice\"\n");
+    let out = d.ctl(Some(&alice), &["agent", "run", "mine"]);
+    assert!(
+        !out.status.success(),
+        "the fixed file no longer declares it"
+    );
+    let (_, v) = d.api(Some(&alice), "GET", "/v1/agents", None);
+    assert_eq!(v["problems"].as_array().map_or(0, Vec::len), 0, "{v}");
+}

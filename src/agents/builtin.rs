@@ -17,7 +17,9 @@ pub fn run(state: &AppState, which: Builtin, profile: &ProfileDir) -> Result<Str
     let summary = match which {
         Builtin::Ingest => builtin::ingest::run(&config, profile).map_err(|e| e.to_string()),
         Builtin::Index => builtin::index(&config, profile).map_err(|e| e.to_string()),
-        Builtin::Organize => builtin::organize(&config, profile).map_err(|e| e.to_string()),
+        Builtin::Organize => {
+            crate::organize::run_with(&config, profile, &state.settings).map_err(|e| e.to_string())
+        }
     }?;
     match summary {
         Summary {

@@ -146,13 +146,10 @@ pub fn agents_for(state: &AppState, profile: &ProfileDir) -> (Vec<Agent>, Vec<St
         actor: "profiled",
         on_behalf: false,
     };
-    // An invalid profile.toml counts as no user agents and no overrides
-    // until it is fixed.
-    // TODO(merge): read the last good settings once that cache exists.
-    let (own, problem) = match Store::new(profile, &auditor).settings() {
-        Ok(s) => (s.agents, None),
-        Err(e) => (decl::Table::default(), Some(e.to_string())),
-    };
+    // An invalid profile.toml keeps its last good agents and overrides in
+    // force (rule 7); its problem is reported beside them.
+    let in_force = state.settings.get(&Store::new(profile, &auditor));
+    let (own, problem) = (in_force.settings.agents.clone(), in_force.problem);
     let (agents, mut problems) = catalog::for_user(&state.agents.admin_agents(), &user, &own);
     problems.extend(problem);
     (agents, problems)

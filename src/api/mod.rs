@@ -65,6 +65,8 @@ pub struct AppState {
     views: Views,
     /// Agent declarations, last and next runs, the stop flag.
     pub agents: crate::agents::Agents,
+    /// Each profile's last valid profile.toml (rule 7).
+    pub settings: crate::store::SettingsInForce,
 }
 
 /// The state of logins and request accounting.
@@ -106,6 +108,7 @@ impl AppState {
             events: EventHub::default(),
             views: Views::default(),
             agents: crate::agents::Agents::default(),
+            settings: crate::store::SettingsInForce::default(),
         }
     }
 

@@ -20,7 +20,7 @@ use crate::builtin::Summary;
 use crate::config::Config;
 use crate::creds::{self, Secret, Vault};
 use crate::profile::{self, ProfileDir};
-use crate::store::{self, Memory, MemoryUpdate, Store};
+use crate::store::{self, Memory, MemoryUpdate, SettingsInForce, Store};
 use crate::timefmt;
 
 /// Where a refused key's fingerprint is kept.
@@ -70,8 +70,20 @@ struct TokensLine<'a> {
     completion_tokens: u64,
 }
 
-/// Tags `dir`'s new memories with its account's model.
+/// Tags `dir`'s new memories with its account's model, as its
+/// profile.toml says now.
 pub fn run(config: &Config, dir: &ProfileDir) -> Result<Summary, Error> {
+    run_with(config, dir, &SettingsInForce::default())
+}
+
+/// [`run`] with the settings in force from `settings` (the daemon's cache
+/// of the last valid profile.toml: an invalid edit keeps the model that was
+/// configured before).
+pub fn run_with(
+    config: &Config,
+    dir: &ProfileDir,
+    settings: &SettingsInForce,
+) -> Result<Summary, Error> {
     let system = SystemLog::new(config.paths.audit_dir());
     let auditor = Auditor {
         system: &system,
@@ -79,15 +91,14 @@ pub fn run(config: &Config, dir: &ProfileDir) -> Result<Summary, Error> {
         on_behalf: false,
     };
     let store = Store::new(dir, &auditor);
-    let settings = match store.settings() {
-        Ok(s) => s,
-        Err(e) => {
-            return Ok(Summary::attention(format!(
-                "profile.toml is invalid, so no model is known: {e}"
-            )));
-        }
-    };
-    let model = settings.model.unwrap_or_default();
+    let in_force = settings.get(&store);
+    if let (None, Some(problem)) = (&in_force.settings.model, &in_force.problem) {
+        return Ok(Summary::attention(format!(
+            "profile.toml is invalid, so no model is known: {problem}"
+        )));
+    }
+    let settings = in_force.settings;
+    let model = settings.model.clone().unwrap_or_default();
     let (Some(base_url), Some(name)) = (model.base_url.as_deref(), model.name.as_deref()) else {
         return Ok(Summary::attention(
             "no model configured in profile.toml [model]: set base_url and name \

@@ -13,7 +13,7 @@ mod view;
 
 pub use memory::{Memory, MemoryUpdate, NewMemory};
 pub use persona::Persona;
-pub use settings::UserSettings;
+pub use settings::{InForce, SettingsInForce, UserSettings};
 pub use task::{NewTask, Task, TaskPatch, TaskStatus};
 pub use view::{ProfileView, Views};
 
