@@ -76,7 +76,16 @@ pub struct Auditor<'a> {
     pub on_behalf: bool,
 }
 
-impl Auditor<'_> {
+impl<'a> Auditor<'a> {
+    /// The auditor of the daemon's own work in a profile (a built-in
+    /// agent): `actor` names it; nothing is done on someone's behalf.
+    pub fn daemon(system: &'a SystemLog, actor: &'a str) -> Auditor<'a> {
+        Auditor {
+            system,
+            actor,
+            on_behalf: false,
+        }
+    }
     /// Records a read of another account's profile: admins' reads are
     /// audited, an owner's own reads are not.
     pub fn record_access(&self, profile: &ProfileDir, action: &str, target: &str) {

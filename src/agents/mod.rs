@@ -141,11 +141,7 @@ impl Agents {
 /// what is wrong in their profile.toml's `[agents]`.
 pub fn agents_for(state: &AppState, profile: &ProfileDir) -> (Vec<Agent>, Vec<String>) {
     let user = profile.account().name.clone();
-    let auditor = Auditor {
-        system: state.system_log(),
-        actor: "profiled",
-        on_behalf: false,
-    };
+    let auditor = Auditor::daemon(state.system_log(), "profiled");
     // An invalid profile.toml keeps its last good agents and overrides in
     // force (rule 7); its problem is reported beside them.
     let in_force = state.settings.get(&Store::new(profile, &auditor));

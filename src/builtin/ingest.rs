@@ -102,11 +102,7 @@ pub fn run(config: &Config, dir: &ProfileDir) -> Result<Summary, Error> {
 /// Ingests `dir`'s inbox.
 pub fn run_with(config: &Config, dir: &ProfileDir, opts: Options) -> Result<Summary, Error> {
     let system = SystemLog::new(config.paths.audit_dir());
-    let auditor = Auditor {
-        system: &system,
-        actor: ACTOR,
-        on_behalf: false,
-    };
+    let auditor = Auditor::daemon(&system, ACTOR);
     let store = Store::new(dir, &auditor);
     let mut entries = match dir.list(INBOX) {
         Ok(e) => e,

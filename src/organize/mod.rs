@@ -85,11 +85,7 @@ pub fn run_with(
     settings: &SettingsInForce,
 ) -> Result<Summary, Error> {
     let system = SystemLog::new(config.paths.audit_dir());
-    let auditor = Auditor {
-        system: &system,
-        actor: ACTOR,
-        on_behalf: false,
-    };
+    let auditor = Auditor::daemon(&system, ACTOR);
     let store = Store::new(dir, &auditor);
     let in_force = settings.get(&store);
     if let (None, Some(problem)) = (&in_force.settings.model, &in_force.problem) {

@@ -113,11 +113,7 @@ fn update(config: &Config, dir: &ProfileDir, idx_dir: &Path) -> Result<Summary, 
         ));
     }
     let system = SystemLog::new(config.paths.audit_dir());
-    let auditor = Auditor {
-        system: &system,
-        actor: ACTOR,
-        on_behalf: false,
-    };
+    let auditor = Auditor::daemon(&system, ACTOR);
     let store = Store::new(dir, &auditor);
     let mut writer: IndexWriter = index
         .writer_with_num_threads(1, WRITER_BUDGET)
