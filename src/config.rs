@@ -167,6 +167,19 @@ pub struct Config {
     pub watch: Watch,
     /// Agent cycles and runs.
     pub agents: Agents,
+    /// The shared knowledge hub.
+    pub knowledge: Knowledge,
+}
+
+/// The knowledge hub (`[knowledge]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Knowledge {
+    /// The directory of entries (root-owned; entries owned by their authors).
+    pub dir: PathBuf,
+    /// A group whose members may create entries directly in the directory
+    /// (it becomes root:GROUP, mode 1775); without one, entries are created
+    /// through the API only (mode 0755).
+    pub group: Option<String>,
 }
 
 /// How agents run (`[agents]`).
@@ -208,6 +221,15 @@ struct RawConfig {
     watch: RawWatch,
     #[serde(default)]
     agents: RawAgents,
+    #[serde(default)]
+    knowledge: RawKnowledge,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKnowledge {
+    dir: Option<AbsolutePath>,
+    group: Option<Name>,
 }
 
 #[derive(Deserialize, Default)]
@@ -440,6 +462,13 @@ impl Config {
             state_dir,
             runtime_dir,
         };
+        let knowledge = Knowledge {
+            dir: raw
+                .knowledge
+                .dir
+                .map_or_else(|| paths.state_dir.join("knowledge"), |p| p.0),
+            group: raw.knowledge.group.map(|n| n.0),
+        };
 
         let uid_max_span = raw.accounts.uid_max.as_ref().map(toml::Spanned::span);
         let uid_max = raw
@@ -540,6 +569,7 @@ impl Config {
                 poll_interval: dur(raw.watch.poll_interval, 2),
             },
             agents: agents_of(raw.agents),
+            knowledge,
         })
     }
 }
@@ -721,6 +751,22 @@ mod tests {
             err.contains(":2: watch.mode:") && err.contains("inotify"),
             "{err}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn knowledge_defaults_under_the_state_dir() -> Result<(), Error> {
+        let c = parse("[paths]\nstate_dir = \"/srv/pd\"\n")?;
+        assert_eq!(c.knowledge.dir, PathBuf::from("/srv/pd/knowledge"));
+        assert_eq!(c.knowledge.group, None);
+        let c = parse("[knowledge]\ndir = \"/srv/kb\"\ngroup = \"team\"\n")?;
+        assert_eq!(c.knowledge.dir, PathBuf::from("/srv/kb"));
+        assert_eq!(c.knowledge.group.as_deref(), Some("team"));
+        let err = parse("[knowledge]\ndir = \"kb\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(":2: knowledge.dir:"), "{err}");
         Ok(())
     }
 

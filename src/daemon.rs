@@ -68,7 +68,8 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         ),
         None => None,
     };
-    let state = Arc::new(AppState::new(config, root, tokens));
+    let knowledge = open_knowledge(&config)?;
+    let state = Arc::new(AppState::new(config, root, tokens, knowledge));
     let watching = watch::start(state.clone()).map_err(|e| {
         setup(
             state.root().path(),
@@ -221,11 +222,12 @@ fn reload(state: &AppState, path: Option<&Path>) {
         Ok(new) => {
             let old = state.config();
             if new.paths != old.paths
+                || new.knowledge != old.knowledge
                 || new.limits.max_body_bytes != old.limits.max_body_bytes
                 || new.limits.max_record_bytes != old.limits.max_record_bytes
             {
                 tracing::warn!(
-                    "config reloaded; changes to [paths], limits.max_body_bytes and limits.max_record_bytes take effect at the next restart"
+                    "config reloaded; changes to [paths], [knowledge], limits.max_body_bytes and limits.max_record_bytes take effect at the next restart"
                 );
             } else {
                 tracing::info!("config reloaded");
@@ -234,6 +236,33 @@ fn reload(state: &AppState, path: Option<&Path>) {
         }
         Err(e) => tracing::error!("config reload refused, the previous config stays in force: {e}"),
     }
+}
+
+/// Opens the knowledge directory with the owner and mode `[knowledge]`
+/// asks for (root:root 0755, or root:GROUP 1775 with a writers' group).
+fn open_knowledge(config: &Config) -> Result<profile::SharedDir, Error> {
+    let k = &config.knowledge;
+    let group = match &k.group {
+        None => None,
+        Some(name) => Some(
+            crate::accounts::group_id(name)
+                .map_err(|e| setup(&k.dir, format!("knowledge.group: {e}")))?
+                .ok_or_else(|| {
+                    setup(
+                        &k.dir,
+                        format!(
+                            "knowledge.group names {name:?}, which is no group; create it \
+                             (groupadd {name}) or remove the setting"
+                        ),
+                    )
+                })?,
+        ),
+    };
+    Ok(profile::SharedDir::open(
+        &k.dir,
+        group,
+        config.limits.max_record_bytes,
+    )?)
 }
 
 /// Creates the state and runtime directories and checks that only root

@@ -145,7 +145,10 @@ pub fn agents_for(state: &AppState, profile: &ProfileDir) -> (Vec<Agent>, Vec<St
     // An invalid profile.toml keeps its last good agents and overrides in
     // force (rule 7); its problem is reported beside them.
     let in_force = state.settings.get(&Store::new(profile, &auditor));
-    let (own, problem) = (in_force.settings.agents.clone(), in_force.problem);
+    let (own, problem) = (
+        in_force.settings.agents.clone(),
+        in_force.problem.map(|p| p.to_string()),
+    );
     let (agents, mut problems) = catalog::for_user(&state.agents.admin_agents(), &user, &own);
     problems.extend(problem);
     (agents, problems)

@@ -61,19 +61,21 @@ async fn run(state: Arc<AppState>) {
             event = events.recv() => match event {
                 Ok(e) => {
                     let Body::Change(change) = &e.body else { continue };
+                    // Knowledge changes concern no profile.
+                    let Some(user) = e.profile() else { continue };
                     // A profile new since the last look, or new settings.
-                    if change.kind == crate::watch::Kind::Settings || !in_force.contains_key(&e.user) {
+                    if change.kind == crate::watch::Kind::Settings || !in_force.contains_key(user) {
                         let st = state.clone();
-                        let user = e.user.clone();
-                        if let Ok(Some(agents)) = tokio::task::spawn_blocking(move || agents_of_user(&st, &user)).await {
-                            in_force.insert(e.user.clone(), agents);
+                        let name = user.to_owned();
+                        if let Ok(Some(agents)) = tokio::task::spawn_blocking(move || agents_of_user(&st, &name)).await {
+                            in_force.insert(user.to_owned(), agents);
                         }
                     }
                     let debounce = state.config().agents.debounce;
-                    for agent in in_force.get(&e.user).into_iter().flatten() {
+                    for agent in in_force.get(user).into_iter().flatten() {
                         if matches_any(&agent.spec.on_change, &change.path) {
                             pending.insert(
-                                (agent.key(), e.user.clone()),
+                                (agent.key(), user.to_owned()),
                                 (Instant::now() + debounce, change.path.clone()),
                             );
                         }

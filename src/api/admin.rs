@@ -17,12 +17,15 @@ use crate::store::Problem;
 pub(super) struct Health {
     status: &'static str,
     version: &'static str,
+    /// How changes are watched; a reached inotify limit shows here.
+    watch: crate::watch::StatusReport,
 }
 
-pub(super) async fn health() -> Json<Health> {
+pub(super) async fn health(State(st): State<Arc<AppState>>) -> Json<Health> {
     Json(Health {
         status: "ok",
         version: env!("CARGO_PKG_VERSION"),
+        watch: st.watch.report(),
     })
 }
 

@@ -84,8 +84,10 @@ impl Feed {
         match catchup {
             Catchup::Events(events) => {
                 for e in events {
-                    self.last = e.id;
-                    self.pending.push_back(sse(&e));
+                    if let Some(id) = e.id_for(&self.user) {
+                        self.last = id;
+                        self.pending.push_back(sse(&e, id));
+                    }
                 }
             }
             Catchup::Resync => self.pending.push_back(
@@ -112,11 +114,10 @@ impl Feed {
             }
             tokio::select! {
                 got = self.live.recv() => match got {
-                    Ok(e) if e.user == self.user => {
-                        self.last = e.id;
-                        return Some(sse(&e));
-                    }
-                    Ok(_) => {}
+                    Ok(e) => if let Some(id) = e.id_for(&self.user) {
+                        self.last = id;
+                        return Some(sse(&e, id));
+                    },
                     // A slow client fell behind the live channel: take the
                     // rest from the buffer (or resync), never skip silently.
                     Err(RecvError::Lagged(_)) => {
@@ -132,9 +133,10 @@ impl Feed {
     }
 }
 
-fn sse(e: &Event) -> SseEvent {
+/// `e` as sent on a stream where its id is `id`.
+fn sse(e: &Event, id: u64) -> SseEvent {
     SseEvent::default()
-        .id(e.id.to_string())
+        .id(id.to_string())
         .event(e.event_type.as_str())
-        .data(serde_json::to_string(e).unwrap_or_default())
+        .data(e.json_with_id(id))
 }

@@ -16,12 +16,14 @@ mod events;
 mod extract;
 mod guard;
 mod identity;
+mod knowledge;
 mod memories;
 mod observe;
 mod persona;
 mod problem;
 pub mod routes;
 mod search;
+mod settings;
 mod tasks;
 
 pub use admin::{Me, ProfileChange, ProfileRow};
@@ -30,6 +32,7 @@ pub use extract::{Caller, ClientAddr, Peer, identify};
 pub use identity::Identities;
 pub use observe::document as openapi_document;
 pub use problem::ApiError;
+pub use settings::{ModelView, SettingsReport, SettingsView};
 
 use std::sync::{Arc, RwLock};
 
@@ -67,6 +70,10 @@ pub struct AppState {
     pub agents: crate::agents::Agents,
     /// Each profile's last valid profile.toml (rule 7).
     pub settings: crate::store::SettingsInForce,
+    /// The shared knowledge hub.
+    pub knowledge: crate::store::KnowledgeHub,
+    /// How the watcher watches (a reached inotify limit shows here).
+    pub watch: Arc<crate::watch::Status>,
 }
 
 /// The state of logins and request accounting.
@@ -88,9 +95,17 @@ pub struct AuthState {
 }
 
 impl AppState {
-    /// State over an opened profiles root and token store.
-    pub fn new(config: Config, root: ProfilesRoot, tokens: TokenStore) -> AppState {
+    /// State over an opened profiles root, token store and knowledge
+    /// directory.
+    pub fn new(
+        config: Config,
+        root: ProfilesRoot,
+        tokens: TokenStore,
+        knowledge: crate::profile::SharedDir,
+    ) -> AppState {
         let system_log = SystemLog::new(config.paths.audit_dir());
+        let knowledge = crate::store::KnowledgeHub::new(knowledge, system_log.clone());
+        let watch = Arc::new(crate::watch::Status::new(config.watch.mode));
         let auth = AuthState {
             tokens,
             throttle: Throttle::default(),
@@ -109,6 +124,8 @@ impl AppState {
             views: Views::default(),
             agents: crate::agents::Agents::default(),
             settings: crate::store::SettingsInForce::default(),
+            knowledge,
+            watch,
         }
     }
 

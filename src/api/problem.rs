@@ -93,6 +93,7 @@ impl From<store::Error> for ApiError {
                 "invalid_input",
                 e.to_string(),
             ),
+            store::Error::Forbidden { .. } => ApiError::forbidden("not_author", e.to_string()),
             store::Error::Profile(e) => e.into(),
         }
     }

@@ -7,7 +7,8 @@ use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
 use super::{
-    AppState, admin, agents, auth, credentials, events, memories, observe, persona, search, tasks,
+    AppState, admin, agents, auth, credentials, events, knowledge, memories, observe, persona,
+    search, settings, tasks,
 };
 
 /// Who may call a route.
@@ -396,6 +397,57 @@ pub fn table() -> Vec<(Spec, Handler)> {
                 "Your runs of an agent, newest first (?limit=)",
             ),
             get(agents::runs),
+        ),
+        // Settings in force and the knowledge hub (issue #5).
+        (
+            spec(
+                M::GET,
+                "/v1/settings",
+                User,
+                true,
+                "The settings in force (the last valid profile.toml) and the file's problem, if any",
+            ),
+            get(settings::show),
+        ),
+        (
+            spec(
+                M::POST,
+                "/v1/knowledge",
+                User,
+                false,
+                "Add a knowledge entry, written as a file you own",
+            ),
+            post(knowledge::create),
+        ),
+        (
+            spec(
+                M::GET,
+                "/v1/knowledge",
+                User,
+                false,
+                "The shared knowledge entries, newest first (limit, before)",
+            ),
+            get(knowledge::list),
+        ),
+        (
+            spec(
+                M::GET,
+                "/v1/knowledge/{id}",
+                User,
+                false,
+                "One knowledge entry",
+            ),
+            get(knowledge::show),
+        ),
+        (
+            spec(
+                M::DELETE,
+                "/v1/knowledge/{id}",
+                User,
+                false,
+                "Remove a knowledge entry (its author, or an admin: audited)",
+            ),
+            delete(knowledge::remove),
         ),
     ]
 }

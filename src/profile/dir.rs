@@ -60,6 +60,15 @@ pub struct Stamp {
 }
 
 impl Stamp {
+    /// The stamp of the file `st` describes.
+    pub(super) fn of(st: &rustix::fs::Stat) -> Stamp {
+        Stamp {
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+        }
+    }
+
     /// The file's size in bytes.
     pub fn size(&self) -> u64 {
         u64::try_from(self.size).unwrap_or(0)
@@ -169,11 +178,7 @@ impl ProfileDir {
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Ok(None);
         }
-        Ok(Some(Stamp {
-            ino: st.st_ino,
-            size: st.st_size,
-            mtime: (st.st_mtime, st.st_mtime_nsec),
-        }))
+        Ok(Some(Stamp::of(&st)))
     }
 
     /// Whether `rel` (`""`: the profile) is a directory the account owns,

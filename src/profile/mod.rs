@@ -10,6 +10,7 @@
 mod dir;
 mod layout;
 mod root;
+mod shared;
 mod sys;
 
 pub use dir::{Entry, EntryKind, ProfileDir, Stamp, WriteMode};
@@ -17,6 +18,7 @@ pub use layout::LAYOUT_DIRS;
 pub use root::{
     AdoptReport, ProfileListing, ProfileState, ProfilesRoot, Provenance, check_ancestors,
 };
+pub use shared::{Probe, SharedDir, SharedFile};
 
 use std::fmt;
 use std::path::PathBuf;

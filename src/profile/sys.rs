@@ -99,6 +99,20 @@ pub(super) fn kind_name(st: &Stat) -> &'static str {
 /// Checks that `st` is a regular file with one link, owned by `owner`, no
 /// larger than `limit`.
 pub(super) fn check_regular(st: &Stat, owner: UserId, limit: u64, rel: &str) -> Result<()> {
+    check_shape(st, limit, rel)?;
+    if st.st_uid != owner.0 {
+        return Err(Error::Refused {
+            path: rel.to_owned(),
+            reason: Refusal::WrongOwner(UserId(st.st_uid)),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `st` is a regular file with one link, no larger than
+/// `limit`, whoever owns it (the caller judges the owner: in a shared
+/// directory the owner is the author).
+pub(super) fn check_shape(st: &Stat, limit: u64, rel: &str) -> Result<()> {
     let refuse = |reason| {
         Err(Error::Refused {
             path: rel.to_owned(),
@@ -110,9 +124,6 @@ pub(super) fn check_regular(st: &Stat, owner: UserId, limit: u64, rel: &str) -> 
     }
     if st.st_nlink != 1 {
         return refuse(Refusal::HardLinked(st.st_nlink));
-    }
-    if st.st_uid != owner.0 {
-        return refuse(Refusal::WrongOwner(UserId(st.st_uid)));
     }
     let size = u64::try_from(st.st_size).unwrap_or(0);
     if size > limit {

@@ -5,12 +5,14 @@
 //! listing: it is skipped and reported as a [`Problem`] with file and line.
 
 pub mod frontmatter;
+mod knowledge;
 mod memory;
 mod persona;
 mod settings;
 mod task;
 mod view;
 
+pub use knowledge::{KnowledgeEntry, KnowledgeHub, NewKnowledge, Removed, id_of as knowledge_id};
 pub use memory::{Memory, MemoryUpdate, NewMemory};
 pub use persona::Persona;
 pub use settings::{InForce, SettingsInForce, UserSettings};
@@ -79,6 +81,13 @@ pub enum Error {
         /// The offending field.
         field: String,
         /// What is wrong and what to send instead.
+        reason: String,
+    },
+    /// The caller may not do this to this record (another's knowledge
+    /// entry).
+    #[error("{reason}")]
+    Forbidden {
+        /// Why, and who may.
         reason: String,
     },
     /// The profile layer refused or failed.
@@ -319,6 +328,11 @@ fn problem_of(e: Error) -> Option<Problem> {
         }),
         Error::Input { field, reason } => Some(Problem {
             file: field,
+            line: None,
+            reason,
+        }),
+        Error::Forbidden { reason } => Some(Problem {
+            file: String::new(),
             line: None,
             reason,
         }),

@@ -56,8 +56,8 @@ impl Store<'_> {
 pub struct InForce {
     /// The settings that apply.
     pub settings: Arc<UserSettings>,
-    /// Why the file on disk is not the one in force (file:line: reason).
-    pub problem: Option<String>,
+    /// Why the file on disk is not the one in force (file, line, reason).
+    pub problem: Option<Problem>,
 }
 
 /// What was last read of one profile's settings.
@@ -77,7 +77,10 @@ pub struct SettingsInForce {
 }
 
 impl SettingsInForce {
-    /// The settings in force for `store`'s profile.
+    /// The settings in force for `store`'s profile: what every part of
+    /// the daemon reads instead of the file (the watcher calls it when the
+    /// file changes, so the last valid version is known before a broken
+    /// edit replaces it).
     pub fn get(&self, store: &Store<'_>) -> InForce {
         let account = store.dir().account();
         let key = (account.name.clone(), account.uid.0);
@@ -109,7 +112,7 @@ impl SettingsInForce {
                 tracing::warn!("{}'s {e}; {kept} until it is fixed", account.name);
                 InForce {
                     settings: previous.unwrap_or_default(),
-                    problem: Some(e.to_string()),
+                    problem: super::problem_of(e),
                 }
             }
         };

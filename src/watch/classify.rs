@@ -23,6 +23,8 @@ pub enum Kind {
     /// `memory/inbox/<name>`: a file dropped for the ingest agent (no
     /// record id; `on_change` triggers of agents match its path).
     Inbox,
+    /// `<id>.md` in the knowledge directory (not in a profile).
+    Knowledge,
 }
 
 impl Kind {
@@ -34,6 +36,7 @@ impl Kind {
             Kind::Persona => "persona",
             Kind::Settings => "settings",
             Kind::Inbox => "inbox",
+            Kind::Knowledge => "knowledge",
         }
     }
 }

@@ -66,6 +66,7 @@ mod tests {
             record: Some("evt-1".into()),
             path: "memory/episodic/2026/11/evt-1.md".into(),
             problem: None,
+            author: None,
         }
     }
 

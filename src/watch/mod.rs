@@ -1,5 +1,6 @@
-//! The watcher: notify over the profiles root, bursts coalesced, raw paths
-//! turned into typed changes of records and published on the event hub.
+//! The watcher: notify over the profiles root and the knowledge directory,
+//! bursts coalesced, raw paths turned into typed changes of records and
+//! published on the event hub (knowledge changes on every stream).
 //!
 //! One thread owns the sources and the known state of every profile, so
 //! changes come out in the order they were found, with no locking.
@@ -8,12 +9,15 @@ mod classify;
 mod file;
 mod held;
 mod hub;
+mod knowledge;
 mod source;
+mod status;
 mod tracker;
 
 pub use classify::Kind;
 pub use file::watch_file;
-pub use hub::{BUFFER, Body, Catchup, Event, EventHub, Subscription};
+pub use hub::{Audience, BUFFER, Body, Catchup, Event, EventHub, Subscription};
+pub use status::{Report as StatusReport, Status};
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path};
@@ -27,6 +31,7 @@ use serde::Serialize;
 use crate::api::AppState;
 use crate::store::Problem;
 use held::Held;
+use knowledge::KnowledgeTracker;
 use source::{Signal, Sources};
 use tracker::Tracker;
 
@@ -65,10 +70,13 @@ impl Action {
     }
 }
 
-/// A typed change of one record file in one profile.
+/// A typed change of one record file in one profile, or of one entry of
+/// the knowledge hub.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Change {
-    /// The account whose profile changed.
+    /// The account whose profile changed; empty for knowledge changes,
+    /// which every stream carries.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub user: String,
     /// What kind of record.
     pub kind: Kind,
@@ -77,11 +85,15 @@ pub struct Change {
     /// The record's id (the file stem), where the record has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<String>,
-    /// The file, relative to the profile.
+    /// The file, relative to the profile (to the knowledge directory for
+    /// knowledge changes).
     pub path: String,
     /// For `invalid`: the file, line and reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<Problem>,
+    /// For knowledge changes: the account that owns the entry's file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
 }
 
 /// The running watcher; [`Watching::stop`] ends it.
@@ -102,15 +114,24 @@ impl Watching {
     }
 }
 
-/// Starts watching the profiles root of `state` with the `[watch]`
-/// settings; changes go to `state.events`.
+/// Starts watching the profiles root and the knowledge directory of
+/// `state` with the `[watch]` settings; changes go to `state.events`.
 pub fn start(state: Arc<AppState>) -> Result<Watching, String> {
     let (tx, rx) = channel();
-    let root = state.root().path().to_owned();
-    let sources = Sources::start(&root, &state.config().watch, tx.clone())?;
+    let roots = Roots {
+        profiles: state.root().path().to_owned(),
+        knowledge: state.knowledge.dir().path().to_owned(),
+    };
+    let sources = Sources::start(
+        &roots.profiles,
+        &roots.knowledge,
+        &state.config().watch,
+        state.watch.clone(),
+        tx.clone(),
+    )?;
     let thread = std::thread::Builder::new()
         .name("watch".into())
-        .spawn(move || run(&state, &root, sources, &rx))
+        .spawn(move || run(&state, &roots, sources, &rx))
         .map_err(|e| format!("cannot start the watcher thread: {e}"))?;
     Ok(Watching {
         tx,
@@ -118,20 +139,41 @@ pub fn start(state: Arc<AppState>) -> Result<Watching, String> {
     })
 }
 
+/// The watched directories.
+struct Roots {
+    profiles: std::path::PathBuf,
+    knowledge: std::path::PathBuf,
+}
+
 /// What one burst touched.
 #[derive(Default)]
 struct Batch {
     /// (user, path relative to the profile; `""` for the profile itself).
     paths: BTreeSet<(String, String)>,
+    /// Names in the knowledge directory.
+    knowledge: BTreeSet<String>,
     rescan: bool,
+    knowledge_rescan: bool,
     stop: bool,
 }
 
 impl Batch {
-    fn add(&mut self, signal: Signal, root: &Path, sources: &mut Sources) {
+    fn add(&mut self, signal: Signal, roots: &Roots, sources: &mut Sources) {
+        let root = roots.profiles.as_path();
         match signal {
             Signal::Paths(paths) => {
                 for p in paths {
+                    if let Ok(rest) = p.strip_prefix(&roots.knowledge) {
+                        match rest.to_str() {
+                            // The directory itself.
+                            Some("") => self.knowledge_rescan = true,
+                            Some(name) if !name.contains('/') => {
+                                self.knowledge.insert(name.to_owned());
+                            }
+                            _ => {}
+                        }
+                        continue;
+                    }
                     match split(root, &p) {
                         Some(Some(key)) => {
                             self.paths.insert(key);
@@ -142,7 +184,10 @@ impl Batch {
                     }
                 }
             }
-            Signal::Rescan => self.rescan = true,
+            Signal::Rescan => {
+                self.rescan = true;
+                self.knowledge_rescan = true;
+            }
             Signal::LimitHit => {
                 sources.limit_hit();
                 self.rescan = true;
@@ -173,10 +218,23 @@ fn split(root: &Path, path: &Path) -> Option<Option<(String, String)>> {
     Some(Some(((*user).to_owned(), rel.join("/"))))
 }
 
-fn run(state: &AppState, root: &Path, mut sources: Sources, rx: &Receiver<Signal>) {
-    let mut tracker = Tracker::default();
-    tracker.baseline(state.root(), &state.config().policy);
-    tracing::info!("watching {}", root.display());
+/// What the watcher knows of the profiles and of the knowledge directory.
+#[derive(Default)]
+struct Trackers {
+    profiles: Tracker,
+    knowledge: KnowledgeTracker,
+}
+
+fn run(state: &AppState, roots: &Roots, mut sources: Sources, rx: &Receiver<Signal>) {
+    let mut tracker = Trackers::default();
+    let policy = state.config().policy.clone();
+    tracker.profiles.baseline(state.root(), &policy);
+    tracker.knowledge.baseline(&state.knowledge, &policy);
+    tracing::info!(
+        "watching {} and {}",
+        roots.profiles.display(),
+        roots.knowledge.display()
+    );
     let mut held = Held::default();
     loop {
         let first = match held.next_due() {
@@ -191,16 +249,16 @@ fn run(state: &AppState, root: &Path, mut sources: Sources, rx: &Receiver<Signal
             },
         };
         if let Some(first) = first {
-            let Some(changes) = next_burst(state, root, &mut sources, &mut tracker, rx, first)
+            let Some(changes) = next_burst(state, roots, &mut sources, &mut tracker, rx, first)
             else {
                 return;
             };
             for change in held.merge(changes, Instant::now()) {
-                publish(state, &tracker, change);
+                publish(state, &tracker.profiles, change);
             }
         }
         for change in held.due(Instant::now()) {
-            publish(state, &tracker, change);
+            publish(state, &tracker.profiles, change);
         }
     }
 }
@@ -209,19 +267,19 @@ fn run(state: &AppState, root: &Path, mut sources: Sources, rx: &Receiver<Signal
 /// `None` when the watcher must stop.
 fn next_burst(
     state: &AppState,
-    root: &Path,
+    roots: &Roots,
     sources: &mut Sources,
-    tracker: &mut Tracker,
+    trackers: &mut Trackers,
     rx: &Receiver<Signal>,
     first: Signal,
 ) -> Option<Vec<Change>> {
     let mut batch = Batch::default();
-    batch.add(first, root, sources);
+    batch.add(first, roots, sources);
     let until = Instant::now() + MAX_DELAY;
     while !batch.stop {
         let wait = QUIET.min(until.saturating_duration_since(Instant::now()));
         match rx.recv_timeout(wait) {
-            Ok(s) => batch.add(s, root, sources),
+            Ok(s) => batch.add(s, roots, sources),
             Err(RecvTimeoutError::Timeout) => break,
             Err(RecvTimeoutError::Disconnected) => return None,
         }
@@ -230,11 +288,26 @@ fn next_burst(
         return None;
     }
     let policy = state.config().policy.clone();
+    let mut changes = if batch.knowledge_rescan {
+        trackers.knowledge.rescan(&state.knowledge, &policy)
+    } else {
+        batch
+            .knowledge
+            .iter()
+            .flat_map(|name| {
+                trackers
+                    .knowledge
+                    .reconcile(&state.knowledge, &policy, name)
+            })
+            .collect()
+    };
+    let root = roots.profiles.as_path();
+    let tracker = &mut trackers.profiles;
     if batch.rescan {
         state.clear_views();
-        return Some(tracker.rescan_all(state.root(), &policy));
+        changes.extend(tracker.rescan_all(state.root(), &policy));
+        return Some(changes);
     }
-    let mut changes = Vec::new();
     for (user, rel) in &batch.paths {
         // A whole-profile rescan covers the rest of its paths.
         if !rel.is_empty() && batch.paths.contains(&(user.clone(), String::new())) {
@@ -256,16 +329,18 @@ fn next_burst(
 
 /// Publishes `change`; a settings file that no longer validates becomes
 /// `settings.invalid` (rule 7: reported where the user looks, their stream
-/// and /v1/me, and in the log).
+/// and /v1/me, and in the log). Knowledge changes go to every stream.
 fn publish(state: &AppState, tracker: &Tracker, mut change: Change) {
+    if change.kind == Kind::Knowledge {
+        state.events.publish_shared(change);
+        return;
+    }
     if change.kind == Kind::Settings
+        && let Some(in_force) =
+            tracker.settings_in_force(&change.user, state.system_log(), &state.settings)
+        && let Some(problem) = in_force.problem
         && change.action != Action::Deleted
-        && let Some(problem) = tracker.settings_problem(&change.user, state.system_log())
     {
-        tracing::warn!(
-            "{}: {problem}; the previous settings stay in force",
-            change.user
-        );
         change.action = Action::Invalid;
         change.problem = Some(problem);
     }

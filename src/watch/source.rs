@@ -2,6 +2,7 @@
 //! fallback to polling when the kernel's watch limit is reached.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use notify::{
     Config, ErrorKind, EventKind, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher,
 };
 
+use super::status::{Status, limit_hint};
 use crate::config::{Watch, WatchMode};
 
 /// What the sources tell the watcher's loop.
@@ -28,24 +30,33 @@ pub enum Signal {
 /// The running sources; dropping them stops the events.
 pub struct Sources {
     root: PathBuf,
+    knowledge: PathBuf,
     tx: Sender<Signal>,
     mode: WatchMode,
     poll_interval: Duration,
+    status: Arc<Status>,
     inotify: Option<RecommendedWatcher>,
     poll: Option<PollWatcher>,
 }
 
-const LIMIT_HINT: &str = "the inotify watch limit is reached; raise it with \
-    `sysctl fs.inotify.max_user_watches=524288` (and in /etc/sysctl.d/ to keep it)";
-
 impl Sources {
-    /// Starts watching `root` as `settings` say; events go to `tx`.
-    pub fn start(root: &Path, settings: &Watch, tx: Sender<Signal>) -> Result<Sources, String> {
+    /// Starts watching the profiles `root` (and below) and the
+    /// `knowledge` directory (its entries only) as `settings` say; events
+    /// go to `tx`, a reached watch limit to `status`.
+    pub fn start(
+        root: &Path,
+        knowledge: &Path,
+        settings: &Watch,
+        status: Arc<Status>,
+        tx: Sender<Signal>,
+    ) -> Result<Sources, String> {
         let mut sources = Sources {
             root: root.to_owned(),
+            knowledge: knowledge.to_owned(),
             tx,
             mode: settings.mode,
             poll_interval: settings.poll_interval,
+            status,
             inotify: None,
             poll: None,
         };
@@ -57,6 +68,17 @@ impl Sources {
                 let config = Config::default().with_follow_symlinks(false);
                 let mut w = RecommendedWatcher::new(handler(sources.tx.clone()), config)
                     .map_err(|e| format!("cannot start inotify: {e}"))?;
+                // One watch, taken first so a tree of profiles that reaches
+                // the limit never leaves the knowledge hub unwatched.
+                match w.watch(knowledge, RecursiveMode::NonRecursive) {
+                    Ok(()) => {}
+                    Err(e) if matches!(e.kind, ErrorKind::MaxFilesWatch) => {
+                        sources.inotify = Some(w);
+                        sources.limit_hit();
+                        return Ok(sources);
+                    }
+                    Err(e) => return Err(format!("cannot watch {}: {e}", knowledge.display())),
+                }
                 match w.watch(root, RecursiveMode::Recursive) {
                     Ok(()) => {}
                     // notify keeps the watches it could add.
@@ -73,12 +95,15 @@ impl Sources {
         Ok(sources)
     }
 
-    /// The watch limit was reached: say so and, in auto mode, poll too.
+    /// The watch limit was reached: say so (the log, `/v1/health`) and, in
+    /// auto mode, poll too.
     pub fn limit_hit(&mut self) {
+        let first = self.status.set_limited();
         match self.mode {
             WatchMode::Auto if self.poll.is_none() => {
                 tracing::warn!(
-                    "watch: {LIMIT_HINT}; polling the profiles every {:?} meanwhile",
+                    "watch: {}; polling the profiles every {:?} meanwhile",
+                    limit_hint(),
                     self.poll_interval
                 );
                 if let Err(e) = self.start_poll() {
@@ -86,10 +111,12 @@ impl Sources {
                 }
             }
             WatchMode::Auto | WatchMode::Poll => {}
-            WatchMode::Inotify => tracing::error!(
-                "watch: {LIMIT_HINT}; changes in unwatched directories go unseen \
-                 (watch.mode = \"auto\" would poll them)"
+            WatchMode::Inotify if first => tracing::error!(
+                "watch: {}; changes in unwatched directories go unseen \
+                 (watch.mode = \"auto\" would poll them)",
+                limit_hint()
             ),
+            WatchMode::Inotify => {}
         }
     }
 
@@ -114,6 +141,8 @@ impl Sources {
             .with_follow_symlinks(false);
         let mut w = PollWatcher::new(handler(self.tx.clone()), config)
             .map_err(|e| format!("cannot start polling: {e}"))?;
+        w.watch(&self.knowledge, RecursiveMode::NonRecursive)
+            .map_err(|e| format!("cannot poll {}: {e}", self.knowledge.display()))?;
         w.watch(&self.root, RecursiveMode::Recursive)
             .map_err(|e| format!("cannot poll {}: {e}", self.root.display()))?;
         self.poll = Some(w);
@@ -125,7 +154,13 @@ impl Sources {
 fn handler(tx: Sender<Signal>) -> impl notify::EventHandler {
     move |res: notify::Result<notify::Event>| {
         let signal = match res {
-            Ok(ev) if ev.need_rescan() => Signal::Rescan,
+            Ok(ev) if ev.need_rescan() => {
+                tracing::warn!(
+                    "watch: the kernel's event queue overflowed (fs.inotify.max_queued_events); \
+                     rescanning, so no change is lost"
+                );
+                Signal::Rescan
+            }
             // Reads change nothing (the daemon's own reads included).
             Ok(notify::Event {
                 kind: EventKind::Access(AccessKind::Open(_) | AccessKind::Close(AccessMode::Read)),

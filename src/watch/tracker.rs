@@ -14,7 +14,7 @@ use super::{Action, Change};
 use crate::accounts::{self, Eligibility, Policy};
 use crate::audit::{Auditor, SystemLog};
 use crate::profile::{EntryKind, ProfileDir, ProfilesRoot, Stamp};
-use crate::store::{Problem, Store};
+use crate::store::{InForce, SettingsInForce, Store};
 
 struct Tracked {
     dir: ProfileDir,
@@ -85,15 +85,23 @@ impl Tracker {
         self.profiles.get(user).is_some_and(|t| t.dir.is_dir(rel))
     }
 
-    /// What is wrong with `user`'s `profile.toml`, if anything.
-    pub fn settings_problem(&self, user: &str, system: &SystemLog) -> Option<Problem> {
+    /// `user`'s settings in force, read again through `cache` (the
+    /// daemon's last valid profile.toml of each profile) now that the file
+    /// changed: a valid file becomes the one in force, an invalid one
+    /// keeps the previous and says why.
+    pub fn settings_in_force(
+        &self,
+        user: &str,
+        system: &SystemLog,
+        cache: &SettingsInForce,
+    ) -> Option<InForce> {
         let tracked = self.profiles.get(user)?;
         let auditor = Auditor {
             system,
             actor: user,
             on_behalf: false,
         };
-        Store::new(&tracked.dir, &auditor).settings_problem()
+        Some(cache.get(&Store::new(&tracked.dir, &auditor)))
     }
 
     /// Opens (or re-opens) `user`'s profile if it is an eligible account's
@@ -208,5 +216,6 @@ fn change(user: &str, path: &str, action: Action) -> Option<Change> {
         record,
         path: path.to_owned(),
         problem: None,
+        author: None,
     })
 }

@@ -73,6 +73,12 @@ pub enum Command {
     /// Personal tokens for scripts on loopback TCP, and your sessions.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The team's shared knowledge: add, list, show, remove entries.
+    #[command(subcommand)]
+    Knowledge(crate::knowledge::KnowledgeCommand),
+    /// The settings in force (the last valid profile.toml) and, when the
+    /// file is broken, where and why.
+    Settings,
     /// Print your profile's changes as they happen (`--json`: one JSON
     /// object per line); reconnects and catches up by itself.
     Events {

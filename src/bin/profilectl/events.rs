@@ -66,6 +66,14 @@ fn print(out: &Output, event: &SseEvent) {
                 v["status"].as_str().or(v["trigger"].as_str()).unwrap_or(""),
                 v["user"].as_str().unwrap_or("")
             )
+        } else if event.name.starts_with("knowledge.") {
+            format!(
+                "{} {} {} (by {})",
+                event.name,
+                v["record"].as_str().unwrap_or("-"),
+                v["path"].as_str().unwrap_or(""),
+                v["author"].as_str().unwrap_or("-")
+            )
         } else {
             let user = v["user"].as_str().unwrap_or("");
             format!(

@@ -7,6 +7,7 @@ mod agent;
 mod args;
 mod creds;
 mod events;
+mod knowledge;
 mod render;
 
 use std::io::Read;
@@ -189,6 +190,8 @@ async fn run(args: Args) -> Result<(), Failure> {
         Command::Creds(cmd) => creds::run(&client, &out, cmd).await?,
         Command::Agent(cmd) => agent::run(&client, &out, cmd).await?,
         Command::Events { last_event_id } => events::follow(&client, &out, last_event_id).await?,
+        Command::Knowledge(cmd) => knowledge::run(&client, args.user.as_deref(), &out, cmd).await?,
+        Command::Settings => knowledge::settings(&client, &out).await?,
         Command::Api { method, path, body } => {
             // clap allows only the five methods the API uses.
             let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
