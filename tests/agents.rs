@@ -52,6 +52,27 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Starts a cycle of `agent` from a background profilectl, and waits until
+/// the agent has written its background child's pid to `out/pid` in
+/// `user`'s profile. Dropping the result kills that profilectl.
+fn run_in_background(d: &Daemon, agent: &str, user: &TestUser) -> KillOnDrop {
+    let runner = KillOnDrop(
+        Command::new(PROFILECTL)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["agent", "run", agent, "--all"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn profilectl"),
+    );
+    let pid_file = d.profile(user).join("out/pid");
+    wait_for("the agent to start", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
+    });
+    runner
+}
+
 /// The runs recorded in `user`'s log of `agent`, oldest first.
 fn runs(d: &Daemon, user: &TestUser, agent: &str) -> Vec<Value> {
     let path = d.profile(user).join(format!("logs/agents/{agent}.jsonl"));
@@ -407,20 +428,7 @@ fn kill9_of_the_daemon_takes_its_agents_down_and_leaves_no_stale_lock() {
     .expect("write hang.toml");
     let mut d = start(d);
     d.ok(Some(&alice), &["status"]);
-    let _runner = KillOnDrop(
-        Command::new(PROFILECTL)
-            .arg("--socket")
-            .arg(&d.socket)
-            .args(["agent", "run", "hang", "--all"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn profilectl"),
-    );
-    let pid_file = d.profile(&alice).join("out/pid");
-    wait_for("the agent to start", || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
-    });
+    let _runner = run_in_background(&d, "hang", &alice);
     assert!(has_processes(&alice));
     d.kill9();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -461,20 +469,7 @@ fn sigterm_lets_the_run_finish_within_the_grace_then_kills_it() {
     .expect("write slow.toml");
     let mut d = start(d);
     d.ok(Some(&alice), &["status"]);
-    let _runner = KillOnDrop(
-        Command::new(PROFILECTL)
-            .arg("--socket")
-            .arg(&d.socket)
-            .args(["agent", "run", "slow", "--all"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn profilectl"),
-    );
-    let pid_file = d.profile(&alice).join("out/pid");
-    wait_for("the agent to start", || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
-    });
+    let _runner = run_in_background(&d, "slow", &alice);
     let status = d.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
     assert!(status.success(), "{status}: {}", d.log_text());
     assert!(!has_processes(&alice), "nothing of alice's is left running");

@@ -74,6 +74,14 @@ impl Stream {
 
     /// A stream of `user`'s events with everything that happened before
     /// (the profile's provisioning included) already behind it.
+    /// Captures `text` as `user` and waits for its `memory.created` on this
+    /// stream; the new memory's id.
+    fn capture(&self, d: &Daemon, user: &TestUser, text: &str) -> String {
+        let id = capture(d, user, text);
+        self.until("memory.created", |v| is(v, "memory.created", &id));
+        id
+    }
+
     fn settled(d: &Daemon, user: &TestUser) -> Stream {
         d.ok(Some(user), &["status"]);
         let stream = Stream::open(d, user, None);
@@ -152,8 +160,7 @@ fn an_editor_save_is_one_update_for_its_owner_and_nothing_for_others() {
     let d = Daemon::start("");
     let alice_events = Stream::settled(&d, &alice);
     let bob_events = Stream::settled(&d, &bob);
-    let id = capture(&d, &alice, "first draft");
-    alice_events.until("memory.created", |v| is(v, "memory.created", &id));
+    let id = alice_events.capture(&d, &alice, "first draft");
     let file = memory_file(&d, &alice, &id);
 
     let text = std::fs::read_to_string(&file).expect("read");
@@ -358,8 +365,7 @@ fn polling_reports_the_same_change() {
     let alice = TestUser::new("alice");
     let d = Daemon::start("[watch]\nmode = \"poll\"\npoll_interval = \"1s\"\n");
     let events = Stream::settled(&d, &alice);
-    let id = capture(&d, &alice, "first draft");
-    events.until("memory.created", |v| is(v, "memory.created", &id));
+    let id = events.capture(&d, &alice, "first draft");
     let file = memory_file(&d, &alice, &id);
     let text = std::fs::read_to_string(&file).expect("read");
     save_like_an_editor(&alice, &file, &text.replace("first draft", "polled"));
@@ -522,8 +528,7 @@ fn a_save_that_moves_the_original_away_first_is_one_update() {
     let alice = TestUser::new("alice");
     let d = Daemon::start("");
     let events = Stream::settled(&d, &alice);
-    let id = capture(&d, &alice, "first draft");
-    events.until("memory.created", |v| is(v, "memory.created", &id));
+    let id = events.capture(&d, &alice, "first draft");
     let file = memory_file(&d, &alice, &id);
     let text = std::fs::read_to_string(&file).expect("read");
     // vim with a backup copy: the original moves to FILE~, the new text is
@@ -553,8 +558,7 @@ fn a_profile_removed_while_running_reports_its_records_deleted() {
     let alice = TestUser::new("alice");
     let d = Daemon::start("");
     let events = Stream::settled(&d, &alice);
-    let id = capture(&d, &alice, "soon gone");
-    events.until("memory.created", |v| is(v, "memory.created", &id));
+    let id = events.capture(&d, &alice, "soon gone");
     std::fs::remove_dir_all(d.profile(&alice)).expect("remove the profile");
     let seen = events.until("memory.deleted", |v| is(v, "memory.deleted", &id));
     assert!(seen.iter().all(|v| v["action"] == "deleted"), "{seen:#?}");
@@ -591,8 +595,7 @@ fn a_hand_edit_is_listed_once_its_event_arrives() {
     let alice = TestUser::new("alice");
     let d = Daemon::start("");
     let events = Stream::settled(&d, &alice);
-    let id = capture(&d, &alice, "first draft");
-    events.until("memory.created", |v| is(v, "memory.created", &id));
+    let id = events.capture(&d, &alice, "first draft");
     let file = memory_file(&d, &alice, &id);
     let rel = file
         .strip_prefix(d.profile(&alice))
