@@ -4,151 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
+use common::stream::{PATIENCE, Stream, is, marker, save_like_an_editor};
 use common::{Daemon, KillOnDrop, PROFILECTL, TestUser, capture, memory_file, require_root};
 use serde_json::Value;
-
-/// Generous: only there so a broken build fails instead of hanging.
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// `profilectl events --json` running as a user; its lines as JSON.
-struct Stream {
-    _child: KillOnDrop,
-    lines: Receiver<Value>,
-}
-
-impl Stream {
-    fn open(d: &Daemon, user: &TestUser, last_event_id: Option<u64>) -> Stream {
-        Stream::spawn(d, user.command(PROFILECTL), last_event_id)
-    }
-
-    /// `profilectl events` run by `cmd` (any account, any options).
-    fn spawn(d: &Daemon, mut cmd: std::process::Command, last_event_id: Option<u64>) -> Stream {
-        cmd.env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .arg("--socket")
-            .arg(&d.socket)
-            .args(["--json", "events"]);
-        if let Some(id) = last_event_id {
-            cmd.args(["--last-event-id", &id.to_string()]);
-        }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn profilectl events");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
-        });
-        // The stream is subscribed once profilectl says it is watching.
-        let (ready_tx, ready) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                let _ = ready_tx.send(line);
-            }
-        });
-        let first = ready
-            .recv_timeout(PATIENCE)
-            .expect("profilectl events starts");
-        assert!(first.contains("watching"), "{first}");
-        Stream {
-            _child: KillOnDrop(child),
-            lines,
-        }
-    }
-
-    /// A stream of `user`'s events with everything that happened before
-    /// (the profile's provisioning included) already behind it.
-    /// Captures `text` as `user` and waits for its `memory.created` on this
-    /// stream; the new memory's id.
-    fn capture(&self, d: &Daemon, user: &TestUser, text: &str) -> String {
-        let id = capture(d, user, text);
-        self.until("memory.created", |v| is(v, "memory.created", &id));
-        id
-    }
-
-    fn settled(d: &Daemon, user: &TestUser) -> Stream {
-        d.ok(Some(user), &["status"]);
-        let stream = Stream::open(d, user, None);
-        // The second marker is written after the first was seen, so it is
-        // found in a later burst than anything before the first.
-        for _ in 0..2 {
-            let task = marker(d, user);
-            stream.until("a marker", |v| is(v, "task.created", &task));
-        }
-        stream
-    }
-
-    /// Every event up to and including the first that matches `pred`.
-    fn until(&self, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + PATIENCE;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(v) => {
-                    let hit = pred(&v);
-                    seen.push(v);
-                    if hit {
-                        return seen;
-                    }
-                }
-                Err(_) => panic!("no event {what} within {PATIENCE:?}; saw {seen:#?}"),
-            }
-        }
-    }
-}
-
-fn is(v: &Value, ty: &str, record: &str) -> bool {
-    v["type"] == ty && v["record"] == record
-}
-
-/// Adds a task as `user` through the API: a change to use as a marker.
-fn marker(d: &Daemon, user: &TestUser) -> String {
-    let (status, task) = d.api(
-        Some(user),
-        "POST",
-        "/v1/tasks",
-        Some(r#"{"title":"marker"}"#),
-    );
-    assert_eq!(status, 200, "{task}");
-    task["id"].as_str().expect("task id").to_owned()
-}
-
-/// Replaces `file` as `user` the way vim and most editors save: write a
-/// temporary file beside it, then rename it over the original.
-fn save_like_an_editor(user: &TestUser, file: &std::path::Path, text: &str) {
-    let out = user
-        .command("sh")
-        .arg("-c")
-        .arg("printf '%s' \"$3\" > \"$1\" && mv \"$1\" \"$2\"")
-        .arg("sh")
-        .arg(file.with_extension("md.swp"))
-        .arg(file)
-        .arg(text)
-        .output()
-        .expect("edit as the user");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[test]
 fn an_editor_save_is_one_update_for_its_owner_and_nothing_for_others() {
@@ -439,7 +299,7 @@ fn the_stream_works_over_tcp_with_a_token() {
 }
 
 #[test]
-fn an_invalid_profile_toml_is_reported_on_the_stream_and_in_me_until_fixed() {
+fn an_invalid_profile_toml_keeps_the_last_good_settings_and_is_reported_until_fixed() {
     if !require_root() {
         return;
     }
@@ -460,7 +320,15 @@ fn an_invalid_profile_toml_is_reported_on_the_stream_and_in_me_until_fixed() {
         assert!(out.status.success());
     };
 
-    write("display_name = \"Alice\"\n\ncolour = \"blue\"\n");
+    // A valid file first: its display name is in force.
+    write("display_name = \"Alice A\"\n");
+    events.until("settings.created", |v| {
+        v["type"] == "settings.created" || v["type"] == "settings.updated"
+    });
+    let in_force = |d: &Daemon| d.api(Some(&alice), "GET", "/v1/settings", None).1;
+    assert_eq!(in_force(&d)["settings"]["display_name"], "Alice A");
+
+    write("display_name = \"Alice broken\"\n\ncolour = \"blue\"\n");
     let seen = events.until("settings.invalid", |v| v["type"] == "settings.invalid");
     assert_eq!(seen.len(), 1, "{seen:#?}");
     let problem = &seen[0]["problem"];
@@ -479,12 +347,29 @@ fn an_invalid_profile_toml_is_reported_on_the_stream_and_in_me_until_fixed() {
             .any(|p| p["file"] == "profile.toml" && p["line"] == 3),
         "{me}"
     );
+    // The last valid file stays in force, and says why the new one is not.
+    let now = in_force(&d);
+    assert_eq!(now["settings"]["display_name"], "Alice A", "{now}");
+    assert_eq!(now["problem"]["line"], 3, "{now}");
+    let shown = d.ctl(Some(&alice), &["settings"]);
+    assert!(shown.status.success(), "{shown:?}");
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("Alice A"),
+        "{shown:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&shown.stderr).contains("profile.toml:3:"),
+        "{shown:?}"
+    );
 
-    write("display_name = \"Alice\"\n");
+    write("display_name = \"Alice B\"\n");
     let seen = events.until("settings.updated", |v| v["type"] == "settings.updated");
     assert_eq!(seen.len(), 1, "{seen:#?}");
     let (_, me) = d.api(Some(&alice), "GET", "/v1/me", None);
     assert_eq!(me["problems"].as_array().map(Vec::len), Some(0), "{me}");
+    let now = in_force(&d);
+    assert_eq!(now["settings"]["display_name"], "Alice B", "{now}");
+    assert!(now["problem"].is_null(), "{now}");
 }
 
 #[test]

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod stream;
+
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
