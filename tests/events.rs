@@ -165,7 +165,8 @@ fn a_burst_across_profiles_reaches_each_owner_and_nobody_else() {
     if !require_root() {
         return;
     }
-    const USERS: usize = 20;
+    // The figure: 10,000 files across 100 profiles.
+    const USERS: usize = 100;
     const FILES: usize = 100;
     let users: Vec<TestUser> = (0..USERS).map(|_| TestUser::new("burst")).collect();
     let d = Daemon::start("");
