@@ -19,11 +19,20 @@
 //! An answer is only stored if nothing was dropped since the files were
 //! checked for it, so an answer from before a change is never kept after.
 //! Failures of the name service are never remembered (they fail closed).
+//!
+//! The same inotify instance watches the entries of the profiles root (a
+//! profile created, removed, renamed or chowned), so the check every request
+//! makes also says whether the directory behind an account's name may have
+//! changed: [`Identities::profiles_generation`] lets a listing trust what it
+//! verified of a profile under the same generation instead of `fstatat`ing
+//! it again on every request.
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -73,14 +82,39 @@ fn versions() -> Versions {
 /// How changes of the account files are noticed.
 #[derive(Debug)]
 enum Watch {
-    /// An inotify instance (non-blocking) watching /etc.
-    Inotify(OwnedFd),
+    /// An inotify instance (non-blocking) watching /etc, and the entries of
+    /// the profiles root when `profiles` is its watch.
+    Inotify { fd: OwnedFd, profiles: Option<i32> },
     /// The files' versions when last checked.
     Stat(Versions),
 }
 
 impl Watch {
-    fn start() -> Watch {
+    /// Watches /etc and, when given, the entries of `profiles_root`.
+    fn start(profiles_root: Option<&Path>) -> Watch {
+        let mut watch = Watch::start_etc();
+        if let (Watch::Inotify { fd, profiles }, Some(root)) = (&mut watch, profiles_root) {
+            let flags = inotify::WatchFlags::CREATE
+                | inotify::WatchFlags::DELETE
+                | inotify::WatchFlags::MOVED_FROM
+                | inotify::WatchFlags::MOVED_TO
+                | inotify::WatchFlags::ATTRIB
+                | inotify::WatchFlags::DELETE_SELF
+                | inotify::WatchFlags::MOVE_SELF
+                | inotify::WatchFlags::DONT_FOLLOW
+                | inotify::WatchFlags::ONLYDIR;
+            match inotify::add_watch(&*fd, root, flags) {
+                Ok(wd) => *profiles = Some(wd),
+                Err(e) => tracing::warn!(
+                    "cannot watch {} ({e}); each listing checks its profile directory",
+                    root.display()
+                ),
+            }
+        }
+        watch
+    }
+
+    fn start_etc() -> Watch {
         let links = FILES
             .iter()
             .any(|f| std::fs::symlink_metadata(f).is_ok_and(|m| m.file_type().is_symlink()));
@@ -102,7 +136,7 @@ impl Watch {
                 inotify::add_watch(&fd, "/etc", flags).map(|_| fd)
             });
         match watched {
-            Ok(fd) => Watch::Inotify(fd),
+            Ok(fd) => Watch::Inotify { fd, profiles: None },
             Err(e) => {
                 tracing::warn!(
                     "cannot watch /etc ({e}); the account files are stat()ed on every request"
@@ -121,13 +155,15 @@ impl Watch {
                 *known = now;
                 changed
             }
-            Watch::Inotify(fd) => match drain(fd) {
+            Watch::Inotify { fd, profiles } => match drain(fd, *profiles) {
                 Some(changed) => changed,
                 None => {
-                    // The watch is gone (/etc replaced, unmounted): stat from
-                    // now on, and count this as a change.
+                    // A watch is gone (/etc or the profiles root replaced,
+                    // unmounted): stat from now on, and count this as a
+                    // change.
                     tracing::warn!(
-                        "the watch on /etc ended; the account files are stat()ed on every request"
+                        "the watch on /etc or the profiles root ended; the account files are \
+                         stat()ed on every request, and each listing checks its profile directory"
                     );
                     *self = Watch::Stat(versions());
                     true
@@ -135,11 +171,23 @@ impl Watch {
             },
         }
     }
+
+    /// Whether every change of the profiles root's entries is seen.
+    fn sees_profiles(&self) -> bool {
+        matches!(
+            self,
+            Watch::Inotify {
+                profiles: Some(_),
+                ..
+            }
+        )
+    }
 }
 
-/// Reads every queued event; whether one was about an account file (or
-/// events were lost); `None` when the watch no longer works.
-fn drain(fd: &OwnedFd) -> Option<bool> {
+/// Reads every queued event; whether one was about an account file or an
+/// entry of the profiles root (watch `profiles`), or events were lost;
+/// `None` when a watch no longer works.
+fn drain(fd: &OwnedFd, profiles: Option<i32>) -> Option<bool> {
     let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
     let mut reader = inotify::Reader::new(fd, &mut buf);
     let mut changed = false;
@@ -152,6 +200,7 @@ fn drain(fd: &OwnedFd) -> Option<bool> {
                 }
                 let name = event.file_name().map(|n| n.to_bytes());
                 changed |= flags.contains(inotify::ReadFlags::QUEUE_OVERFLOW)
+                    || Some(event.wd()) == profiles
                     || name.is_some_and(|n| NAMES.contains(&n));
             }
             Err(Errno::AGAIN) => return Some(changed),
@@ -176,20 +225,45 @@ struct Answers {
 #[derive(Debug)]
 pub struct Identities {
     answers: Mutex<Answers>,
+    /// The generation, readable without the lock; [`UNSEEN`] while changes
+    /// of the profiles root are not watched.
+    profiles: AtomicU64,
 }
+
+/// [`Identities::profiles`] when the profiles root is not watched.
+const UNSEEN: u64 = u64::MAX;
 
 impl Default for Identities {
     fn default() -> Self {
+        Identities::new(None)
+    }
+}
+
+impl Identities {
+    /// The memory, also watching the entries of `profiles_root` when given.
+    pub fn new(profiles_root: Option<&Path>) -> Identities {
+        let watch = Watch::start(profiles_root);
+        let profiles = AtomicU64::new(if watch.sees_profiles() { 0 } else { UNSEEN });
         Identities {
             answers: Mutex::new(Answers {
                 generation: 0,
-                watch: Watch::start(),
+                watch,
                 since: Instant::now(),
                 accounts: HashMap::new(),
                 blocked: HashMap::new(),
                 callers: HashMap::new(),
             }),
+            profiles,
         }
+    }
+
+    /// The generation of the last check, when the profiles root is
+    /// watched: what was verified of a profile directory under this same
+    /// generation still holds, because a change of the root's entries made
+    /// before this request's own check would have started a new one. `None`
+    /// when the root is not watched (check every time).
+    pub fn profiles_generation(&self) -> Option<u64> {
+        Some(self.profiles.load(Ordering::Acquire)).filter(|g| *g != UNSEEN)
     }
 }
 
@@ -223,6 +297,12 @@ impl Identities {
             a.accounts.clear();
             a.blocked.clear();
             a.callers.clear();
+            let seen = if a.watch.sees_profiles() {
+                a.generation
+            } else {
+                UNSEEN
+            };
+            self.profiles.store(seen, Ordering::Release);
         }
         let generation = a.generation;
         (a, generation)
@@ -370,5 +450,37 @@ mod tests {
         });
         assert_eq!(ids.peek_account(after, UserId(4242)), None);
         assert!(ids.peek_caller(before, UserId::ROOT, &policy()).is_none());
+    }
+
+    #[test]
+    fn a_change_of_the_profiles_roots_entries_starts_a_new_generation() -> std::io::Result<()> {
+        let root = std::env::temp_dir().join(format!("pfd-ids-{}", ulid::Ulid::generate()));
+        std::fs::create_dir_all(root.join("alice"))?;
+        let ids = Identities::new(Some(&root));
+        let unwatched = Identities::new(None);
+        assert_eq!(unwatched.profiles_generation(), None);
+        let seen = |ids: &Identities| {
+            ids.check();
+            ids.profiles_generation()
+        };
+        let before = seen(&ids);
+        assert!(before.is_some());
+        // Writes inside a profile are not the root's entries: a quiet
+        // moment keeps the generation (other tests may touch /etc).
+        std::fs::write(root.join("alice/note.md"), "x")?;
+        assert!((0..100).any(|_| {
+            let g = seen(&ids);
+            g == seen(&ids)
+        }));
+        for change in 0..3 {
+            let g = seen(&ids);
+            match change {
+                0 => std::fs::rename(root.join("alice"), root.join("alice.old"))?,
+                1 => std::fs::create_dir(root.join("alice"))?,
+                _ => std::fs::remove_dir(root.join("alice"))?,
+            }
+            assert_ne!(seen(&ids), g, "change {change} went unseen");
+        }
+        std::fs::remove_dir_all(&root)
     }
 }

@@ -113,7 +113,7 @@ impl AppState {
             pam_slots: Semaphore::new(config.auth.max_concurrent_logins),
             usage: Usage::default(),
             metrics: Metrics::default(),
-            identities: Identities::default(),
+            identities: Identities::new(Some(root.path())),
         };
         AppState {
             config: RwLock::new(Arc::new(config)),
@@ -184,7 +184,10 @@ impl AppState {
         if caller.ineligible.is_some() || user.is_some_and(|u| u != caller.account.name) {
             return None;
         }
-        self.views.get(&self.root, &caller.account)
+        // Read before the directory is looked at, so a change made after
+        // this request's check is never taken for verified.
+        let generation = self.auth.identities.profiles_generation();
+        self.views.get(&self.root, &caller.account, generation)
     }
 
     /// The watcher saw the file `rel` of `user`'s profile change: its view

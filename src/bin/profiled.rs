@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use profiled::config::Config;
 
+// Every API answer allocates and frees many small buffers on the async
+// threads; mimalloc's per-thread free lists make that cheaper than glibc's
+// arenas (docs/BENCHMARKS.md, "Requests").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Per-account AI-assistant profiles on a shared Linux host.
 #[derive(Parser)]
 #[command(version)]

@@ -23,6 +23,7 @@
 //! ([`Views::get`], [`ProfileView::memories_page`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::Serialize;
@@ -145,6 +146,9 @@ pub struct ProfileView {
     account: Account,
     /// The (device, inode) of the profile directory it was built from.
     identity: (u64, u64),
+    /// The watch generation under which the directory was last found to be
+    /// the one the view was built from ([`Views::get`]).
+    verified: AtomicU64,
     /// Held while the disk is read for the view (the walk, a re-read), so
     /// what is stored is never older than what is already there.
     refresh: Mutex<()>,
@@ -156,6 +160,9 @@ pub struct ProfileView {
 pub struct Views {
     by_user: Mutex<HashMap<String, Arc<ProfileView>>>,
 }
+
+/// [`ProfileView::verified`] before the first check.
+const NEVER: u64 = u64::MAX;
 
 impl Views {
     /// The view of the profile `dir` (which the caller has already been
@@ -174,6 +181,7 @@ impl Views {
         let view = Arc::new(ProfileView {
             account: dir.account().clone(),
             identity,
+            verified: AtomicU64::new(NEVER),
             refresh: Mutex::new(()),
             index: RwLock::new(Index::default()),
         });
@@ -186,12 +194,33 @@ impl Views {
     /// `root` is still the one it was made from (checked without opening
     /// it: a profile removed, replaced or handed to someone else is never
     /// answered from its old view).
-    pub fn get(&self, root: &ProfilesRoot, account: &Account) -> Option<Arc<ProfileView>> {
+    ///
+    /// `generation` is the caller's watch generation of the profiles
+    /// root's entries, taken after the request arrived
+    /// ([`crate::api::Identities::profiles_generation`]): a directory found
+    /// right under the same generation is not looked up again, since any
+    /// change of the root's entries since then would have started a new one.
+    /// `None`: the root is not watched, look every time.
+    pub fn get(
+        &self,
+        root: &ProfilesRoot,
+        account: &Account,
+        generation: Option<u64>,
+    ) -> Option<Arc<ProfileView>> {
         let view = lock(&self.by_user)
             .get(&account.name)
             .filter(|v| v.account == *account)
             .cloned()?;
-        (root.profile_identity(account) == Some(view.identity)).then_some(view)
+        if generation.is_some_and(|g| view.verified.load(Ordering::Acquire) == g) {
+            return Some(view);
+        }
+        if root.profile_identity(account) != Some(view.identity) {
+            return None;
+        }
+        if let Some(g) = generation {
+            view.verified.store(g, Ordering::Release);
+        }
+        Some(view)
     }
 
     /// Re-reads the record file `rel` of `user`'s profile into its view, if
