@@ -48,8 +48,7 @@ pub async fn tcp_guard(State(guard): State<TcpGuard>, mut req: Request, next: Ne
         .into_response();
     };
     let origin = headers.get(header::ORIGIN).map(HeaderValue::as_bytes);
-    let same_origin = format!("http://{host}");
-    if origin.is_some_and(|o| o != same_origin.as_bytes()) {
+    if origin.is_some_and(|o| o.strip_prefix(b"http://") != Some(host.as_bytes())) {
         return ApiError::forbidden(
             "bad_origin",
             "cross-origin requests are refused; call the API from its own origin",
