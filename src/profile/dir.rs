@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
+use super::batch::Batch;
 use super::sys::{
     check_dir, check_regular, check_rel, errno, lstat_at, open_beneath, open_dir_beneath,
     split_parent, stat,
@@ -16,7 +17,7 @@ use super::{Error, Result};
 use crate::accounts::Account;
 
 const DIR_MODE: u32 = 0o700;
-const FILE_MODE: u32 = 0o600;
+pub(super) const FILE_MODE: u32 = 0o600;
 
 /// Whether a write may replace an existing file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -346,6 +347,12 @@ impl ProfileDir {
         Ok(())
     }
 
+    /// A batch of writes made durable together by [`Batch::commit`]: many
+    /// new files for one filesystem sync instead of two fsyncs each.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch::new(self)
+    }
+
     /// Lists the directory `rel` (`""` for the profile itself), unsorted.
     /// Names that are not UTF-8 are left out.
     pub fn list(&self, rel: &str) -> Result<Vec<Entry>> {
@@ -455,7 +462,7 @@ impl ProfileDir {
     }
 
     /// Refuses `len` bytes at `rel` when over the size limit.
-    fn check_size(&self, rel: &str, len: usize) -> Result<()> {
+    pub(super) fn check_size(&self, rel: &str, len: usize) -> Result<()> {
         let size = len as u64;
         if size > self.max_file {
             return Err(Error::Refused {
@@ -476,7 +483,7 @@ impl ProfileDir {
         }
     }
 
-    fn dup(&self) -> Result<OwnedFd> {
+    pub(super) fn dup(&self) -> Result<OwnedFd> {
         self.fd.try_clone().map_err(|source| Error::Io {
             path: ".".to_owned(),
             op: "dup",
@@ -485,7 +492,7 @@ impl ProfileDir {
     }
 
     /// Gives `fd` to the account with `mode`, on the handle (never by path).
-    fn own(&self, fd: impl AsFd, mode: u32) -> std::result::Result<(), Errno> {
+    pub(super) fn own(&self, fd: impl AsFd, mode: u32) -> std::result::Result<(), Errno> {
         rustix::fs::fchown(
             &fd,
             Some(rustix::fs::Uid::from_raw(self.account.uid.0)),

@@ -10,22 +10,34 @@
 //! Each ingested file is moved to `memory/archive/` (a clash of names gets
 //! the run's id appended). A file whose content (SHA-256 of its bytes) was
 //! ingested before is archived without adding a memory: the hashes are kept
-//! in `.profiled/ingest-hashes`, one hex line each, so this holds across
-//! daemon restarts. A file that cannot be ingested (a link, a FIFO, a hard
-//! link, another owner's file, too big, not UTF-8, bad JSON, empty) is
-//! moved byte for byte to `memory/inbox/rejected/` and named with its reason
-//! in the summary and the user's audit log; nothing is ever deleted.
+//! in `.profiled/ingest-hashes/` ([`hashes`]), so this holds across daemon
+//! restarts. A file that cannot be ingested (a link, a FIFO, a hard link,
+//! another owner's file, too big, not UTF-8, bad JSON, empty) is moved byte
+//! for byte to `memory/inbox/rejected/` and named with its reason in the
+//! summary and the user's audit log; nothing is ever deleted.
 //!
-//! Files are taken by a few threads at once (each costs several fsyncs);
-//! the same content twice in one run still makes one memory.
+//! Files are taken in batches of up to [`BATCH_FILES`] files (or
+//! [`BATCH_BYTES`] of memories), so a full inbox costs a few syncs per
+//! batch rather than several per file:
+//! 1. each file is read, hashed and its memories written under hidden
+//!    temporary names ([`profile::Batch`]), unsynced;
+//! 2. the journal (the batch's hashes and memory paths) is written, synced;
+//! 3. the batch is committed: one filesystem sync, the memories renamed
+//!    into place, their directories synced: the memories are durable;
+//! 4. only then are the hashes appended and the originals archived, made
+//!    durable by one more sync, and one audit line names the batch.
+//!
+//! A crash at any step leaves each file in the inbox, or its memories, or
+//! both; in the last case the journal lets the next run record its hash,
+//! so it is archived as a duplicate rather than ingested twice.
+//! The same content twice in one run still makes one memory.
 //!
 //! A file modified less than [`Options::settle`] ago is left for the next
 //! run: it may still be being written (the trigger's debounce usually
 //! covers this; the check makes ingest safe on a schedule too).
 
-use std::collections::HashSet;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+mod hashes;
+
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
@@ -34,8 +46,11 @@ use sha2::{Digest, Sha256};
 use super::Summary;
 use crate::audit::{Auditor, SystemLog};
 use crate::config::Config;
-use crate::profile::{self, EntryKind, ProfileDir};
+use crate::profile::{self, Batch, EntryKind, ProfileDir};
 use crate::store::{self, NewMemory, Store};
+use hashes::Hashes;
+
+pub use hashes::HASHES;
 
 /// Where users drop files.
 pub const INBOX: &str = "memory/inbox";
@@ -43,10 +58,13 @@ pub const INBOX: &str = "memory/inbox";
 pub const ARCHIVE: &str = "memory/archive";
 /// Where refused files are set aside.
 pub const REJECTED: &str = "memory/inbox/rejected";
-/// The hashes of every content ingested so far.
-pub const HASHES: &str = ".profiled/ingest-hashes";
 /// The name ingest acts under in audit lines.
 pub const ACTOR: &str = "agent:ingest";
+/// Files taken in one batch at most.
+pub const BATCH_FILES: usize = 1000;
+/// Bytes of new memories in one batch at most (a batch ends at the first
+/// file past it).
+pub const BATCH_BYTES: u64 = 16 << 20;
 
 /// How a run behaves.
 #[derive(Clone, Copy, Debug)]
@@ -63,12 +81,16 @@ impl Default for Options {
     }
 }
 
-/// An error that stopped the run (one bad file never does).
+/// An error that stopped the run (one bad file never does). Files of the
+/// batch it stopped stay in the inbox.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The profile layer failed on the inbox, archive or hash file.
-    #[error("ingest: {0}")]
+    #[error("ingest: {0}; the files not yet archived stay in memory/inbox/ for the next run")]
     Profile(#[from] profile::Error),
+    /// A memory could not be written.
+    #[error("ingest: {0}; the files not yet archived stay in memory/inbox/ for the next run")]
+    Store(#[from] store::Error),
 }
 
 /// One memory found in a file.
@@ -112,87 +134,37 @@ pub fn run_with(config: &Config, dir: &ProfileDir, opts: Options) -> Result<Summ
     entries.retain(|e| e.kind != EntryKind::Dir);
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     dir.ensure_dir(ARCHIVE)?;
-    // Made here, before the threads: ensure_dir creates a directory and
-    // then hands it to the account, and a second thread opening it in
-    // between would find root's directory and refuse it.
-    let now = time::OffsetDateTime::now_utc();
-    dir.ensure_dir(&format!(
-        "memory/episodic/{:04}/{:02}",
-        now.year(),
-        now.month() as u8
-    ))?;
-    let run = Run {
+    let mut run = Run {
         store: &store,
         opts,
         run_id: ulid::Ulid::generate().to_string().to_lowercase(),
-        seen: Mutex::new(load_hashes(dir)?),
+        hashes: Hashes::open(dir)?,
+        tally: Tally::default(),
     };
-    // Each file costs a few fsyncs (record, directory, audit line, archive
-    // rename): files are taken by a few threads at once so the waits
-    // overlap. Order between files does not matter; each is all or nothing.
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let outcomes: Vec<Result<Vec<Outcome>, Error>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..WORKERS.min(entries.len().max(1)))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut out = Vec::new();
-                    while !failed.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(entry) = entries.get(i) else { break };
-                        match run.one(entry) {
-                            Ok(o) => out.push(o),
-                            Err(e) => {
-                                failed.store(true, Ordering::Relaxed);
-                                return Err(e);
-                            }
-                        }
-                    }
-                    Ok(out)
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap_or_else(|_| Ok(Vec::new())))
-            .collect()
-    });
-    let (mut memories, mut files, mut duplicates, mut waiting) = (0u64, 0u64, 0u64, 0u64);
-    let mut rejected = Vec::new();
-    let mut new_hashes = Vec::new();
-    let mut first_error = None;
-    for o in outcomes {
-        match o {
-            Ok(list) => {
-                for o in list {
-                    match o {
-                        Outcome::Ingested { memories: n, hash } => {
-                            memories += n;
-                            files += 1;
-                            new_hashes.push(hash);
-                        }
-                        Outcome::Duplicate => duplicates += 1,
-                        Outcome::Waiting => waiting += 1,
-                        Outcome::Rejected(why) => rejected.push(why),
-                        Outcome::Gone => {}
-                    }
-                }
-            }
-            Err(e) => first_error = first_error.or(Some(e)),
-        }
+    let recovered = run.hashes.recover(dir)?;
+    if recovered > 0 {
+        tracing::info!(
+            "ingest for {}: {recovered} files of an interrupted batch were already memories",
+            dir.account().name
+        );
     }
-    // The memories are written before their hashes: a crash in between
-    // makes duplicates on the next run, never a lost file. The hashes of
-    // what was done are kept even when another file failed the run.
-    if !new_hashes.is_empty() {
-        new_hashes.sort();
-        let mut text = new_hashes.join("\n");
-        text.push('\n');
-        dir.append(HASHES, text.as_bytes())?;
+    let mut rest = entries.as_slice();
+    let mut journal = false;
+    while !rest.is_empty() {
+        let (taken, wrote_journal) = run.batch(rest)?;
+        journal |= wrote_journal;
+        rest = rest.get(taken..).unwrap_or_default();
     }
-    if let Some(e) = first_error {
-        return Err(e);
+    if journal {
+        Hashes::clear_journal(dir)?;
     }
+    let Tally {
+        memories,
+        files,
+        duplicates,
+        waiting,
+        mut rejected,
+    } = run.tally;
     rejected.sort();
     let mut counts = vec![
         ("ingested", memories),
@@ -206,14 +178,22 @@ pub fn run_with(config: &Config, dir: &ProfileDir, opts: Options) -> Result<Summ
     Ok(Summary::of(counts, &rejected))
 }
 
-/// Threads ingesting files of one inbox at once.
-const WORKERS: usize = 8;
+/// What a run did so far.
+#[derive(Default)]
+struct Tally {
+    memories: u64,
+    files: u64,
+    duplicates: u64,
+    waiting: u64,
+    /// One line per refused file, saying why.
+    rejected: Vec<String>,
+}
 
 /// What became of one inbox entry.
 enum Outcome {
-    /// Memories were made and the file archived.
-    Ingested { memories: u64, hash: String },
-    /// Its content was ingested before; archived.
+    /// Its memories are staged in the batch; archived after the commit.
+    Ingested(Ingested),
+    /// Its content was ingested before; archived after the commit.
     Duplicate,
     /// Modified too recently; left for the next run.
     Waiting,
@@ -223,18 +203,101 @@ enum Outcome {
     Gone,
 }
 
+/// A file whose memories are staged.
+struct Ingested {
+    /// The SHA-256 of its bytes, hex.
+    hash: String,
+    /// Its memories' files.
+    paths: Vec<String>,
+}
+
 /// One run over one inbox.
 struct Run<'a> {
     store: &'a Store<'a>,
     opts: Options,
     run_id: String,
     /// Hashes ingested before and claimed in this run.
-    seen: Mutex<HashSet<String>>,
+    hashes: Hashes,
+    tally: Tally,
 }
 
 impl Run<'_> {
-    fn one(&self, entry: &profile::Entry) -> Result<Outcome, Error> {
-        let (store, dir, run_id) = (self.store, self.store.dir(), self.run_id.as_str());
+    /// Ingests one batch from the front of `entries`: returns how many
+    /// entries it took and whether it wrote the journal.
+    fn batch(&mut self, entries: &[profile::Entry]) -> Result<(usize, bool), Error> {
+        let dir = self.store.dir();
+        let mut batch = dir.batch();
+        // Each file to archive after the commit, with its memories (none
+        // for a duplicate).
+        let mut to_archive: Vec<(&str, Option<Ingested>)> = Vec::new();
+        let mut rejected = 0;
+        let mut taken = 0;
+        for entry in entries {
+            if taken == BATCH_FILES || batch.bytes() >= BATCH_BYTES {
+                break;
+            }
+            taken += 1;
+            match self.one(entry, &mut batch)? {
+                Outcome::Ingested(i) => to_archive.push((&entry.name, Some(i))),
+                Outcome::Duplicate => to_archive.push((&entry.name, None)),
+                Outcome::Waiting => self.tally.waiting += 1,
+                Outcome::Rejected(why) => {
+                    rejected += 1;
+                    self.tally.rejected.push(why);
+                }
+                Outcome::Gone => {}
+            }
+        }
+        let ingested: Vec<(&str, &[String])> = to_archive
+            .iter()
+            .filter_map(|(_, i)| i.as_ref().map(|i| (i.hash.as_str(), i.paths.as_slice())))
+            .collect();
+        let journal = !ingested.is_empty();
+        if journal {
+            Hashes::write_journal(dir, &ingested)?;
+        }
+        batch.commit()?;
+        // The memories are durable: now their hashes, then the originals
+        // (a crash in between is what the journal is for).
+        let mut after = dir.batch();
+        let new: Vec<&str> = ingested.iter().map(|(h, _)| *h).collect();
+        Hashes::record(&mut after, &new)?;
+        for (name, _) in &to_archive {
+            move_aside(
+                &mut |from, to| after.rename(from, to),
+                name,
+                ARCHIVE,
+                &self.run_id,
+            )?;
+        }
+        after.commit()?;
+        let memories: Vec<&String> = ingested.iter().flat_map(|(_, p)| p.iter()).collect();
+        let files = ingested.len() as u64;
+        let duplicates = (to_archive.len() - ingested.len()) as u64;
+        if !to_archive.is_empty() {
+            let ids = match (memories.first(), memories.last()) {
+                (Some(a), Some(b)) => format!(" ({} to {})", stem(a), stem(b)),
+                _ => String::new(),
+            };
+            self.store.audit(
+                "ingest.batch",
+                INBOX,
+                &format!(
+                    "ok: {} files: {} memories{ids}, {duplicates} duplicates archived, {rejected} rejected",
+                    to_archive.len(),
+                    memories.len()
+                ),
+            );
+        }
+        self.tally.memories += memories.len() as u64;
+        self.tally.files += files;
+        self.tally.duplicates += duplicates;
+        Ok((taken, journal))
+    }
+
+    fn one(&mut self, entry: &profile::Entry, batch: &mut Batch<'_>) -> Result<Outcome, Error> {
+        let (store, run_id) = (self.store, self.run_id.as_str());
+        let dir = store.dir();
         let name = entry.name.as_str();
         let rel = format!("{INBOX}/{name}");
         match entry.kind {
@@ -279,43 +342,52 @@ impl Run<'_> {
         let hash = hex(&Sha256::digest(&bytes));
         // Claimed before the memories are made, so two identical files in
         // one run make one memory.
-        if !self.lock_seen().insert(hash.clone()) {
-            archive(dir, name, run_id)?;
+        if !self.hashes.claim(&hash) {
             return Ok(Outcome::Duplicate);
         }
-        let unclaim = |why: String| -> Result<Outcome, Error> {
-            self.lock_seen().remove(&hash);
+        let mut unclaim = |why: String| -> Result<Outcome, Error> {
+            self.hashes.unclaim(&hash);
             Ok(Outcome::Rejected(reject(store, name, &why, run_id)?))
         };
         let items = match parse(name, &bytes) {
             Ok(items) => items,
             Err(why) => return unclaim(why),
         };
-        // Checked before any memory is written, so a file is all in or out.
+        // Checked before any memory is staged, so a file is all in or out.
         if let Some(why) = items.iter().find_map(|m| check(m).err()) {
             return unclaim(why);
         }
-        let mut memories = 0;
+        let mark = batch.len();
+        let mut paths = Vec::with_capacity(items.len());
         for item in items {
-            match store.create_memory(item) {
-                Ok(_) => memories += 1,
+            match store.stage_memory(batch, item) {
+                Ok(m) => paths.push(m.path),
+                // A memory over the size limit (the file was just under
+                // it): the file's fault, not the run's.
+                Err(store::Error::Profile(profile::Error::Refused {
+                    reason: reason @ profile::Refusal::TooLarge { .. },
+                    ..
+                })) => {
+                    batch.truncate(mark);
+                    return unclaim(format!("as a memory, {reason}"));
+                }
                 Err(store::Error::Profile(e)) => return Err(e.into()),
                 // check() ran the store's own rules; anything left is a
                 // store rule it missed: say so rather than lose the file.
-                Err(e) if memories == 0 => return unclaim(e.to_string()),
                 Err(e) => {
-                    tracing::warn!("ingest of {name}: {e} after {memories} memories");
-                    break;
+                    batch.truncate(mark);
+                    return unclaim(e.to_string());
                 }
             }
         }
-        archive(dir, name, run_id)?;
-        Ok(Outcome::Ingested { memories, hash })
+        Ok(Outcome::Ingested(Ingested { hash, paths }))
     }
+}
 
-    fn lock_seen(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// A record's id: its file name without `.md`.
+fn stem(rel: &str) -> &str {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    name.strip_suffix(".md").unwrap_or(name)
 }
 
 /// The memories in the file `name`, or why there are none.
@@ -381,39 +453,29 @@ fn check(m: &NewMemory) -> Result<(), String> {
     Ok(())
 }
 
-/// Moves the inbox file `name` to the archive.
-fn archive(dir: &ProfileDir, name: &str, run_id: &str) -> Result<(), Error> {
-    move_aside(dir, name, ARCHIVE, run_id)
-}
-
 /// Moves `name` to `rejected/`, audits it, and says why.
 fn reject(store: &Store<'_>, name: &str, why: &str, run_id: &str) -> Result<String, Error> {
-    store.dir().ensure_dir(REJECTED)?;
-    move_aside(store.dir(), name, REJECTED, run_id)?;
+    let dir = store.dir();
+    dir.ensure_dir(REJECTED)?;
+    move_aside(&mut |from, to| dir.rename(from, to), name, REJECTED, run_id)?;
     store.audit("ingest.reject", name, &format!("refused: {why}"));
     Ok(format!("{name}: {why} (moved to {REJECTED}/)"))
 }
 
-/// Renames `INBOX/name` into `to`, never over an existing entry.
-fn move_aside(dir: &ProfileDir, name: &str, to: &str, run_id: &str) -> Result<(), Error> {
+/// Renames `INBOX/name` into `to` with `rename`, never over an existing
+/// entry: a name taken there gets the run's id appended.
+fn move_aside(
+    rename: &mut dyn FnMut(&str, &str) -> profile::Result<()>,
+    name: &str,
+    to: &str,
+    run_id: &str,
+) -> Result<(), Error> {
     let from = format!("{INBOX}/{name}");
-    match dir.rename(&from, &format!("{to}/{name}")) {
+    match rename(&from, &format!("{to}/{name}")) {
         Err(profile::Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {
-            Ok(dir.rename(&from, &format!("{to}/{name}.{run_id}"))?)
+            Ok(rename(&from, &format!("{to}/{name}.{run_id}"))?)
         }
         other => Ok(other?),
-    }
-}
-
-/// Every content hash ingested so far.
-fn load_hashes(dir: &ProfileDir) -> Result<HashSet<String>, Error> {
-    match dir.read(HASHES) {
-        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(str::to_owned)
-            .collect()),
-        Err(e) if e.is_not_found() => Ok(HashSet::new()),
-        Err(e) => Err(e.into()),
     }
 }
 

@@ -1,0 +1,263 @@
+//! [`Batch`]: many writes in one profile made durable together, for one
+//! filesystem sync instead of two fsyncs per file (rule 2, batched).
+//!
+//! New files are written under hidden temporary names through the checked
+//! directory handles (the same `openat2` rules, owner and modes as
+//! [`ProfileDir::write`]) but not synced one by one. [`Batch::commit`]
+//! then syncs the filesystem once (`syncfs`), which makes every temporary
+//! file, append and rename done so far durable, and only then renames each
+//! new file into place (never over an existing entry) and fsyncs each
+//! directory it renamed into. So a new file is never visible under its
+//! final name before its content is on disk, and a crash leaves at worst
+//! hidden temporary files, never a torn record.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+
+use super::dir::{FILE_MODE, ProfileDir};
+use super::sys::{check_regular, check_rel, errno, open_beneath, split_parent, stat};
+use super::{Error, Result};
+
+/// Writes to one profile made durable together by [`Batch::commit`].
+/// Dropping a batch without committing removes its temporary files: none
+/// of its new files appears.
+pub struct Batch<'p> {
+    profile: &'p ProfileDir,
+    /// Directories opened so far, by path relative to the profile (`""`:
+    /// the profile itself), so a thousand files in one directory open it
+    /// once.
+    dirs: HashMap<String, OwnedFd>,
+    /// New files written under temporary names, in order.
+    staged: Vec<Staged>,
+    /// Bytes of the staged files.
+    bytes: u64,
+    /// Whether appends or renames wait for the commit's sync.
+    dirty: bool,
+}
+
+/// A new file written under a hidden temporary name.
+struct Staged {
+    /// Its directory, relative to the profile.
+    parent: String,
+    tmp: String,
+    name: String,
+    /// The whole relative path, for errors.
+    rel: String,
+}
+
+impl<'p> Batch<'p> {
+    pub(super) fn new(profile: &'p ProfileDir) -> Batch<'p> {
+        Batch {
+            profile,
+            dirs: HashMap::new(),
+            staged: Vec::new(),
+            bytes: 0,
+            dirty: false,
+        }
+    }
+
+    /// How many new files are staged.
+    pub fn len(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Whether nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+
+    /// Bytes of the staged files.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Writes `data` as the new file `rel`, under a hidden temporary name
+    /// beside it until [`Batch::commit`]. Missing parent directories are
+    /// created (0700, owned by the account); the file is owned by the
+    /// account, mode 0600. Over the size limit it is refused.
+    pub fn stage(&mut self, rel: &str, data: &[u8]) -> Result<()> {
+        check_rel(rel)?;
+        self.profile.check_size(rel, data.len())?;
+        let (parent, name) = split_parent(rel);
+        let parent = parent.unwrap_or("");
+        let tmp = format!(".{name}.{}.tmp", ulid::Ulid::generate());
+        let dir = self.dir(parent)?;
+        let fd = open_beneath(
+            dir,
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+            Mode::from_raw_mode(FILE_MODE),
+        )
+        .map_err(|e| e.at(rel))?;
+        // Recorded before anything can fail, so a drop removes it.
+        self.staged.push(Staged {
+            parent: parent.to_owned(),
+            tmp,
+            name: name.to_owned(),
+            rel: rel.to_owned(),
+        });
+        self.profile
+            .own(&fd, FILE_MODE)
+            .map_err(|e| errno(rel, "chown", e))?;
+        File::from(fd).write_all(data).map_err(|source| Error::Io {
+            path: rel.to_owned(),
+            op: "write",
+            source,
+        })?;
+        self.bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Removes the files staged after the first `len` (a mark taken with
+    /// [`Batch::len`]): a caller that stages several files for one item
+    /// takes them all back when one fails.
+    pub fn truncate(&mut self, len: usize) {
+        for s in self.staged.split_off(len.min(self.staged.len())) {
+            self.unlink_tmp(&s);
+        }
+    }
+
+    /// Appends `data` to the log file `rel` with one `write`, creating it
+    /// (owned by the account) when missing; durable at the commit.
+    pub fn append(&mut self, rel: &str, data: &[u8]) -> Result<()> {
+        check_rel(rel)?;
+        let (parent, name) = split_parent(rel);
+        let dir = self.dir(parent.unwrap_or(""))?;
+        let fd = open_beneath(
+            dir,
+            name,
+            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
+            Mode::from_raw_mode(FILE_MODE),
+        )
+        .map_err(|e| e.at(rel))?;
+        let st = stat(&fd, rel)?;
+        if st.st_uid == 0 && st.st_size == 0 && st.st_nlink == 1 {
+            // Just created by this process (root): hand it to the account.
+            self.profile
+                .own(&fd, FILE_MODE)
+                .map_err(|e| errno(rel, "chown", e))?;
+        }
+        check_regular(&stat(&fd, rel)?, self.profile.account().uid, u64::MAX, rel)?;
+        self.dirty = true;
+        let done = File::from(fd).write(data).map_err(|source| Error::Io {
+            path: rel.to_owned(),
+            op: "append",
+            source,
+        })?;
+        if done != data.len() {
+            return Err(Error::Io {
+                path: rel.to_owned(),
+                op: "append",
+                source: std::io::Error::new(std::io::ErrorKind::WriteZero, "short write"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Renames the entry `from` to `to` now, never over an existing entry
+    /// (`EEXIST`, as [`ProfileDir::rename`]) and without following links;
+    /// durable at the commit. Both parents must exist.
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        check_rel(from)?;
+        check_rel(to)?;
+        let (from_parent, from_name) = split_parent(from);
+        let (to_parent, to_name) = split_parent(to);
+        let (from_parent, to_parent) = (from_parent.unwrap_or(""), to_parent.unwrap_or(""));
+        // Both opened first: the map hands out one borrow at a time.
+        self.dir(from_parent)?;
+        self.dir(to_parent)?;
+        let (Some(from_dir), Some(to_dir)) = (self.dirs.get(from_parent), self.dirs.get(to_parent))
+        else {
+            return Err(Error::BadPath {
+                path: from.to_owned(),
+            });
+        };
+        self.dirty = true;
+        rustix::fs::renameat_with(from_dir, from_name, to_dir, to_name, RenameFlags::NOREPLACE)
+            .map_err(|e| errno(from, "rename", e))
+    }
+
+    /// Makes everything in the batch durable: one sync of the filesystem
+    /// (the staged files' content, appends, renames), then each staged
+    /// file renamed to its name (never over an existing entry: a clash is
+    /// an `EEXIST` error naming the file) and each directory renamed into
+    /// fsynced. On an error the files not yet renamed are removed, those
+    /// already renamed stay (and are synced as far as possible).
+    pub fn commit(mut self) -> Result<()> {
+        if self.staged.is_empty() && !self.dirty {
+            return Ok(());
+        }
+        rustix::fs::syncfs(self.profile.dir_fd()).map_err(|e| errno(".", "sync filesystem", e))?;
+        let mut touched = BTreeSet::new();
+        let mut rest = std::mem::take(&mut self.staged).into_iter();
+        while let Some(s) = rest.next() {
+            let placed = match self.dirs.get(&s.parent) {
+                Some(dir) => rustix::fs::renameat_with(
+                    dir,
+                    s.tmp.as_str(),
+                    dir,
+                    s.name.as_str(),
+                    RenameFlags::NOREPLACE,
+                )
+                .map_err(|e| errno(&s.rel, "rename", e)),
+                None => Err(Error::BadPath {
+                    path: s.rel.clone(),
+                }),
+            };
+            if let Err(e) = placed {
+                // The rest are removed by drop; what was placed is kept.
+                self.staged = std::iter::once(s).chain(rest).collect();
+                let _ = self.sync_dirs(&touched);
+                return Err(e);
+            }
+            touched.insert(s.parent);
+        }
+        self.sync_dirs(&touched)
+    }
+
+    /// Fsyncs each directory of `touched`.
+    fn sync_dirs(&self, touched: &BTreeSet<String>) -> Result<()> {
+        for parent in touched {
+            if let Some(dir) = self.dirs.get(parent) {
+                rustix::fs::fsync(dir).map_err(|e| errno(parent, "fsync directory", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory `rel` (`""`: the profile), opened (and created where
+    /// missing) once per batch.
+    fn dir(&mut self, rel: &str) -> Result<&OwnedFd> {
+        if !self.dirs.contains_key(rel) {
+            let fd = if rel.is_empty() {
+                self.profile.dup()?
+            } else {
+                self.profile.ensure_dir(rel)?
+            };
+            self.dirs.insert(rel.to_owned(), fd);
+        }
+        self.dirs.get(rel).ok_or_else(|| Error::BadPath {
+            path: rel.to_owned(),
+        })
+    }
+
+    /// Removes a staged file's temporary name, best effort: it is hidden
+    /// and never read as a record, so a failure only leaves litter.
+    fn unlink_tmp(&self, s: &Staged) {
+        if let Some(dir) = self.dirs.get(&s.parent) {
+            let _ = rustix::fs::unlinkat(dir, s.tmp.as_str(), AtFlags::empty());
+        }
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        for s in &self.staged {
+            self.unlink_tmp(s);
+        }
+    }
+}
