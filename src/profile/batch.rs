@@ -112,6 +112,35 @@ impl<'p> Batch<'p> {
         Ok(())
     }
 
+    /// Replaces the file `rel` with `data` now, atomically (a temporary
+    /// file renamed over it, as [`ProfileDir::write`]), durable at the
+    /// commit: before any staged file takes its name. For a journal of
+    /// what the batch is about to place.
+    pub fn replace(&mut self, rel: &str, data: &[u8]) -> Result<()> {
+        let len = self.staged.len();
+        if let Err(e) = self.stage(rel, data) {
+            self.truncate(len);
+            return Err(e);
+        }
+        let s = self.staged.pop().ok_or_else(|| Error::BadPath {
+            path: rel.to_owned(),
+        })?;
+        self.staged.truncate(len);
+        self.bytes -= data.len() as u64;
+        let placed = match self.dirs.get(&s.parent) {
+            Some(dir) => rustix::fs::renameat(dir, s.tmp.as_str(), dir, s.name.as_str())
+                .map_err(|e| errno(rel, "rename", e)),
+            None => Err(Error::BadPath {
+                path: rel.to_owned(),
+            }),
+        };
+        if placed.is_err() {
+            self.unlink_tmp(&s);
+        }
+        self.dirty = true;
+        placed
+    }
+
     /// Removes the files staged after the first `len` (a mark taken with
     /// [`Batch::len`]): a caller that stages several files for one item
     /// takes them all back when one fails.
@@ -259,5 +288,180 @@ impl Drop for Batch<'_> {
         for s in &self.staged {
             self.unlink_tmp(s);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, symlink};
+    use std::path::PathBuf;
+
+    use rustix::fs::{Mode, OFlags};
+
+    use super::super::{Error, ProfileDir, Refusal};
+    use crate::accounts::{Account, GroupId, UserId};
+
+    /// A scratch profile owned by the user running the tests, removed on
+    /// drop.
+    struct Scratch {
+        path: PathBuf,
+        dir: ProfileDir,
+    }
+
+    impl Scratch {
+        fn new() -> Scratch {
+            let path =
+                std::env::temp_dir().join(format!("profiled-batch-{}", ulid::Ulid::generate()));
+            std::fs::create_dir(&path).expect("create a scratch directory");
+            let fd = rustix::fs::open(
+                &path,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .expect("open the scratch directory");
+            let account = Account {
+                name: "batch-test".into(),
+                uid: UserId(rustix::process::geteuid().as_raw()),
+                gid: GroupId(rustix::process::getegid().as_raw()),
+                home: path.clone(),
+            };
+            Scratch {
+                dir: ProfileDir::new(fd, account, 1024),
+                path,
+            }
+        }
+
+        /// The names in `rel`, sorted.
+        fn names(&self, rel: &str) -> Vec<String> {
+            let mut names: Vec<String> = self
+                .dir
+                .list(rel)
+                .expect("list")
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+
+    #[test]
+    fn staged_files_appear_under_their_names_only_at_the_commit() -> Result<(), Error> {
+        let s = Scratch::new();
+        let mut batch = s.dir.batch();
+        batch.stage("m/2026/a.md", b"first")?;
+        batch.stage("m/2026/b.md", b"second")?;
+        assert_eq!((batch.len(), batch.bytes()), (2, 11));
+        // Written, but only under hidden temporary names.
+        assert!(!s.dir.exists("m/2026/a.md")?);
+        assert!(!s.dir.exists("m/2026/b.md")?);
+        let hidden = s.names("m/2026");
+        assert_eq!(hidden.len(), 2, "{hidden:?}");
+        assert!(
+            hidden
+                .iter()
+                .all(|n| n.starts_with('.') && n.ends_with(".tmp")),
+            "{hidden:?}"
+        );
+        batch.commit()?;
+        assert_eq!(s.names("m/2026"), ["a.md", "b.md"]);
+        assert_eq!(s.dir.read("m/2026/a.md")?, b"first");
+        let meta = std::fs::metadata(s.path.join("m/2026/b.md")).expect("stat");
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(meta.uid(), s.dir.account().uid.0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_name_clash_is_refused_and_the_file_there_kept() -> Result<(), Error> {
+        let s = Scratch::new();
+        s.dir
+            .write("m/a.md", b"theirs", super::super::WriteMode::CreateNew)?;
+        let mut batch = s.dir.batch();
+        batch.stage("m/a.md", b"ours")?;
+        batch.stage("m/b.md", b"after")?;
+        match batch.commit() {
+            Err(Error::Io { path, op, source }) => {
+                assert_eq!((path.as_str(), op), ("m/a.md", "rename"));
+                assert_eq!(source.raw_os_error(), Some(libc::EEXIST));
+            }
+            other => panic!("a clash must be refused, got {other:?}"),
+        }
+        assert_eq!(s.dir.read("m/a.md")?, b"theirs");
+        // The rest of the batch is taken back, temporary files included.
+        assert_eq!(s.names("m"), ["a.md"]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_or_dropped_batch_leaves_nothing_behind() -> Result<(), Error> {
+        let s = Scratch::new();
+        let mut batch = s.dir.batch();
+        batch.stage("m/a.md", b"one")?;
+        let mark = batch.len();
+        batch.stage("m/b.md", b"two")?;
+        batch.truncate(mark);
+        assert_eq!(s.names("m").len(), 1);
+        // Over the size limit: refused, nothing written for it.
+        match batch.stage("m/big.md", &[b'x'; 2048]) {
+            Err(Error::Refused {
+                reason: Refusal::TooLarge { size: 2048, .. },
+                ..
+            }) => {}
+            other => panic!("a file over the limit must be refused, got {other:?}"),
+        }
+        drop(batch);
+        assert!(s.names("m").is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn staging_goes_through_the_checked_layer() -> Result<(), Error> {
+        let s = Scratch::new();
+        let outside = s.path.join("outside");
+        std::fs::create_dir(&outside).expect("mkdir");
+        symlink(&outside, s.path.join("link")).expect("plant a link");
+        let mut batch = s.dir.batch();
+        match batch.stage("link/a.md", b"x") {
+            Err(Error::Refused {
+                reason: Refusal::Symlink,
+                ..
+            }) => {}
+            other => panic!("a link must be refused, got {other:?}"),
+        }
+        drop(batch);
+        assert_eq!(std::fs::read_dir(&outside).expect("read").count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn appends_and_renames_never_replace() -> Result<(), Error> {
+        let s = Scratch::new();
+        let mut batch = s.dir.batch();
+        batch.append("log/h", b"1\n")?;
+        batch.append("log/h", b"2\n")?;
+        batch.append("log/g", b"3\n")?;
+        match batch.rename("log/h", "log/g") {
+            Err(Error::Io { source, .. }) => assert_eq!(source.raw_os_error(), Some(libc::EEXIST)),
+            other => panic!("a rename over a file must be refused, got {other:?}"),
+        }
+        batch.rename("log/h", "log/f")?;
+        // A replace is in place at once (a journal must precede what the
+        // commit places), the file it replaces gone.
+        batch.replace("log/g", b"4\n")?;
+        batch.replace("log/j", b"5\n")?;
+        assert_eq!(s.dir.read("log/g")?, b"4\n");
+        assert_eq!(s.names("log"), ["f", "g", "j"]);
+        assert!(batch.is_empty());
+        batch.commit()?;
+        assert_eq!(s.dir.read("log/f")?, b"1\n2\n");
+        assert_eq!(s.dir.read("log/j")?, b"5\n");
+        Ok(())
     }
 }

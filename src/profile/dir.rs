@@ -130,6 +130,12 @@ impl ProfileDir {
     /// Reads the regular file `rel`, refusing links, FIFOs, hard links,
     /// files owned by anyone but the account and files over the size limit.
     pub fn read(&self, rel: &str) -> Result<Vec<u8>> {
+        self.read_stamped(rel).map(|(bytes, _)| bytes)
+    }
+
+    /// [`ProfileDir::read`], with the [`Stamp`] of the file as it was
+    /// opened (one lookup where `stamp` then `read` take two).
+    pub fn read_stamped(&self, rel: &str) -> Result<(Vec<u8>, Stamp)> {
         check_rel(rel)?;
         let fd = open_beneath(&self.fd, rel, OFlags::RDONLY, Mode::empty())?;
         let st = stat(&fd, rel)?;
@@ -146,7 +152,12 @@ impl ProfileDir {
                 source,
             })?;
         self.check_size(rel, buf.len())?;
-        Ok(buf)
+        let stamp = Stamp {
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+        };
+        Ok((buf, stamp))
     }
 
     /// What identifies the current content of the regular file `rel`

@@ -10,8 +10,8 @@
 //! `.profiled/ingest-hashes`, is moved aside to `ingest-hashes.v1`, copied
 //! into the shards and removed; a crash part way through repeats the copy.
 //!
-//! The journal, `.profiled/ingest-journal`, is written (synced) before a
-//! batch's memories are renamed into place: one line per file, its hash
+//! The journal, `.profiled/ingest-journal`, is in place (and synced with
+//! the batch) before a batch's memories are renamed into place: one line per file, its hash
 //! and the paths of its memories. A run that finds a journal records the
 //! hash of each file whose memories are all in place; that file, if still
 //! in the inbox, is then archived as a duplicate. A file whose memories are
@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::profile::{self, Batch, EntryKind, ProfileDir, WriteMode};
+use crate::profile::{self, Batch, EntryKind, ProfileDir};
 
 /// The directory of hash shards.
 pub const HASHES: &str = ".profiled/ingest-hashes";
@@ -141,10 +141,11 @@ impl Hashes {
         Ok(n)
     }
 
-    /// Writes (synced) the journal of a batch about to be placed: each
-    /// ingested file's hash and its memories' paths.
+    /// Writes the journal of the batch about to be placed into it (in
+    /// place before its commit syncs): each ingested file's hash and its
+    /// memories' paths.
     pub fn write_journal(
-        dir: &ProfileDir,
+        batch: &mut Batch<'_>,
         files: &[(&str, &[String])],
     ) -> Result<(), profile::Error> {
         let mut text = String::new();
@@ -156,7 +157,7 @@ impl Hashes {
             }
             text.push('\n');
         }
-        dir.write(JOURNAL, text.as_bytes(), WriteMode::Replace)
+        batch.replace(JOURNAL, text.as_bytes())
     }
 
     /// Removes the journal once its batches are recorded.

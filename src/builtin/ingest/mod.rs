@@ -254,7 +254,9 @@ impl Run<'_> {
             .collect();
         let journal = !ingested.is_empty();
         if journal {
-            Hashes::write_journal(dir, &ingested)?;
+            // Made durable by the commit's sync, before any memory is
+            // renamed into place.
+            Hashes::write_journal(&mut batch, &ingested)?;
         }
         batch.commit()?;
         // The memories are durable: now their hashes, then the originals
@@ -319,15 +321,17 @@ impl Run<'_> {
                 )?));
             }
         }
-        if let Ok(Some(stamp)) = dir.stamp(&rel)
-            && SystemTime::now()
-                .duration_since(stamp.modified())
-                .is_ok_and(|age| age < self.opts.settle)
-        {
-            return Ok(Outcome::Waiting);
-        }
-        let bytes = match dir.read(&rel) {
-            Ok(b) => b,
+        let bytes = match dir.read_stamped(&rel) {
+            // Read, then left: one lookup per file where a stat first
+            // would take two, and settled files are the common case.
+            Ok((_, stamp))
+                if SystemTime::now()
+                    .duration_since(stamp.modified())
+                    .is_ok_and(|age| age < self.opts.settle) =>
+            {
+                return Ok(Outcome::Waiting);
+            }
+            Ok((b, _)) => b,
             Err(profile::Error::Refused { reason, .. }) => {
                 return Ok(Outcome::Rejected(reject(
                     store,
