@@ -441,6 +441,58 @@ fn the_single_file_hash_store_moves_into_shards_and_still_finds_duplicates() {
 }
 
 #[test]
+fn a_small_size_limit_makes_smaller_batches_and_refuses_what_cannot_fit() {
+    if !require_root() {
+        return;
+    }
+    let d = Daemon::start("");
+    let alice = TestUser::new("alice");
+    let (config, _) = profile_of(&d, &alice);
+    // limits.max_record_bytes = 4096: a batch's journal may hold 2 KiB.
+    let root = ProfilesRoot::open_beside_daemon(&d.profiles, 4096).expect("profiles root");
+    let dir = root
+        .open_owned(&account_of(&alice))
+        .expect("open the profile")
+        .expect("the profile exists");
+    for i in 0..100 {
+        drop_file(
+            &d,
+            &alice,
+            &format!("n{i:03}.txt"),
+            &format!("small note {i}"),
+        );
+    }
+    let items: Vec<String> = (0..40)
+        .map(|i| format!("{{\"text\": \"item {i}\"}}"))
+        .collect();
+    drop_file(&d, &alice, "many.json", &format!("[{}]", items.join(",")));
+    // Under the limit as a file, over it with the memory's front matter.
+    drop_file(&d, &alice, "full.txt", &"x".repeat(4000));
+
+    let s = ingest_now(&config, &dir);
+    assert_eq!(s.count("ingested"), 100, "{}", s.line);
+    assert_eq!(s.count("rejected"), 2, "{}", s.line);
+    assert!(
+        s.line.contains("many.json: 40 memories in one file"),
+        "{}",
+        s.line
+    );
+    assert!(s.line.contains("split it"), "{}", s.line);
+    assert!(
+        s.line.contains("full.txt: as a memory, it is"),
+        "{}",
+        s.line
+    );
+    assert_eq!(
+        files_under(&d.profile(&alice).join("memory/episodic")).len(),
+        100
+    );
+    let audit = d.user_audit(&alice);
+    let batches = audit.lines().filter(|l| l.contains("ingest.batch")).count();
+    assert!(batches >= 5, "{batches} batches: {audit}");
+}
+
+#[test]
 fn search_answers_only_the_callers_own_records() {
     if !require_root() {
         return;

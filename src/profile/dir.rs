@@ -107,6 +107,11 @@ impl ProfileDir {
         &self.account
     }
 
+    /// The size limit of a file in this profile (`limits.max_record_bytes`).
+    pub fn max_file(&self) -> u64 {
+        self.max_file
+    }
+
     /// The profile's directory handle, for an agent's working directory
     /// (entered with fchdir as the account, never by path).
     pub fn dir_fd(&self) -> std::os::fd::BorrowedFd<'_> {

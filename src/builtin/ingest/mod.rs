@@ -60,7 +60,9 @@ pub const ARCHIVE: &str = "memory/archive";
 pub const REJECTED: &str = "memory/inbox/rejected";
 /// The name ingest acts under in audit lines.
 pub const ACTOR: &str = "agent:ingest";
-/// Files taken in one batch at most.
+/// Files taken in one batch at most, and memories made (a JSON array
+/// makes several): the batch ends at the first file past it. A batch also
+/// ends when its journal reaches half the profile's file size limit.
 pub const BATCH_FILES: usize = 1000;
 /// Bytes of new memories in one batch at most (a batch ends at the first
 /// file past it).
@@ -211,6 +213,26 @@ struct Ingested {
     paths: Vec<String>,
 }
 
+impl Ingested {
+    /// The length of its line in the journal.
+    fn journal_len(&self) -> u64 {
+        journal_line_len(&self.hash, &self.paths)
+    }
+}
+
+/// The length of a file's line in the journal: its hash, then its
+/// memories' paths.
+fn journal_line_len(hash: &str, paths: &[String]) -> u64 {
+    let paths: usize = paths.iter().map(|p| p.len() + 1).sum();
+    (hash.len() + paths + 1) as u64
+}
+
+/// The journal's size at which a batch ends: half the profile's file size
+/// limit, so the file that crosses it still fits.
+fn journal_limit(dir: &ProfileDir) -> u64 {
+    dir.max_file() / 2
+}
+
 /// One run over one inbox.
 struct Run<'a> {
     store: &'a Store<'a>,
@@ -232,13 +254,22 @@ impl Run<'_> {
         let mut to_archive: Vec<(&str, Option<Ingested>)> = Vec::new();
         let mut rejected = 0;
         let mut taken = 0;
+        let mut journal_bytes = 0;
+        let journal_limit = journal_limit(dir);
         for entry in entries {
-            if taken == BATCH_FILES || batch.bytes() >= BATCH_BYTES {
+            if taken == BATCH_FILES
+                || batch.len() >= BATCH_FILES
+                || batch.bytes() >= BATCH_BYTES
+                || journal_bytes >= journal_limit
+            {
                 break;
             }
             taken += 1;
             match self.one(entry, &mut batch)? {
-                Outcome::Ingested(i) => to_archive.push((&entry.name, Some(i))),
+                Outcome::Ingested(i) => {
+                    journal_bytes += i.journal_len();
+                    to_archive.push((&entry.name, Some(i)));
+                }
                 Outcome::Duplicate => to_archive.push((&entry.name, None)),
                 Outcome::Waiting => self.tally.waiting += 1,
                 Outcome::Rejected(why) => {
@@ -362,7 +393,8 @@ impl Run<'_> {
             return unclaim(why);
         }
         let mark = batch.len();
-        let mut paths = Vec::with_capacity(items.len());
+        let count = items.len();
+        let mut paths = Vec::with_capacity(count);
         for item in items {
             match store.stage_memory(batch, item) {
                 Ok(m) => paths.push(m.path),
@@ -383,6 +415,16 @@ impl Run<'_> {
                     return unclaim(e.to_string());
                 }
             }
+        }
+        // Its line must fit in the batch's journal (a file of the size
+        // limit), or the batch could never be placed.
+        if journal_line_len(&hash, &paths) > journal_limit(dir) {
+            batch.truncate(mark);
+            return unclaim(format!(
+                "{count} memories in one file, too many to place together under \
+                 limits.max_record_bytes ({} bytes); split it into smaller files",
+                dir.max_file()
+            ));
         }
         Ok(Outcome::Ingested(Ingested { hash, paths }))
     }
