@@ -441,6 +441,39 @@ mod tests {
     }
 
     #[test]
+    fn appends_refuse_links_and_hard_links() -> Result<(), Error> {
+        let s = Scratch::new();
+        s.dir
+            .write("log/h", b"1\n", super::super::WriteMode::CreateNew)?;
+        std::fs::hard_link(s.path.join("log/h"), s.path.join("log/twin")).expect("hard link");
+        let secret = s.path.join("secret");
+        std::fs::write(&secret, "keep").expect("write");
+        symlink(&secret, s.path.join("log/link")).expect("plant a link");
+        let mut batch = s.dir.batch();
+        match batch.append("log/h", b"2\n") {
+            Err(Error::Refused {
+                reason: Refusal::HardLinked(2),
+                ..
+            }) => {}
+            other => panic!("a hard-linked file must be refused, got {other:?}"),
+        }
+        match batch.append("log/link", b"2\n") {
+            Err(Error::Refused {
+                reason: Refusal::Symlink,
+                ..
+            }) => {}
+            other => panic!("a link must be refused, got {other:?}"),
+        }
+        batch.commit()?;
+        assert_eq!(std::fs::read(&secret).expect("read"), b"keep");
+        assert_eq!(
+            std::fs::read(s.path.join("log/twin")).expect("read"),
+            b"1\n"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn appends_and_renames_never_replace() -> Result<(), Error> {
         let s = Scratch::new();
         let mut batch = s.dir.batch();
