@@ -378,12 +378,36 @@ fn a_batch_cut_short_is_finished_from_its_journal_without_loss_or_duplicates() {
     let journal_path = home.join(".profiled/ingest-journal");
     std::fs::write(&journal_path, journal).expect("write the journal");
     chown(&journal_path, Some(alice.uid), Some(alice.gid)).expect("chown");
+    // Temporary files of a batch the crash cut off are swept; another
+    // writer's temporary file is not the batch's and stays.
+    let month = home.join(&lost);
+    let month = month.parent().expect("the month directory");
+    let litter = [
+        month.join(".evt-01KBCDEFGHJKMNPQRSTVWXYZ00.md.01KBCDEFGHJKMNPQRSTVWXYZ01.batch.tmp"),
+        home.join(".profiled/.ingest-journal.01KBCDEFGHJKMNPQRSTVWXYZ02.batch.tmp"),
+    ];
+    let other = month.join(".evt-01KBCDEFGHJKMNPQRSTVWXYZ03.md.01KBCDEFGHJKMNPQRSTVWXYZ04.tmp");
+    for p in litter.iter().chain([&other]) {
+        std::fs::write(p, "+++\nid = \"half").expect("write litter");
+        chown(p, Some(alice.uid), Some(alice.gid)).expect("chown");
+    }
 
     let s = ingest_now(&config, &dir);
     assert_eq!(s.count("duplicates"), 2, "{}", s.line);
     assert_eq!(s.count("ingested"), 1, "{}", s.line);
-    assert_eq!(files_under(&home.join("memory/episodic")).len(), 3);
+    let visible = files_under(&home.join("memory/episodic"))
+        .into_iter()
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .count();
+    assert_eq!(visible, 3, "no memory lost, none twice");
     assert!(!journal_path.exists(), "the journal is removed once used");
+    for p in &litter {
+        assert!(!p.exists(), "{} swept", p.display());
+    }
+    assert!(other.exists(), "another writer's temporary file is kept");
     assert_eq!(count_files(&home.join("memory/inbox")), 0);
     // Dropped again: all three are known.
     for (i, t) in texts.iter().enumerate() {

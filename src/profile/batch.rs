@@ -22,6 +22,41 @@ use super::dir::{FILE_MODE, ProfileDir};
 use super::sys::{check_regular, check_rel, errno, open_beneath, split_parent, stat};
 use super::{Error, Result};
 
+/// The end of a batch's temporary names (a single write's end in `.tmp`),
+/// so what a crashed batch left can be told apart and swept.
+const TMP_SUFFIX: &str = ".batch.tmp";
+
+/// Removes the temporary files a batch left in the directory `rel` (a
+/// crash before its commit), returning how many. Only safe where no other
+/// batch is under way in that profile: the ingest agent calls it at the
+/// start of a run, under the profile's agent lock. A missing directory has
+/// none.
+pub(super) fn sweep(profile: &ProfileDir, rel: &str) -> Result<usize> {
+    let entries = match profile.list(rel) {
+        Ok(e) => e,
+        Err(Error::NotFound { .. }) => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut litter = entries
+        .into_iter()
+        .filter(|e| e.kind == super::EntryKind::File)
+        .filter(|e| e.name.starts_with('.') && e.name.ends_with(TMP_SUFFIX))
+        .peekable();
+    if litter.peek().is_none() {
+        return Ok(0);
+    }
+    let dir = profile.ensure_dir(rel)?;
+    let mut n = 0;
+    for e in litter {
+        match rustix::fs::unlinkat(&dir, e.name.as_str(), AtFlags::empty()) {
+            Ok(()) => n += 1,
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(err) => return Err(errno(&format!("{rel}/{}", e.name), "remove", err)),
+        }
+    }
+    Ok(n)
+}
+
 /// Writes to one profile made durable together by [`Batch::commit`].
 /// Dropping a batch without committing removes its temporary files: none
 /// of its new files appears.
@@ -84,7 +119,7 @@ impl<'p> Batch<'p> {
         self.profile.check_size(rel, data.len())?;
         let (parent, name) = split_parent(rel);
         let parent = parent.unwrap_or("");
-        let tmp = format!(".{name}.{}.tmp", ulid::Ulid::generate());
+        let tmp = format!(".{name}.{}{TMP_SUFFIX}", ulid::Ulid::generate());
         let dir = self.dir(parent)?;
         let fd = open_beneath(
             dir,

@@ -369,6 +369,14 @@ impl ProfileDir {
         Batch::new(self)
     }
 
+    /// Removes the hidden temporary files a [`Batch`] that never committed
+    /// (a crash) left in the directory `rel`; returns how many. Only for a
+    /// caller that holds the profile's agent lock, so no batch is under
+    /// way. Record listings never show them either way.
+    pub fn sweep_batch_litter(&self, rel: &str) -> Result<usize> {
+        super::batch::sweep(self, rel)
+    }
+
     /// Lists the directory `rel` (`""` for the profile itself), unsorted.
     /// Names that are not UTF-8 are left out.
     pub fn list(&self, rel: &str) -> Result<Vec<Entry>> {

@@ -143,6 +143,15 @@ pub fn run_with(config: &Config, dir: &ProfileDir, opts: Options) -> Result<Summ
         hashes: Hashes::open(dir)?,
         tally: Tally::default(),
     };
+    match sweep_litter(dir) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            "ingest for {}: removed {n} temporary files of an interrupted batch",
+            dir.account().name
+        ),
+        // Hidden litter is never read: not worth failing the run for.
+        Err(e) => tracing::warn!("ingest for {}: {e}", dir.account().name),
+    }
     let recovered = run.hashes.recover(dir)?;
     if recovered > 0 {
         tracing::info!(
@@ -178,6 +187,25 @@ pub fn run_with(config: &Config, dir: &ProfileDir, opts: Options) -> Result<Summ
         counts.push(("still being written", waiting));
     }
     Ok(Summary::of(counts, &rejected))
+}
+
+/// Removes the temporary files an interrupted batch left (ingest runs
+/// under the profile's agent lock, so no batch is under way): in
+/// `.profiled/` and in this month's and last month's memory directories,
+/// where a batch writes (new memories are filed by the month of their id).
+fn sweep_litter(dir: &ProfileDir) -> Result<usize, profile::Error> {
+    let now = time::OffsetDateTime::now_utc();
+    let last = now.month().previous();
+    let last_year = if last == time::Month::December {
+        now.year() - 1
+    } else {
+        now.year()
+    };
+    let mut n = dir.sweep_batch_litter(".profiled")?;
+    for (year, month) in [(now.year(), now.month()), (last_year, last)] {
+        n += dir.sweep_batch_litter(&format!("memory/episodic/{year:04}/{:02}", month as u8))?;
+    }
+    Ok(n)
 }
 
 /// What a run did so far.
