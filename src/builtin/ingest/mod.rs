@@ -21,9 +21,10 @@
 //! batch rather than several per file:
 //! 1. each file is read, hashed and its memories written under hidden
 //!    temporary names ([`profile::Batch`]), unsynced;
-//! 2. the journal (the batch's hashes and memory paths) is written, synced;
-//! 3. the batch is committed: one filesystem sync, the memories renamed
-//!    into place, their directories synced: the memories are durable;
+//! 2. the journal (the batch's hashes and memory paths) is put in place;
+//! 3. the batch is committed: one filesystem sync (temporary files and
+//!    journal), the memories renamed into place, their directories
+//!    synced: the memories are durable;
 //! 4. only then are the hashes appended and the originals archived, made
 //!    durable by one more sync, and one audit line names the batch.
 //!
@@ -87,12 +88,10 @@ impl Default for Options {
 /// batch it stopped stay in the inbox.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The profile layer failed on the inbox, archive or hash file.
+    /// The profile layer failed on the inbox, a memory, the archive or
+    /// the hash store.
     #[error("ingest: {0}; the files not yet archived stay in memory/inbox/ for the next run")]
     Profile(#[from] profile::Error),
-    /// A memory could not be written.
-    #[error("ingest: {0}; the files not yet archived stay in memory/inbox/ for the next run")]
-    Store(#[from] store::Error),
 }
 
 /// One memory found in a file.
