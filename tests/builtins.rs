@@ -216,6 +216,306 @@ fn bad_inbox_files_are_set_aside_with_a_reason_and_nothing_is_lost() {
     assert!(audit.contains("ingest.reject"), "{audit}");
 }
 
+/// Every file under `dir`, recursively (hidden ones included).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::from(dir)];
+    while let Some(p) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&p) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Sets or clears the immutable attribute of `path` (as root, a write
+/// into an immutable directory fails: a real failure in the middle of a
+/// run, no fake).
+fn immutable(path: &Path, on: bool) {
+    let ok = std::process::Command::new("chattr")
+        .arg(if on { "+i" } else { "-i" })
+        .arg(path)
+        .status()
+        .expect("run chattr");
+    assert!(ok.success(), "chattr on {}", path.display());
+}
+
+/// Clears the immutable attribute when the test ends, passed or not, so
+/// the scratch directory can be removed.
+struct Mutable(PathBuf);
+
+impl Drop for Mutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_failed_batch_leaves_every_inbox_file_in_place_and_the_next_run_finishes_it() {
+    if !require_root() {
+        return;
+    }
+    let d = Daemon::start("");
+    let alice = TestUser::new("alice");
+    let (config, dir) = profile_of(&d, &alice);
+    let home = d.profile(&alice);
+    let episodic = home.join("memory/episodic");
+    drop_file(&d, &alice, "first.txt", "the first note");
+    assert_eq!(ingest_now(&config, &dir).count("ingested"), 1);
+    let first = files_under(&episodic);
+    let month = first[0].parent().expect("a month directory").to_owned();
+
+    // 1. The memories cannot be written: nothing changes.
+    for i in 0..5 {
+        drop_file(
+            &d,
+            &alice,
+            &format!("n{i}.txt"),
+            &format!("note number {i}"),
+        );
+    }
+    let _guard = Mutable(month.clone());
+    immutable(&month, true);
+    let err = ingest::run_with(
+        &config,
+        &dir,
+        ingest::Options {
+            settle: Duration::ZERO,
+        },
+    )
+    .expect_err("a memory directory that refuses writes fails the run");
+    assert!(err.to_string().contains("stay in memory/inbox/"), "{err}");
+    immutable(&month, false);
+    assert_eq!(count_files(&home.join("memory/inbox")), 5);
+    // No memory and no temporary file was left behind.
+    assert_eq!(files_under(&episodic), first);
+
+    // 2. The memories are placed but the originals cannot be archived:
+    // they stay in the inbox, and the next run archives them as
+    // duplicates instead of making their memories twice.
+    let archive = home.join("memory/archive");
+    let _guard2 = Mutable(archive.clone());
+    immutable(&archive, true);
+    ingest::run_with(
+        &config,
+        &dir,
+        ingest::Options {
+            settle: Duration::ZERO,
+        },
+    )
+    .expect_err("an archive that refuses renames fails the run");
+    immutable(&archive, false);
+    assert_eq!(count_files(&home.join("memory/inbox")), 5);
+    assert_eq!(files_under(&episodic).len(), 6);
+    let s = ingest_now(&config, &dir);
+    assert_eq!(s.count("ingested"), 0, "{}", s.line);
+    assert_eq!(s.count("duplicates"), 5, "{}", s.line);
+    assert_eq!(count_files(&home.join("memory/inbox")), 0);
+    assert_eq!(count_files(&archive), 6);
+    assert_eq!(files_under(&episodic).len(), 6);
+}
+
+#[test]
+fn a_batch_cut_short_is_finished_from_its_journal_without_loss_or_duplicates() {
+    if !require_root() {
+        return;
+    }
+    let d = Daemon::start("");
+    let alice = TestUser::new("alice");
+    let (config, dir) = profile_of(&d, &alice);
+    let home = d.profile(&alice);
+    let texts = ["placed one", "placed two", "never placed"];
+    for (i, t) in texts.iter().enumerate() {
+        drop_file(&d, &alice, &format!("f{i}.txt"), t);
+    }
+    assert_eq!(ingest_now(&config, &dir).count("ingested"), 3);
+    // The state a crash leaves after the renames of a batch and before
+    // its hashes and archive moves: the journal, the originals back in
+    // the inbox, no hashes; the third file's memory never made it.
+    let memories = files_under(&home.join("memory/episodic"));
+    let path_of = |text: &str| -> String {
+        let found = memories
+            .iter()
+            .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(text)))
+            .expect("a memory with that text");
+        found
+            .strip_prefix(&home)
+            .expect("inside the profile")
+            .to_string_lossy()
+            .into_owned()
+    };
+    let lost = path_of("never placed");
+    std::fs::remove_file(home.join(&lost)).expect("remove the third memory");
+    let mut journal = String::new();
+    for (i, t) in texts.iter().enumerate() {
+        let path = if i == 2 { lost.clone() } else { path_of(t) };
+        journal.push_str(&format!("{} {path}\n", sha256_hex(t)));
+        let name = format!("f{i}.txt");
+        std::fs::remove_file(home.join("memory/archive").join(&name)).expect("unarchive");
+        drop_file(&d, &alice, &name, t);
+    }
+    std::fs::remove_dir_all(home.join(".profiled/ingest-hashes")).expect("forget the hashes");
+    let journal_path = home.join(".profiled/ingest-journal");
+    std::fs::write(&journal_path, journal).expect("write the journal");
+    chown(&journal_path, Some(alice.uid), Some(alice.gid)).expect("chown");
+    // Temporary files of a batch the crash cut off are swept; another
+    // writer's temporary file is not the batch's and stays.
+    let month = home.join(&lost);
+    let month = month.parent().expect("the month directory");
+    let litter = [
+        month.join(".evt-01KBCDEFGHJKMNPQRSTVWXYZ00.md.01KBCDEFGHJKMNPQRSTVWXYZ01.batch.tmp"),
+        home.join(".profiled/.ingest-journal.01KBCDEFGHJKMNPQRSTVWXYZ02.batch.tmp"),
+    ];
+    let other = month.join(".evt-01KBCDEFGHJKMNPQRSTVWXYZ03.md.01KBCDEFGHJKMNPQRSTVWXYZ04.tmp");
+    for p in litter.iter().chain([&other]) {
+        std::fs::write(p, "+++\nid = \"half").expect("write litter");
+        chown(p, Some(alice.uid), Some(alice.gid)).expect("chown");
+    }
+
+    let s = ingest_now(&config, &dir);
+    assert_eq!(s.count("duplicates"), 2, "{}", s.line);
+    assert_eq!(s.count("ingested"), 1, "{}", s.line);
+    let visible = files_under(&home.join("memory/episodic"))
+        .into_iter()
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .count();
+    assert_eq!(visible, 3, "no memory lost, none twice");
+    assert!(!journal_path.exists(), "the journal is removed once used");
+    for p in &litter {
+        assert!(!p.exists(), "{} swept", p.display());
+    }
+    assert!(other.exists(), "another writer's temporary file is kept");
+    assert_eq!(count_files(&home.join("memory/inbox")), 0);
+    // Dropped again: all three are known.
+    for (i, t) in texts.iter().enumerate() {
+        drop_file(&d, &alice, &format!("g{i}.txt"), t);
+    }
+    assert_eq!(ingest_now(&config, &dir).count("duplicates"), 3);
+}
+
+#[test]
+fn the_single_file_hash_store_moves_into_shards_and_still_finds_duplicates() {
+    if !require_root() {
+        return;
+    }
+    let d = Daemon::start("");
+    let alice = TestUser::new("alice");
+    let (config, dir) = profile_of(&d, &alice);
+    let home = d.profile(&alice);
+    // The first format: one file of hashes, as earlier versions wrote it.
+    let old = ["ingested long ago", "also long ago"];
+    let legacy = home.join(".profiled/ingest-hashes");
+    std::fs::create_dir_all(home.join(".profiled")).expect("mkdir");
+    chown(home.join(".profiled"), Some(alice.uid), Some(alice.gid)).expect("chown");
+    let text: String = old.iter().map(|t| sha256_hex(t) + "\n").collect();
+    std::fs::write(&legacy, text).expect("write the old hash file");
+    chown(&legacy, Some(alice.uid), Some(alice.gid)).expect("chown");
+    drop_file(&d, &alice, "old.txt", old[0]);
+    drop_file(&d, &alice, "new.txt", "brand new");
+
+    let s = ingest_now(&config, &dir);
+    assert_eq!(s.count("duplicates"), 1, "{}", s.line);
+    assert_eq!(s.count("ingested"), 1, "{}", s.line);
+    assert!(
+        legacy.is_dir(),
+        "the shards directory took the file's place"
+    );
+    assert!(!home.join(".profiled/ingest-hashes.v1").exists());
+    for t in [old[0], old[1], "brand new"] {
+        let h = sha256_hex(t);
+        let shard = std::fs::read_to_string(legacy.join(&h[..2])).expect("the shard");
+        assert_eq!(
+            shard.lines().filter(|l| *l == h).count(),
+            1,
+            "{h} in {shard}"
+        );
+    }
+    let shard = std::fs::metadata(legacy.join(&sha256_hex(old[1])[..2])).expect("stat");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((shard.uid(), shard.mode() & 0o777), (alice.uid, 0o600));
+    drop_file(&d, &alice, "old2.txt", old[1]);
+    assert_eq!(ingest_now(&config, &dir).count("duplicates"), 1);
+    // One audit line per batch names the memories made.
+    let audit = d.user_audit(&alice);
+    assert!(audit.contains("ingest.batch"), "{audit}");
+    assert!(!audit.contains("memory.create"), "{audit}");
+}
+
+#[test]
+fn a_small_size_limit_makes_smaller_batches_and_refuses_what_cannot_fit() {
+    if !require_root() {
+        return;
+    }
+    let d = Daemon::start("");
+    let alice = TestUser::new("alice");
+    let (config, _) = profile_of(&d, &alice);
+    // limits.max_record_bytes = 4096: a batch's journal may hold 2 KiB.
+    let root = ProfilesRoot::open_beside_daemon(&d.profiles, 4096).expect("profiles root");
+    let dir = root
+        .open_owned(&account_of(&alice))
+        .expect("open the profile")
+        .expect("the profile exists");
+    for i in 0..100 {
+        drop_file(
+            &d,
+            &alice,
+            &format!("n{i:03}.txt"),
+            &format!("small note {i}"),
+        );
+    }
+    let items: Vec<String> = (0..40)
+        .map(|i| format!("{{\"text\": \"item {i}\"}}"))
+        .collect();
+    drop_file(&d, &alice, "many.json", &format!("[{}]", items.join(",")));
+    // Under the limit as a file, over it with the memory's front matter.
+    drop_file(&d, &alice, "full.txt", &"x".repeat(4000));
+
+    let s = ingest_now(&config, &dir);
+    assert_eq!(s.count("ingested"), 100, "{}", s.line);
+    assert_eq!(s.count("rejected"), 2, "{}", s.line);
+    assert!(
+        s.line.contains("many.json: 40 memories in one file"),
+        "{}",
+        s.line
+    );
+    assert!(s.line.contains("split it"), "{}", s.line);
+    assert!(
+        s.line.contains("full.txt: as a memory, it is"),
+        "{}",
+        s.line
+    );
+    assert_eq!(
+        files_under(&d.profile(&alice).join("memory/episodic")).len(),
+        100
+    );
+    let audit = d.user_audit(&alice);
+    let batches = audit.lines().filter(|l| l.contains("ingest.batch")).count();
+    assert!(batches >= 5, "{batches} batches: {audit}");
+}
+
 #[test]
 fn search_answers_only_the_callers_own_records() {
     if !require_root() {

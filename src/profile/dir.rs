@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
+use super::batch::Batch;
 use super::sys::{
     check_dir, check_regular, check_rel, errno, lstat_at, open_beneath, open_dir_beneath,
     split_parent, stat,
@@ -16,7 +17,7 @@ use super::{Error, Result};
 use crate::accounts::Account;
 
 const DIR_MODE: u32 = 0o700;
-const FILE_MODE: u32 = 0o600;
+pub(super) const FILE_MODE: u32 = 0o600;
 
 /// Whether a write may replace an existing file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +116,11 @@ impl ProfileDir {
         &self.account
     }
 
+    /// The size limit of a file in this profile (`limits.max_record_bytes`).
+    pub fn max_file(&self) -> u64 {
+        self.max_file
+    }
+
     /// The profile's directory handle, for an agent's working directory
     /// (entered with fchdir as the account, never by path).
     pub fn dir_fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -138,6 +144,12 @@ impl ProfileDir {
     /// Reads the regular file `rel`, refusing links, FIFOs, hard links,
     /// files owned by anyone but the account and files over the size limit.
     pub fn read(&self, rel: &str) -> Result<Vec<u8>> {
+        self.read_stamped(rel).map(|(bytes, _)| bytes)
+    }
+
+    /// [`ProfileDir::read`], with the [`Stamp`] of the file as it was
+    /// opened (one lookup where `stamp` then `read` take two).
+    pub fn read_stamped(&self, rel: &str) -> Result<(Vec<u8>, Stamp)> {
         check_rel(rel)?;
         let fd = open_beneath(&self.fd, rel, OFlags::RDONLY, Mode::empty())?;
         let st = stat(&fd, rel)?;
@@ -154,7 +166,12 @@ impl ProfileDir {
                 source,
             })?;
         self.check_size(rel, buf.len())?;
-        Ok(buf)
+        let stamp = Stamp {
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+        };
+        Ok((buf, stamp))
     }
 
     /// What identifies the current content of the regular file `rel`
@@ -351,6 +368,20 @@ impl ProfileDir {
         Ok(())
     }
 
+    /// A batch of writes made durable together by [`Batch::commit`]: many
+    /// new files for one filesystem sync instead of two fsyncs each.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch::new(self)
+    }
+
+    /// Removes the hidden temporary files a [`Batch`] that never committed
+    /// (a crash) left in the directory `rel`; returns how many. Only for a
+    /// caller that holds the profile's agent lock, so no batch is under
+    /// way. Record listings never show them either way.
+    pub fn sweep_batch_litter(&self, rel: &str) -> Result<usize> {
+        super::batch::sweep(self, rel)
+    }
+
     /// Lists the directory `rel` (`""` for the profile itself), unsorted.
     /// Names that are not UTF-8 are left out.
     pub fn list(&self, rel: &str) -> Result<Vec<Entry>> {
@@ -460,7 +491,7 @@ impl ProfileDir {
     }
 
     /// Refuses `len` bytes at `rel` when over the size limit.
-    fn check_size(&self, rel: &str, len: usize) -> Result<()> {
+    pub(super) fn check_size(&self, rel: &str, len: usize) -> Result<()> {
         let size = len as u64;
         if size > self.max_file {
             return Err(Error::Refused {
@@ -481,7 +512,7 @@ impl ProfileDir {
         }
     }
 
-    fn dup(&self) -> Result<OwnedFd> {
+    pub(super) fn dup(&self) -> Result<OwnedFd> {
         self.fd.try_clone().map_err(|source| Error::Io {
             path: ".".to_owned(),
             op: "dup",
@@ -490,7 +521,7 @@ impl ProfileDir {
     }
 
     /// Gives `fd` to the account with `mode`, on the handle (never by path).
-    fn own(&self, fd: impl AsFd, mode: u32) -> std::result::Result<(), Errno> {
+    pub(super) fn own(&self, fd: impl AsFd, mode: u32) -> std::result::Result<(), Errno> {
         rustix::fs::fchown(
             &fd,
             Some(rustix::fs::Uid::from_raw(self.account.uid.0)),

@@ -7,12 +7,14 @@
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS |
 //! RESOLVE_NO_XDEV`, and every opened file is checked with `fstat`.
 
+mod batch;
 mod dir;
 mod layout;
 mod root;
 mod shared;
 mod sys;
 
+pub use batch::Batch;
 pub use dir::{Entry, EntryKind, ProfileDir, Stamp, WriteMode};
 pub use layout::LAYOUT_DIRS;
 pub use root::{

@@ -10,7 +10,7 @@ use super::frontmatter::Document;
 use super::view::{Index, MemoryKey, Picked, Slot, kept};
 use super::{
     Error, Page, Problem, RecordFront, Result, Store, bad_slots, check_tags, fill_texts, new_id,
-    problem_of, record_stems, valid_id, with_newline,
+    problem_of, record_stems, render_record, valid_id, with_newline,
 };
 use crate::profile::{self, EntryKind, WriteMode};
 use crate::timefmt;
@@ -84,39 +84,21 @@ pub struct MemoryUpdate {
 impl Store<'_> {
     /// Captures a new memory.
     pub fn create_memory(&self, new: NewMemory) -> Result<Memory> {
-        check_text(&new.text)?;
-        check_tags(&new.tags)?;
-        if let Some(source) = &new.source
-            && (source.chars().count() > 64 || source.chars().any(char::is_control))
-        {
-            return Err(Error::Input {
-                field: "source".into(),
-                reason: "must be at most 64 characters without control characters".into(),
-            });
-        }
-        let id = new_id(PREFIX);
-        let rel = path_for(&id).ok_or_else(|| Error::Input {
-            field: "id".into(),
-            reason: "could not derive a path for a new id".into(),
-        })?;
-        let front = Front {
-            id: Some(id.clone()),
-            created: Some(timefmt::now_toml()),
-            tags: new.tags,
-            source: new.source,
-            ..Front::default()
-        };
-        let body = with_newline(&new.text);
-        self.write_record(
-            &rel,
-            &front,
-            &toml::Table::new(),
-            &body,
-            WriteMode::CreateNew,
-        )?;
+        let (rel, text, memory) = render_new(new)?;
+        self.dir
+            .write(&rel, text.as_bytes(), WriteMode::CreateNew)?;
         self.wrote(&rel);
-        self.audit("memory.create", &id, "ok");
-        Ok(to_memory(&id, &rel, &front, &body))
+        self.audit("memory.create", &memory.id, "ok");
+        Ok(memory)
+    }
+
+    /// Writes a new memory into `batch`: it appears, under its own name,
+    /// when the batch is committed, and only then. Not audited: the
+    /// caller audits the batch (the ingest agent, one line per batch).
+    pub fn stage_memory(&self, batch: &mut profile::Batch<'_>, new: NewMemory) -> Result<Memory> {
+        let (rel, text, memory) = render_new(new)?;
+        batch.stage(&rel, text.as_bytes())?;
+        Ok(memory)
     }
 
     /// One page of memories, newest first, starting after the id `before`.
@@ -277,6 +259,37 @@ impl Store<'_> {
         let doc = self.read_record::<Front>(stem, rel, KNOWN)?;
         Ok((to_memory(stem, rel, &doc.front, &doc.body), doc))
     }
+}
+
+/// Checks `new` and renders it as a new memory: its path, its file's
+/// text, and the memory.
+fn render_new(new: NewMemory) -> Result<(String, String, Memory)> {
+    check_text(&new.text)?;
+    check_tags(&new.tags)?;
+    if let Some(source) = &new.source
+        && (source.chars().count() > 64 || source.chars().any(char::is_control))
+    {
+        return Err(Error::Input {
+            field: "source".into(),
+            reason: "must be at most 64 characters without control characters".into(),
+        });
+    }
+    let id = new_id(PREFIX);
+    let rel = path_for(&id).ok_or_else(|| Error::Input {
+        field: "id".into(),
+        reason: "could not derive a path for a new id".into(),
+    })?;
+    let front = Front {
+        id: Some(id.clone()),
+        created: Some(timefmt::now_toml()),
+        tags: new.tags,
+        source: new.source,
+        ..Front::default()
+    };
+    let body = with_newline(&new.text);
+    let text = render_record(&rel, &front, &toml::Table::new(), &body)?;
+    let memory = to_memory(&id, &rel, &front, &body);
+    Ok((rel, text, memory))
 }
 
 /// One page of memories from `index`, newest first, after the id `before`.

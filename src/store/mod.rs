@@ -260,10 +260,7 @@ impl<'a> Store<'a> {
         body: &str,
         mode: profile::WriteMode,
     ) -> Result<()> {
-        let text = frontmatter::render(front, extra, body).map_err(|reason| Error::Input {
-            field: rel.to_owned(),
-            reason,
-        })?;
+        let text = render_record(rel, front, extra, body)?;
         self.dir.write(rel, text.as_bytes(), mode)?;
         Ok(())
     }
@@ -281,6 +278,19 @@ impl<'a> Store<'a> {
         }
         out
     }
+}
+
+/// The text of the record file `rel`: front matter and body.
+fn render_record<F: RecordFront>(
+    rel: &str,
+    front: &F,
+    extra: &toml::Table,
+    body: &str,
+) -> Result<String> {
+    frontmatter::render(front, extra, body).map_err(|reason| Error::Input {
+        field: rel.to_owned(),
+        reason,
+    })
 }
 
 /// Reads again the items of `page` at `stale` (ascending), whose text was
