@@ -16,8 +16,8 @@
 //! `setuid`/`setgid`/`setgroups` would try to switch every thread of the
 //! daemon (the thread list is in the shared memory); the raw calls change
 //! only the child. All signals are blocked around the clone so no handler
-//! of the daemon runs on the child's stack; the child resets caught
-//! signals to their defaults and unblocks before exec.
+//! of the daemon runs on the child's stack; the child resets every signal
+//! to its default and unblocks them before exec.
 //!
 //! The child, in this order: resets its signals; starts a new session (its
 //! own process group, which timeouts kill whole); sets the groups computed
@@ -298,8 +298,9 @@ unsafe fn child_steps(p: &ChildPlan) -> Result<std::convert::Infallible, (i32, i
     }
 }
 
-/// Resets every signal the daemon catches to its default (and SIGPIPE,
-/// which Rust programs ignore), then unblocks them all.
+/// Resets every signal the daemon catches or ignores (Rust programs ignore
+/// SIGPIPE) to its default, then unblocks them all: an agent starts as
+/// from a fresh login.
 ///
 /// # Safety
 /// Only in the child of [`spawn`]'s clone.
@@ -336,8 +337,7 @@ unsafe fn reset_signals() -> Result<(), i32> {
             {
                 continue;
             }
-            let caught = old.handler != libc::SIG_DFL && old.handler != libc::SIG_IGN;
-            if caught || sig == libc::SIGPIPE {
+            if old.handler != libc::SIG_DFL {
                 let default = KernelSigaction {
                     handler: libc::SIG_DFL,
                     flags: 0,
