@@ -127,17 +127,26 @@ pub fn spawn(s: &Spawn<'_>) -> Result<Started, String> {
         .iter()
         .map(|a| cstring("argument", a))
         .collect::<Result<_, _>>()?;
-    let mut env: Vec<CString> = Vec::with_capacity(s.env.len());
+    let mut env = SecretEnv(Vec::with_capacity(s.env.len()));
     for (k, v) in s.env {
-        // Secrets may be in the values: the error names the variable only.
-        env.push(
-            CString::new(format!("{k}={v}"))
-                .map_err(|_| format!("the environment variable {k} contains a NUL byte"))?,
-        );
+        // Secrets may be in the values: built in a buffer of the final
+        // size (no copy left behind by a reallocation), zeroed on drop,
+        // and an error names the variable only.
+        let mut entry = Vec::with_capacity(k.len() + v.len() + 2);
+        entry.extend_from_slice(k.as_bytes());
+        entry.push(b'=');
+        entry.extend_from_slice(v.as_bytes());
+        match CString::new(entry) {
+            Ok(c) => env.0.push(c),
+            Err(e) => {
+                zeroize::Zeroize::zeroize(&mut e.into_vec());
+                return Err(format!("the environment variable {k} contains a NUL byte"));
+            }
+        }
     }
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    let mut envp: Vec<*const libc::c_char> = env.0.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
     let plan = ChildPlan {
         candidates,
@@ -159,8 +168,8 @@ pub fn spawn(s: &Spawn<'_>) -> Result<Started, String> {
         let _blocked = SignalsBlocked::new();
         // SAFETY: `child_main` only reads `plan` (alive until the clone
         // returns: CLONE_VFORK suspends this thread until the child has
-        // exec'd or exited) and makes raw system calls; `stack` is a
-        // mapping of STACK_SIZE bytes and its top is 16-byte aligned;
+        // exec'd or exited) and makes raw system calls; `stack` maps
+        // STACK_SIZE bytes below its page-aligned top, over a guard page;
         // with CLONE_PIDFD the kernel writes the pidfd into `pidfd`.
         unsafe {
             libc::clone(
@@ -197,6 +206,17 @@ pub fn spawn(s: &Spawn<'_>) -> Result<Started, String> {
     }
     let pid = Pid::from_raw(pid).ok_or_else(|| "the kernel returned pid 0".to_owned())?;
     Ok(Started { pid, pidfd })
+}
+
+/// The child's environment; zeroed when dropped (it may hold keys).
+struct SecretEnv(Vec<CString>);
+
+impl Drop for SecretEnv {
+    fn drop(&mut self) {
+        for entry in self.0.drain(..) {
+            zeroize::Zeroize::zeroize(&mut entry.into_bytes_with_nul());
+        }
+    }
 }
 
 /// A raw system call's result as `Err(errno)` on failure. Only for the
@@ -365,19 +385,30 @@ unsafe fn reset_signals() -> Result<(), i32> {
     Ok(())
 }
 
-/// The child's stack: an anonymous mapping, released on drop.
+/// A guard page below the child's stack: an overflow faults instead of
+/// writing into the daemon's memory.
+const GUARD_SIZE: usize = 4096;
+
+/// The child's stack: an anonymous mapping with a guard page at its
+/// bottom, released on drop.
 struct Stack {
     base: *mut c_void,
 }
 
 impl Stack {
     fn new() -> Result<Stack, String> {
+        let fail = |what: &str| {
+            format!(
+                "cannot {what} for the agent: {}",
+                std::io::Error::last_os_error()
+            )
+        };
         // SAFETY: a fresh private anonymous mapping; no existing memory is
         // touched.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                STACK_SIZE,
+                GUARD_SIZE + STACK_SIZE,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
                 -1,
@@ -385,17 +416,19 @@ impl Stack {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(format!(
-                "cannot map a stack for the agent: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(fail("map a stack"));
         }
-        Ok(Stack { base })
+        let stack = Stack { base };
+        // SAFETY: the first page of the mapping just made.
+        if unsafe { libc::mprotect(base, GUARD_SIZE, libc::PROT_NONE) } != 0 {
+            return Err(fail("protect the stack's guard page"));
+        }
+        Ok(stack)
     }
 
     /// The top of the stack (stacks grow down); page-aligned.
     fn top(&self) -> *mut c_void {
-        self.base.wrapping_byte_add(STACK_SIZE)
+        self.base.wrapping_byte_add(GUARD_SIZE + STACK_SIZE)
     }
 }
 
@@ -404,7 +437,7 @@ impl Drop for Stack {
         // SAFETY: unmaps exactly the mapping made in `new`, no longer used
         // (the child has exec'd or exited when the clone returns).
         unsafe {
-            libc::munmap(self.base, STACK_SIZE);
+            libc::munmap(self.base, GUARD_SIZE + STACK_SIZE);
         }
     }
 }
