@@ -39,8 +39,8 @@ pub enum CycleOutcome {
 /// scheduled cycle (`trigger` with a slot) only tries the lock and skips
 /// users the slot's stamp lists; a manual one waits for the lock within
 /// `lock_wait`. Each profile is opened just before its run and closed
-/// after it: the daemon forks every run, and each descriptor it holds is
-/// copied into the child and closed again at exec.
+/// after it: every descriptor the daemon holds is copied into each agent
+/// it starts and closed again at exec.
 pub fn run_cycle(
     state: &AppState,
     agent: &Agent,

@@ -155,9 +155,9 @@ pub fn agents_for(state: &AppState, profile: &ProfileDir) -> (Vec<Agent>, Vec<St
 /// Every eligible account whose profile directory it owns, by name, as the
 /// account database stands now (`accounts`, one snapshot for the whole
 /// listing). No profile is held open: a daemon that holds one directory per
-/// profile pays for every one of them in each agent it forks (the child
-/// copies the descriptor table and closes it again at exec), which made a
-/// cycle O(N²).
+/// profile pays for every one of them in each agent it starts (the child
+/// gets a copy of the descriptor table and closes it again at exec), which
+/// made a cycle O(N²).
 pub fn eligible_accounts(state: &AppState, accounts: &Snapshot) -> Vec<Account> {
     let config = state.config();
     let listing = match state.root().list() {
