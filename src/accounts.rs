@@ -11,6 +11,10 @@ use std::path::PathBuf;
 use nix::unistd::{Gid, Group, Uid, User};
 use serde::{Deserialize, Serialize};
 
+mod snapshot;
+
+pub use snapshot::{Files, Snapshot, Sources};
+
 /// A numeric user id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -255,6 +259,24 @@ pub enum Eligibility {
 impl Policy {
     /// Decides whether `account` may have a profile.
     pub fn eligibility(&self, account: &Account) -> Result<Eligibility, Error> {
+        self.decide(account, |group| account.is_member_of(group))
+    }
+
+    /// [`Policy::eligibility`] with groups from `accounts` (one snapshot
+    /// for many accounts, as an agent cycle asks).
+    pub fn eligibility_in(
+        &self,
+        account: &Account,
+        accounts: &Snapshot,
+    ) -> Result<Eligibility, Error> {
+        self.decide(account, |group| accounts.is_member_of(account, group))
+    }
+
+    fn decide(
+        &self,
+        account: &Account,
+        mut is_member_of: impl FnMut(&str) -> Result<bool, Error>,
+    ) -> Result<Eligibility, Error> {
         let uid = account.uid.0;
         if uid < self.uid_min || uid > self.uid_max {
             return Ok(Eligibility::Ineligible(format!(
@@ -271,7 +293,7 @@ impl Policy {
         if !self.allowed_groups.is_empty() {
             let mut allowed = false;
             for group in &self.allowed_groups {
-                if account.is_member_of(group)? {
+                if is_member_of(group)? {
                     allowed = true;
                     break;
                 }

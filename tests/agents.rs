@@ -164,6 +164,14 @@ for p in "$PROFILE_DIR"/../*/; do
   if cat "$p/profile.toml" >/dev/null 2>&1; then echo "read_settings=$(basename "$p")"; fi
 done
 env | cut -d= -f1 | sed 's/^/env=/'
+echo "self=$$"
+echo "pgrp_sid=$(cut -d' ' -f5,6 /proc/$$/stat)"
+grep -E '^Sig(Blk|Ign):' /proc/$$/status | tr -d '\t' | sed 's/^SigBlk:/sigblk=/; s/^SigIgn:/sigign=/'
+# The parent-death signal is per process and not inherited: ask for it
+# from this very process, by exec.
+if command -v python3 >/dev/null; then
+  exec python3 -c 'import ctypes; v = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(v)); print("pdeathsig=%d" % v.value)'
+fi
 "#;
 
 #[test]
@@ -235,6 +243,17 @@ fn external_agent_runs_as_each_user_with_only_its_credentials() {
             Path::new(one(&r, "pwd")),
             d.profile(u).canonicalize().expect("canonical profile path")
         );
+        // Its own session and process group (timeouts kill the group).
+        let me = one(&r, "self");
+        assert_eq!(one(&r, "pgrp_sid"), format!("{me} {me}"), "{r:?}");
+        // No signal of the daemon's stays blocked or ignored.
+        assert_eq!(one(&r, "sigblk"), "0000000000000000", "{r:?}");
+        assert_eq!(one(&r, "sigign"), "0000000000000000", "{r:?}");
+        // SIGKILL when the daemon dies (set after the uid change, which
+        // would clear it). Checked where python3 is there to ask.
+        if let Some(sig) = r.get("pdeathsig") {
+            assert_eq!(sig, &vec!["9".to_owned()], "{r:?}");
+        }
         assert_eq!(one(&r, "creds").trim(), "openai", "only the declared key");
         assert_eq!(one(&r, "openai_file"), format!("sk-openai-{}", u.name));
         assert_eq!(one(&r, "openai_env"), format!("sk-openai-{}", u.name));
@@ -800,4 +819,148 @@ fn a_broken_profile_toml_keeps_the_last_good_agents_in_force() {
     );
     let (_, v) = d.api(Some(&alice), "GET", "/v1/agents", None);
     assert_eq!(v["problems"].as_array().map_or(0, Vec::len), 0, "{v}");
+}
+
+/// An nsswitch.conf of our own, removed on drop.
+struct NsswitchFile(PathBuf);
+
+impl NsswitchFile {
+    fn new(text: &str) -> NsswitchFile {
+        let path = std::env::temp_dir().join(format!("pft-nsswitch-{}", common::tag()));
+        std::fs::write(&path, text).expect("write nsswitch file");
+        NsswitchFile(path)
+    }
+}
+
+impl Drop for NsswitchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn a_cycle_snapshot_of_the_account_files_answers_as_nss_does() {
+    if !require_root() {
+        return;
+    }
+    use profiled::accounts::{self, Files, Snapshot};
+    let user = TestUser::new("snap");
+    let (first, second, other) = (
+        TestGroup::new("sga"),
+        TestGroup::new("sgb"),
+        TestGroup::new("sgc"),
+    );
+    first.add(&user);
+    second.add(&user);
+    let nss = accounts::by_name(&user.name)
+        .expect("getpwnam")
+        .expect("the account exists");
+    let set = |v: Vec<accounts::GroupId>| v.into_iter().collect::<BTreeSet<_>>();
+    let from_nss = set(nss.groups().expect("getgrouplist"));
+    let conf = NsswitchFile::new("passwd: files\ngroup: files\n");
+    let files = Files {
+        nsswitch: conf.0.clone(),
+        ..Files::default()
+    };
+    // Answered from the files (nss-files only), and from whatever this
+    // host's nsswitch.conf allows: both the same as NSS.
+    for snapshot in [Snapshot::of(files.clone()), Snapshot::new()] {
+        let account = snapshot
+            .by_name(&user.name)
+            .expect("lookup")
+            .expect("found");
+        assert_eq!(account, nss);
+        let groups = snapshot.groups(&account).expect("groups");
+        assert_eq!(groups.first(), Some(&account.gid), "primary group first");
+        assert_eq!(set(groups), from_nss);
+        assert_eq!(from_nss.len(), 3, "primary, first and second: {from_nss:?}");
+        for (group, member) in [(&first, true), (&second, true), (&other, false)] {
+            assert_eq!(
+                snapshot
+                    .is_member_of(&account, &group.name)
+                    .expect("member"),
+                member,
+                "{}",
+                group.name
+            );
+        }
+    }
+    assert!(Snapshot::of(files.clone()).sources().group_files_only);
+    // A snapshot is of one moment: the next one no longer has a removed
+    // account (a cycle takes a new one each time).
+    let name = user.name.clone();
+    drop(user);
+    assert_eq!(Snapshot::of(files).by_name(&name).expect("lookup"), None);
+    assert_eq!(Snapshot::new().by_name(&name).expect("lookup"), None);
+}
+
+#[test]
+fn an_account_removed_between_cycles_gets_no_run() {
+    if !require_root() {
+        return;
+    }
+    let (stay, leave) = (TestUser::new("stay"), TestUser::new("leave"));
+    let (d, _) = daemon_with(
+        &[(
+            "noop.toml",
+            "[agents.noop]\ncommand = [\"/bin/true\"]\n".to_owned(),
+        )],
+        "",
+        "",
+    );
+    let d = start(d);
+    for u in [&stay, &leave] {
+        d.ok(Some(u), &["status"]);
+    }
+    let out = d.ok(None, &["agent", "run", "noop", "--all"]);
+    assert!(out.contains("ran (2 users)"), "{out}");
+    let left_behind = d.profile(&leave);
+    drop(leave);
+    let out = d.ok(None, &["agent", "run", "noop", "--all"]);
+    assert!(out.contains("ran (1 users)"), "{out}");
+    assert_eq!(runs(&d, &stay, "noop").len(), 2);
+    let log = std::fs::read_to_string(left_behind.join("logs/agents/noop.jsonl"))
+        .expect("the first cycle's log");
+    assert_eq!(
+        log.lines().count(),
+        1,
+        "no run after the account went: {log}"
+    );
+}
+
+#[test]
+fn a_program_that_cannot_start_is_an_error_that_says_why_and_names_are_found_in_path() {
+    if !require_root() {
+        return;
+    }
+    let user = TestUser::new("exec");
+    let (d, agents_d) = daemon_with(&[], "", "");
+    // Written without the execute bit.
+    let not_executable = script(&d, "plain.sh", "exit 0");
+    std::fs::write(
+        agents_d.join("starts.toml"),
+        format!(
+            "[agents.missing]\ncommand = [\"/nonexistent/agent\"]\n\
+             [agents.noexec]\ncommand = [\"{}\"]\n\
+             [agents.bare]\ncommand = [\"true\"]\n",
+            not_executable.display()
+        ),
+    )
+    .expect("write starts.toml");
+    let d = start(d);
+    d.ok(Some(&user), &["status"]);
+    for (agent, status, says) in [
+        ("missing", "error", "No such file"),
+        ("noexec", "error", "Permission denied"),
+        ("bare", "ok", ""),
+    ] {
+        d.ok(None, &["agent", "run", agent, "--all"]);
+        let logged = runs(&d, &user, agent);
+        assert_eq!(logged.len(), 1, "{agent}: {logged:?}");
+        assert_eq!(field(&logged[0], "status"), status, "{logged:?}");
+        if status == "error" {
+            let error = field(&logged[0], "error");
+            assert!(error.contains("exec") && error.contains(says), "{error}");
+        }
+    }
 }

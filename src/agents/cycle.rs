@@ -16,7 +16,7 @@ use super::locks::{self, Held};
 use super::runlog::{self, Run};
 use super::runner::{self, Exit, Launch, SAFE_PATH};
 use super::{Trigger, builtin};
-use crate::accounts::Account;
+use crate::accounts::{Account, Snapshot};
 use crate::api::AppState;
 use crate::creds::Vault;
 use crate::profile::ProfileDir;
@@ -34,13 +34,18 @@ pub enum CycleOutcome {
     Failed(String),
 }
 
-/// Runs `agent` over `users` (sorted here by name). A scheduled cycle
-/// (`trigger` with a slot) only tries the lock and skips users the slot's
-/// stamp lists; a manual one waits for the lock within `lock_wait`.
+/// Runs `agent` over `users` (sorted here by name), found in `accounts`
+/// (the cycle's snapshot, which also gives each run its groups). A
+/// scheduled cycle (`trigger` with a slot) only tries the lock and skips
+/// users the slot's stamp lists; a manual one waits for the lock within
+/// `lock_wait`. Each profile is opened just before its run and closed
+/// after it: every descriptor the daemon holds is copied into each agent
+/// it starts and closed again at exec.
 pub fn run_cycle(
     state: &AppState,
     agent: &Agent,
-    mut users: Vec<(Account, ProfileDir)>,
+    mut users: Vec<Account>,
+    accounts: &Snapshot,
     trigger: &Trigger,
 ) -> CycleOutcome {
     let config = state.config();
@@ -73,10 +78,10 @@ pub fn run_cycle(
         },
         None => BTreeSet::new(),
     };
-    users.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    users.sort_by(|a, b| a.name.cmp(&b.name));
     let mut ran = 0;
     let mut last_profile = None;
-    for (account, profile) in users {
+    for account in users {
         if done.contains(&account.name) {
             continue;
         }
@@ -88,7 +93,26 @@ pub fn run_cycle(
             );
             break;
         }
-        run_user(state, agent, &account, &profile, trigger, false);
+        let profile = match state.root().open_owned(&account) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                tracing::info!(
+                    "agent {}: {}'s profile is gone or changed owner since the cycle began; skipped",
+                    agent.key(),
+                    account.name
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(
+                    "agent {}: cannot open {}'s profile: {e}",
+                    agent.key(),
+                    account.name
+                );
+                continue;
+            }
+        };
+        run_user(state, agent, &profile, accounts, trigger, false);
         ran += 1;
         if trigger.slot().is_some()
             && let Err(e) = held.done(&account.name)
@@ -116,17 +140,19 @@ fn stamped(held: &mut Held, slot: i64) -> Result<Option<BTreeSet<String>>, Strin
     }
 }
 
-/// Runs `agent` for one user under the user's lock, records the run in the
-/// profile's log (synced now when `durable`; a cycle syncs once at its
-/// end) and the status, and tells the user's event stream.
+/// Runs `agent` for `profile`'s account under the user's lock, records the
+/// run in the profile's log (synced now when `durable`; a cycle syncs once
+/// at its end) and the status, and tells the user's event stream. The
+/// account's groups come from `accounts`.
 pub fn run_user(
     state: &AppState,
     agent: &Agent,
-    account: &Account,
     profile: &ProfileDir,
+    accounts: &Snapshot,
     trigger: &Trigger,
     durable: bool,
 ) -> Run {
+    let account = profile.account();
     let config = state.config();
     let run_id = ulid::Ulid::generate().to_string();
     let started = Instant::now();
@@ -159,7 +185,9 @@ pub fn run_user(
                 object(json!({"agent": agent.name, "run_id": run_id, "trigger": run.trigger})),
             );
             match &agent.spec.action {
-                Action::Command(argv) => external(state, agent, account, profile, argv, &mut run),
+                Action::Command(argv) => {
+                    external(state, agent, profile, accounts, argv, &mut run);
+                }
                 Action::Builtin(which) => match builtin::run(state, *which, profile) {
                     Ok(summary) => {
                         run.status = "ok".into();
@@ -218,17 +246,18 @@ fn object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
 fn external(
     state: &AppState,
     agent: &Agent,
-    account: &Account,
     profile: &ProfileDir,
+    accounts: &Snapshot,
     argv: &[String],
     run: &mut Run,
 ) {
+    let account = profile.account();
     let config = state.config();
     let fail = |run: &mut Run, e: String| {
         run.status = "error".into();
         run.error = Some(e);
     };
-    let groups = match account.groups() {
+    let groups = match accounts.groups(account) {
         Ok(g) => g,
         Err(e) => return fail(run, e.to_string()),
     };

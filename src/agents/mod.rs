@@ -13,6 +13,7 @@ pub mod locks;
 pub mod runlog;
 pub mod runner;
 mod scheduler;
+mod spawn;
 
 pub use catalog::{Agent, Owner};
 pub use cycle::CycleOutcome;
@@ -23,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::accounts::{self, Account, Eligibility};
+use crate::accounts::{Account, Eligibility, Snapshot};
 use crate::api::AppState;
 use crate::audit::Auditor;
 use crate::profile::{ProfileDir, ProfileState};
@@ -154,8 +155,13 @@ pub fn agents_for(state: &AppState, profile: &ProfileDir) -> (Vec<Agent>, Vec<St
     (agents, problems)
 }
 
-/// Every eligible account with a profile it owns, by name.
-pub fn eligible_profiles(state: &AppState) -> Vec<(Account, ProfileDir)> {
+/// Every eligible account whose profile directory it owns, by name, as the
+/// account database stands now (`accounts`, one snapshot for the whole
+/// listing). No profile is held open: a daemon that holds one directory per
+/// profile pays for every one of them in each agent it starts (the child
+/// gets a copy of the descriptor table and closes it again at exec), which
+/// made a cycle O(N²).
+pub fn eligible_accounts(state: &AppState, accounts: &Snapshot) -> Vec<Account> {
     let config = state.config();
     let listing = match state.root().list() {
         Ok(l) => l,
@@ -169,30 +175,39 @@ pub fn eligible_profiles(state: &AppState) -> Vec<(Account, ProfileDir)> {
         if entry.state != ProfileState::Directory {
             continue;
         }
-        let Ok(Some(account)) = accounts::by_name(&entry.name) else {
+        let Ok(Some(account)) = accounts.by_name(&entry.name) else {
             continue;
         };
-        if !matches!(
-            config.policy.eligibility(&account),
-            Ok(Eligibility::Eligible)
-        ) {
+        // The listing's owner is a first sieve; whoever opens the profile
+        // checks the owner again on the open handle.
+        if entry.owner != account.uid {
             continue;
         }
-        if let Ok(Some(profile)) = state.root().open_owned(&account) {
-            out.push((account, profile));
+        if matches!(
+            config.policy.eligibility_in(&account, accounts),
+            Ok(Eligibility::Eligible)
+        ) {
+            out.push(account);
         }
     }
     out
 }
 
-/// The users a cycle of `agent` covers: for an admin's agent every eligible
-/// profile that did not switch it off, for a user's agent that user.
-pub fn users_of(state: &AppState, agent: &Agent) -> Vec<(Account, ProfileDir)> {
-    eligible_profiles(state)
+/// The users a cycle of `agent` covers, by name: for an admin's agent every
+/// eligible profile that did not switch it off, for a user's agent that
+/// user. Each profile is opened only while it is looked at.
+pub fn users_of(state: &AppState, agent: &Agent, accounts: &Snapshot) -> Vec<Account> {
+    eligible_accounts(state, accounts)
         .into_iter()
-        .filter(|(account, profile)| match &agent.owner {
-            Owner::User(u) => *u == account.name && has_agent(state, profile, agent),
-            Owner::Admin => has_agent(state, profile, agent),
+        .filter(|account| {
+            let mine = match &agent.owner {
+                Owner::User(u) => *u == account.name,
+                Owner::Admin => true,
+            };
+            mine && matches!(
+                state.root().open_owned(account),
+                Ok(Some(profile)) if has_agent(state, &profile, agent)
+            )
         })
         .collect()
 }
@@ -207,9 +222,10 @@ fn has_agent(state: &AppState, profile: &ProfileDir, agent: &Agent) -> bool {
 /// Runs a whole cycle of `agent` now (an admin's request).
 pub fn run_cycle_now(state: &AppState, agent: &Agent) -> CycleOutcome {
     let started = std::time::Instant::now();
-    let users = users_of(state, agent);
+    let accounts = Snapshot::new();
+    let users = users_of(state, agent, &accounts);
     let listed = started.elapsed();
-    let outcome = cycle::run_cycle(state, agent, users, &Trigger::Manual);
+    let outcome = cycle::run_cycle(state, agent, users, &accounts, &Trigger::Manual);
     tracing::info!(
         "agent {}: manual cycle {outcome:?} in {:?} (finding its users took {listed:?})",
         agent.key(),
@@ -240,8 +256,8 @@ pub fn run_one_now(
     Ok(cycle::run_user(
         state,
         agent,
-        profile.account(),
         profile,
+        &Snapshot::new(),
         trigger,
         true,
     ))

@@ -1,27 +1,28 @@
 //! Runs one external agent process as its account (security rule 3).
 //!
 //! The groups are computed by the caller in the parent (NSS after fork in a
-//! threaded process can deadlock); one `pre_exec` then starts a new session
-//! (its own process group), asks for SIGKILL when the daemon dies, drops
-//! to the account (setgroups, setgid, setuid), proves root cannot be taken
-//! back, and enters the profile through its checked directory handle. The
-//! run is waited on through a pidfd, so a normal exit is seen at once;
-//! timeouts and shutdown signal the whole group.
+//! threaded process can deadlock); [`spawn`] then starts the process
+//! without copying the daemon, and its child, in one place before exec,
+//! starts a new session (its own process group), drops to the account
+//! (setgroups, setgid, setuid), proves root cannot be taken back, asks for
+//! SIGKILL when the daemon dies, and enters the profile through its
+//! checked directory handle. The run is waited on through a pidfd, so a
+//! normal exit is seen at once; timeouts and shutdown signal the whole
+//! group.
 //!
 //! A run must be waited on by the thread that spawned it: the parent-death
 //! signal fires when that *thread* ends.
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Stdio};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::process::{Pid, PidfdFlags, Signal, kill_process_group, pidfd_open};
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, kill_process_group, waitid};
 
 use super::guard::Guard;
+use super::spawn::{self, Spawn, Started};
 use crate::accounts::{Account, GroupId};
 
 /// The PATH agents get: system directories only, none a user can write.
@@ -93,47 +94,39 @@ pub fn run(l: &Launch<'_>) -> Outcome {
 }
 
 fn run_inner(l: &Launch<'_>) -> Result<Outcome, String> {
-    let Some((program, args)) = l.argv.split_first() else {
+    let Some(program) = l.argv.first() else {
         return Err("the command is empty".into());
     };
     let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| format!("cannot make a pipe: {e}"))?;
-    let writer2 = writer
-        .try_clone()
-        .map_err(|e| format!("cannot dup the pipe: {e}"))?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .envs(l.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(writer))
-        .stderr(Stdio::from(writer2));
-    let demotion = Demotion {
+    let devnull = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    let groups: Vec<u32> = l.groups.iter().map(|g| g.0).collect();
+    let started = spawn::spawn(&Spawn {
+        program,
+        argv: l.argv,
+        env: l.env,
+        path: SAFE_PATH,
         uid: l.account.uid.0,
         gid: l.account.gid.0,
-        groups: l.groups.iter().map(|g| g.0).collect(),
-        workdir: l.workdir.as_raw_fd(),
-        parent: rustix::process::getpid().as_raw_nonzero().get(),
-    };
-    // SAFETY: the closure runs between fork and exec in the child and calls
-    // only async-signal-safe functions (setsid, prctl, getppid, setgroups,
-    // setgid, setuid, fchdir) on data prepared before the fork; it neither
-    // allocates nor takes locks.
-    unsafe {
-        cmd.pre_exec(move || demotion.apply());
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {program:?}: {e}"))?;
-    // The writers live only in the child now.
-    std::mem::drop(cmd);
-    let pid = Pid::from_child(&child);
+        groups: &groups,
+        workdir: l.workdir,
+        stdin: devnull.as_fd(),
+        output: writer.as_fd(),
+    })?;
+    // The writer lives only in the child now: the output ends when it does.
+    drop(writer);
+    let pgid = started.pid.as_raw_nonzero().get();
     if let Some(g) = l.guard {
-        g.watch(pid.as_raw_nonzero().get());
+        g.watch(pgid);
     }
-    let outcome = wait(l, &mut child, pid, &reader);
+    let outcome = wait(l, &started, &reader);
     if let Some(g) = l.guard {
-        g.release(pid.as_raw_nonzero().get());
+        g.release(pgid);
     }
     Ok(outcome)
 }
@@ -141,8 +134,8 @@ fn run_inner(l: &Launch<'_>) -> Result<Outcome, String> {
 /// Waits for the run to end, signalling its group on timeout or shutdown,
 /// collecting its output; then kills and reaps whatever is left of its
 /// group (the daemon is their subreaper).
-fn wait(l: &Launch<'_>, child: &mut std::process::Child, pid: Pid, reader: &OwnedFd) -> Outcome {
-    let pidfd = pidfd_open(pid, PidfdFlags::empty());
+fn wait(l: &Launch<'_>, started: &Started, reader: &OwnedFd) -> Outcome {
+    let (pid, pidfd) = (started.pid, &started.pidfd);
     let mut output = Tail::new(l.output_limit);
     let started = Instant::now();
     let mut timed_out = false;
@@ -170,7 +163,10 @@ fn wait(l: &Launch<'_>, child: &mut std::process::Child, pid: Pid, reader: &Owne
             }
             _ => {}
         }
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Ok(Some(status)) = waitid(
+            WaitId::PidFd(pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
             // Whatever the agent left behind in its group ends with it.
             let _ = kill_process_group(pid, Signal::KILL);
             reap_group(pid);
@@ -179,10 +175,10 @@ fn wait(l: &Launch<'_>, child: &mut std::process::Child, pid: Pid, reader: &Owne
                 Exit::Stopped
             } else if timed_out {
                 Exit::TimedOut
-            } else if let Some(code) = status.code() {
+            } else if let Some(code) = status.exit_status() {
                 Exit::Code(code)
             } else {
-                Exit::Signal(status.signal().unwrap_or(0))
+                Exit::Signal(status.terminating_signal().unwrap_or(0))
             };
             return Outcome {
                 exit,
@@ -205,15 +201,9 @@ fn wait(l: &Launch<'_>, child: &mut std::process::Child, pid: Pid, reader: &Owne
             tv_nsec: 100_000_000,
         });
         let mut fds = Vec::with_capacity(2);
-        if let Ok(p) = &pidfd {
-            fds.push(PollFd::new(p, PollFlags::IN));
-        }
+        fds.push(PollFd::new(pidfd, PollFlags::IN));
         if reader_open {
             fds.push(PollFd::new(reader, PollFlags::IN));
-        }
-        if fds.is_empty() {
-            std::thread::sleep(Duration::from_millis(5).min(next));
-            continue;
         }
         let _ = rustix::event::poll(&mut fds, Some(&wait));
         let readable = reader_open && fds.last().is_some_and(|f| !f.revents().is_empty());
@@ -320,59 +310,5 @@ fn drain(reader: &OwnedFd, out: &mut Tail) {
             break;
         }
         out.push(&buf[..n]);
-    }
-}
-
-/// The privilege drop done in the child.
-struct Demotion {
-    uid: u32,
-    gid: u32,
-    groups: Vec<u32>,
-    workdir: i32,
-    parent: i32,
-}
-
-impl Demotion {
-    fn apply(&self) -> std::io::Result<()> {
-        let fail = || Err(std::io::Error::last_os_error());
-        // SAFETY: plain system calls on values owned by `self`; this runs in
-        // the single-threaded child between fork and exec.
-        unsafe {
-            if libc::setsid() < 0 {
-                return fail();
-            }
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return fail();
-            }
-            // The daemon may have died before the prctl: then no signal
-            // will ever come.
-            if libc::getppid() != self.parent {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            if libc::setgroups(self.groups.len(), self.groups.as_ptr()) != 0 {
-                return fail();
-            }
-            if libc::setgid(self.gid) != 0 {
-                return fail();
-            }
-            if libc::setuid(self.uid) != 0 {
-                return fail();
-            }
-            if libc::setuid(0) == 0 || libc::geteuid() == 0 || libc::getegid() == 0 && self.gid != 0
-            {
-                return Err(std::io::Error::from_raw_os_error(libc::EPERM));
-            }
-            if libc::fchdir(self.workdir) != 0 {
-                return fail();
-            }
-        }
-        Ok(())
     }
 }

@@ -14,8 +14,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinSet;
 
 use super::decl::Schedule;
-use super::{Agent, Owner, Trigger, agents_for, credsdir, cycle, eligible_profiles, users_of};
-use crate::accounts;
+use super::{Agent, Owner, Trigger, agents_for, credsdir, cycle, eligible_accounts, users_of};
+use crate::accounts::{self, Snapshot};
 use crate::api::AppState;
 use crate::watch::Body;
 
@@ -94,9 +94,12 @@ async fn run(state: Arc<AppState>) {
 async fn refresh_all(state: &Arc<AppState>) -> InForce {
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
-        eligible_profiles(&st)
+        eligible_accounts(&st, &Snapshot::new())
             .into_iter()
-            .map(|(account, profile)| (account.name, agents_for(&st, &profile).0))
+            .filter_map(|account| {
+                let profile = st.root().open_owned(&account).ok()??;
+                Some((account.name, agents_for(&st, &profile).0))
+            })
             .collect()
     })
     .await
@@ -158,8 +161,9 @@ fn start_due_cycles(
         tasks.spawn_blocking(move || {
             let _permit = permit;
             let started = Instant::now();
-            let users = users_of(&st, &agent);
-            match cycle::run_cycle(&st, &agent, users, &Trigger::Schedule(due)) {
+            let accounts = Snapshot::new();
+            let users = users_of(&st, &agent, &accounts);
+            match cycle::run_cycle(&st, &agent, users, &accounts, &Trigger::Schedule(due)) {
                 cycle::CycleOutcome::Failed(e) => {
                     tracing::error!("agent {}: the cycle could not run: {e}", agent.key());
                 }
