@@ -8,6 +8,7 @@
 //! they were written before its watch existed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 
 use super::classify::{classify, may_hold_records};
 use super::{Action, Change};
@@ -185,10 +186,21 @@ fn diff(
     rel: &str,
     now: BTreeMap<String, Stamp>,
 ) -> Vec<Change> {
-    let under = |p: &str| rel.is_empty() || p == rel || p.starts_with(&format!("{rel}/"));
-    let gone: Vec<String> = known
-        .keys()
-        .filter(|p| under(p) && !now.contains_key(*p))
+    // Only the keys at and under `rel` are looked at (a range of the sorted
+    // map, not every path of the profile), so a burst of N files in a
+    // profile of M costs N·log M, not N·M.
+    let prefix = format!("{rel}/");
+    // `rel` and every `rel/…` sort before `rel0` ('0' follows '/').
+    let end = format!("{rel}0");
+    let range = if rel.is_empty() {
+        known.range::<str, _>(..)
+    } else {
+        known.range::<str, _>((Bound::Included(rel), Bound::Excluded(end.as_str())))
+    };
+    let gone: Vec<String> = range
+        .map(|(p, _)| p)
+        .filter(|p| rel.is_empty() || p.as_str() == rel || p.starts_with(&prefix))
+        .filter(|p| !now.contains_key(*p))
         .cloned()
         .collect();
     let mut changes = Vec::new();
