@@ -803,20 +803,8 @@ fn organize_without_a_model_sends_nothing_and_says_what_to_set() {
 
 /// Every file's text under `dir`, recursively.
 fn read_all(dir: &Path) -> String {
-    let mut out = String::new();
-    let mut stack = vec![PathBuf::from(dir)];
-    while let Some(p) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&p) else {
-            continue;
-        };
-        for e in entries.filter_map(Result::ok) {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(text) = std::fs::read_to_string(&path) {
-                out.push_str(&text);
-            }
-        }
-    }
-    out
+    files_under(dir)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect()
 }

@@ -18,7 +18,7 @@ use std::os::fd::OwnedFd;
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
-use super::dir::{FILE_MODE, ProfileDir};
+use super::dir::{FILE_MODE, ProfileDir, append_whole};
 use super::sys::{check_regular, check_rel, errno, open_beneath, split_parent, stat};
 use super::{Error, Result};
 
@@ -207,19 +207,7 @@ impl<'p> Batch<'p> {
         }
         check_regular(&stat(&fd, rel)?, self.profile.account().uid, u64::MAX, rel)?;
         self.dirty = true;
-        let done = File::from(fd).write(data).map_err(|source| Error::Io {
-            path: rel.to_owned(),
-            op: "append",
-            source,
-        })?;
-        if done != data.len() {
-            return Err(Error::Io {
-                path: rel.to_owned(),
-                op: "append",
-                source: std::io::Error::new(std::io::ErrorKind::WriteZero, "short write"),
-            });
-        }
-        Ok(())
+        append_whole(&File::from(fd), data, rel)
     }
 
     /// Renames the entry `from` to `to` now, never over an existing entry

@@ -309,19 +309,8 @@ impl ProfileDir {
             rustix::fs::fsync(&dir).map_err(|e| errno(rel, "fsync directory", e))?;
         }
         check_regular(&stat(&fd, rel)?, self.account.uid, u64::MAX, rel)?;
-        let mut file = File::from(fd);
-        let done = file.write(line).map_err(|source| Error::Io {
-            path: rel.to_owned(),
-            op: "append",
-            source,
-        })?;
-        if done != line.len() {
-            return Err(Error::Io {
-                path: rel.to_owned(),
-                op: "append",
-                source: std::io::Error::new(std::io::ErrorKind::WriteZero, "short write"),
-            });
-        }
+        let file = File::from(fd);
+        append_whole(&file, line, rel)?;
         Ok(file)
     }
 
@@ -529,4 +518,23 @@ impl ProfileDir {
         )?;
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
     }
+}
+
+/// Appends `data` to `file` (opened with `O_APPEND`) in one `write`, so
+/// concurrent appenders never interleave within a line; a short write is
+/// an error rather than half a line.
+pub(super) fn append_whole(mut file: &File, data: &[u8], rel: &str) -> Result<()> {
+    let done = file.write(data).map_err(|source| Error::Io {
+        path: rel.to_owned(),
+        op: "append",
+        source,
+    })?;
+    if done != data.len() {
+        return Err(Error::Io {
+            path: rel.to_owned(),
+            op: "append",
+            source: std::io::Error::new(std::io::ErrorKind::WriteZero, "short write"),
+        });
+    }
+    Ok(())
 }
