@@ -214,16 +214,7 @@ impl SharedDir {
                 op: "read",
                 source,
             })?;
-        let size = bytes.len() as u64;
-        if size > self.max_file {
-            return Err(refused(
-                name,
-                Refusal::TooLarge {
-                    size,
-                    limit: self.max_file,
-                },
-            ));
-        }
+        self.check_size(name, bytes.len())?;
         Ok(SharedFile {
             owner: UserId(st.st_uid),
             stamp: Stamp::of(&st),
@@ -237,16 +228,7 @@ impl SharedDir {
     /// anything (`EEXIST` if the name is taken), then the directory fsynced.
     pub fn create(&self, name: &str, data: &[u8], owner: &Account) -> Result<()> {
         check_name(name)?;
-        let size = data.len() as u64;
-        if size > self.max_file {
-            return Err(refused(
-                name,
-                Refusal::TooLarge {
-                    size,
-                    limit: self.max_file,
-                },
-            ));
-        }
+        self.check_size(name, data.len())?;
         let tmp = format!(".{name}.{}.tmp", ulid::Ulid::generate());
         let io = |op: &'static str| {
             move |e: Errno| Error::Io {
@@ -292,6 +274,21 @@ impl SharedDir {
             return Err(e);
         }
         rustix::fs::fsync(&self.fd).map_err(io("fsync directory"))
+    }
+
+    /// Refuses an entry of `len` bytes over the size limit.
+    fn check_size(&self, name: &str, len: usize) -> Result<()> {
+        let size = len as u64;
+        if size > self.max_file {
+            return Err(refused(
+                name,
+                Refusal::TooLarge {
+                    size,
+                    limit: self.max_file,
+                },
+            ));
+        }
+        Ok(())
     }
 
     /// Removes the entry `name` (never a directory; a link is removed, not
