@@ -42,11 +42,6 @@ impl Store<'_> {
     pub fn settings(&self) -> Result<UserSettings> {
         Ok(self.read_toml(PATH)?.unwrap_or_default())
     }
-
-    /// What is wrong with `profile.toml`, if anything (file, line, reason).
-    pub fn settings_problem(&self) -> Option<Problem> {
-        self.settings().err().and_then(super::problem_of)
-    }
 }
 
 /// The settings in force for one profile: the last `profile.toml` that
