@@ -96,7 +96,7 @@ fn run(calls: usize, full: bool) -> Result<(), String> {
         fallback: Fallback::Any,
         endpoints: [(
             "ollama".to_owned(),
-            Endpoint::parse("http://127.0.0.1:11434/v1", true)?,
+            Endpoint::parse("http://127.0.0.1:11434/v1", true, None)?,
         )]
         .into(),
     };

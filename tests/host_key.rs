@@ -410,3 +410,90 @@ fn check_config_refuses_an_unpinned_fallback_and_unsafe_endpoints_with_file_and_
         );
     }
 }
+
+/// A listener of `user`'s own on 127.0.0.1:`port` (perl, which Debian
+/// and its derivatives always have): it writes every request head it gets
+/// to `log` and answers 500. Waits until it listens.
+fn users_listener(user: &TestUser, port: u16, log: &Path) -> common::KillOnDrop {
+    const SERVER: &str = r#"use IO::Socket::INET; $| = 1;
+my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $ARGV[0], Listen => 5, ReuseAddr => 1) or die "listen: $!";
+while (my $c = $s->accept) { while (my $l = <$c>) { print $l; last if $l eq "\r\n"; }
+print $c "HTTP/1.1 500 Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"; close $c; }"#;
+    let out = std::fs::File::create(log).expect("create the listener's log");
+    let child = user
+        .command("perl")
+        .args(["-e", SERVER, &port.to_string()])
+        .stdout(out)
+        .spawn()
+        .expect("run perl as the user");
+    let child = common::KillOnDrop(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "her listener never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn a_pinned_loopback_port_taken_by_a_user_gets_no_host_key() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let port = common::free_port();
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let pinned = |extra: &str| {
+        format!(
+            "[credentials]\nfallback = [\"openai\"]\n[credentials.endpoints]\n\
+             openai = {{ url = \"{url}\", allow_loopback_http = true{extra} }}\n"
+        )
+    };
+    let d = start_with(configure(&pinned("")), ORGANIZE);
+    let host = fresh("sk-host");
+    set_key(&d, None, &host);
+    d.ok(Some(&alice), &["status"]);
+    write_settings(&d, &alice, &model_settings(&url));
+    capture(&d, &alice, "a note to tag");
+
+    // The admin's model server is down; alice listens on its port.
+    let log = d.scratch.path.join("hers.log");
+    let hers = users_listener(&alice, port, &log);
+    let run = organize(&d, &alice);
+    let heard = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !heard.contains(&host),
+        "her listener got the host key: {heard}"
+    );
+    assert!(
+        !heard.contains("POST"),
+        "her listener got a request: {heard}"
+    );
+    let logged = run.to_string();
+    assert!(
+        logged.contains(&format!("held by uid {}", alice.uid)) && logged.contains("not sent"),
+        "{logged}"
+    );
+    assert!(d.log_text().contains("not sent"), "the admin is told too");
+    drop(hers);
+    drop(d);
+
+    // Where the admin names the account the server runs as, its listener
+    // is the endpoint (here alice's stands in for such a service account).
+    let d = start_with(
+        configure(&pinned(&format!(", listener_user = \"{}\"", alice.name))),
+        ORGANIZE,
+    );
+    set_key(&d, None, &host);
+    d.ok(Some(&alice), &["status"]);
+    write_settings(&d, &alice, &model_settings(&url));
+    capture(&d, &alice, "a note to tag");
+    let log = d.scratch.path.join("hers.log");
+    let _hers = users_listener(&alice, port, &log);
+    let run = organize(&d, &alice);
+    let heard = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(heard.contains(&format!("Bearer {host}")), "{run} / {heard}");
+}

@@ -16,6 +16,7 @@
 //! - `secret`: [`Secret`], a zeroizing, never-printed string;
 //! - `format`: the plaintext inside the age envelope, and the envelope;
 //! - `keys`: the identities and locks in `keys/`;
+//! - `listener`: who listens on a loopback port (the kernel's tables);
 //! - `vault`: reading and changing a credentials file ([`Vault`]);
 //! - `resolve`: the agents' lookup: the account's own key for its
 //!   processes, own-or-host (bound to the pinned endpoint) for the daemon's
@@ -27,6 +28,7 @@ mod endpoint;
 mod error;
 mod format;
 mod keys;
+mod listener;
 mod resolve;
 mod rotate;
 mod secret;

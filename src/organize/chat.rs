@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::creds::{HostKey, Secret, UserKey};
+use crate::creds::{self, HostKey, Secret, UserKey};
 
 /// How long to wait for a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,6 +95,8 @@ pub struct Endpoint<'a> {
     base_url: &'a str,
     model: &'a str,
     key: &'a Secret,
+    /// With a host key: its pinned endpoint, checked before each request.
+    pinned: Option<&'a creds::Endpoint>,
 }
 
 impl<'a> Endpoint<'a> {
@@ -105,6 +107,7 @@ impl<'a> Endpoint<'a> {
             base_url,
             model,
             key: key.secret(),
+            pinned: None,
         }
     }
 
@@ -115,6 +118,7 @@ impl<'a> Endpoint<'a> {
             base_url: key.endpoint().url(),
             model,
             key: key.secret(),
+            pinned: Some(key.endpoint()),
         }
     }
 
@@ -149,6 +153,13 @@ impl<'a> Endpoint<'a> {
         })
         .map_err(|e| Error::Failed(e.to_string()))?;
         let url = format!("{}/chat/completions", self.base_url.trim_end_matches('/'));
+        if let Some(pinned) = self.pinned {
+            // As late as can be: a loopback port may change hands.
+            if let Err(e) = pinned.check_listener() {
+                tracing::warn!("organize: {url}: {e}");
+                return Err(Error::Failed(format!("{url}: {e}")));
+            }
+        }
         let auth = Zeroizing::new(format!("Bearer {}", self.key.expose()));
         let mut resp = agent
             .post(&url)
