@@ -67,17 +67,11 @@ impl UserKey {
 /// to [`HostKey::endpoint`].
 #[derive(Debug)]
 pub struct HostKey {
-    provider: String,
     secret: Secret,
     endpoint: Endpoint,
 }
 
 impl HostKey {
-    /// The provider.
-    pub fn provider(&self) -> &str {
-        &self.provider
-    }
-
     /// The only endpoint this key may be sent to.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
@@ -148,7 +142,6 @@ impl Vault {
         {
             self.touch(Place::Host, provider, &entry, now);
             return Ok(Resolved::Host(HostKey {
-                provider: provider.to_owned(),
                 secret: entry.secret,
                 endpoint: endpoint.clone(),
             }));
@@ -159,8 +152,8 @@ impl Vault {
         })
     }
 
-    /// The account's own unexpired key, or `Err` with when its key
-    /// expired (`None`: it has none).
+    /// The account's own unexpired key; else `Err` holding when its key
+    /// expired (`None`: it has no key for `provider`).
     fn own(
         &self,
         profile: &ProfileDir,

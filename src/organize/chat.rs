@@ -122,11 +122,6 @@ impl<'a> Endpoint<'a> {
         }
     }
 
-    /// The base URL requests go to.
-    pub fn base_url(&self) -> &str {
-        self.base_url
-    }
-
     /// Sends `system` and `user` messages; the answer's text and its cost.
     pub fn complete(&self, system: &str, user: &str) -> Result<(String, Tokens), Error> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
