@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use profiled::accounts::{self, UserId};
-use profiled::creds::{Fallback, NewKey, Place, Secret, Settings, Vault};
+use profiled::creds::{Endpoint, Fallback, NewKey, Place, Secret, Settings, Vault};
 use profiled::profile::ProfilesRoot;
 
 /// Removes the scratch directory however the run ends.
@@ -94,6 +94,11 @@ fn run(calls: usize, full: bool) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let settings = Settings {
         fallback: Fallback::Any,
+        endpoints: [(
+            "ollama".to_owned(),
+            Endpoint::parse("http://127.0.0.1:11434/v1", true, None)?,
+        )]
+        .into(),
     };
 
     // The first call records last_used: a write, once a minute per key.

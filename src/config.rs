@@ -556,6 +556,11 @@ impl Config {
             login_max_delay: dur(a.login_max_delay, 15 * 60),
         };
 
+        let credentials = raw
+            .credentials
+            .validate()
+            .map_err(|(span, reason)| invalid(file, text, span, reason))?;
+
         Ok(Config {
             source: Some(file.to_owned()),
             paths,
@@ -563,7 +568,7 @@ impl Config {
             limits,
             tcp,
             auth,
-            credentials: raw.credentials.into(),
+            credentials,
             watch: Watch {
                 mode: raw.watch.mode.unwrap_or(WatchMode::Auto),
                 poll_interval: dur(raw.watch.poll_interval, 2),

@@ -6,13 +6,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::os::unix::fs::{chown, symlink};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::model::{FakeModel, Seen};
 use common::{Daemon, TestUser, capture, require_root};
 use profiled::builtin::{self, ingest};
 use profiled::config::Config;
@@ -569,96 +567,6 @@ fn search_answers_only_the_callers_own_records() {
     let md = std::fs::metadata(&index_dir).expect("the index dir");
     use std::os::unix::fs::MetadataExt;
     assert_eq!((md.uid(), md.mode() & 0o777), (0, 0o700));
-}
-
-/// One request the fake model server received.
-#[derive(Clone, Debug)]
-struct Seen {
-    authorization: String,
-    body: String,
-}
-
-/// A tiny OpenAI-compatible chat server on loopback: answers tags and
-/// usage, or 401 for the key `rejected`. Records every request.
-struct FakeModel {
-    url: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl FakeModel {
-    fn start(rejected: String) -> FakeModel {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let Some(req) = read_request(&mut stream) else {
-                    continue;
-                };
-                let reject = req.authorization == format!("Bearer {rejected}");
-                log.lock().expect("log").push(req);
-                let (status, body) = if reject {
-                    (
-                        "401 Unauthorized",
-                        r#"{"error":{"message":"bad key"}}"#.to_owned(),
-                    )
-                } else {
-                    (
-                        "200 OK",
-                        serde_json::json!({
-                            "choices": [{"message": {"role": "assistant",
-                                "content": "{\"tags\": [\"Fake\", \"organized\"]}"}}],
-                            "usage": {"prompt_tokens": 30, "completion_tokens": 7, "total_tokens": 37}
-                        })
-                        .to_string(),
-                    )
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        FakeModel { url, seen }
-    }
-
-    fn requests(&self) -> Vec<Seen> {
-        self.seen.lock().expect("log").clone()
-    }
-}
-
-fn read_request(stream: &mut std::net::TcpStream) -> Option<Seen> {
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut authorization = String::new();
-    let mut length = 0usize;
-    let mut first = true;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).ok()?;
-        let line = line.trim_end();
-        if first {
-            first = false;
-            continue;
-        }
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':')?;
-        match name.to_ascii_lowercase().as_str() {
-            "authorization" => authorization = value.trim().to_owned(),
-            "content-length" => length = value.trim().parse().ok()?,
-            _ => {}
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
-    Some(Seen {
-        authorization,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
 }
 
 fn set_key(d: &Daemon, user: &TestUser, secret: &str) {

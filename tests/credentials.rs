@@ -16,6 +16,26 @@ use profiled::config::Config;
 use profiled::creds::{self, Settings, Source, Vault};
 use profiled::profile::ProfilesRoot;
 
+/// Host fallback for openai, to the endpoint pinned for it.
+const FALLBACK: &str = "[credentials]\nfallback = [\"openai\"]\n\
+    [credentials.endpoints]\nopenai = \"https://api.openai.com/v1\"\n";
+
+/// The text of the account's own key `r` (a host key fails the test).
+fn own_text(r: &creds::Resolved) -> &str {
+    match r {
+        creds::Resolved::User(k) => k.secret().expose(),
+        creds::Resolved::Host(_) => panic!("the host's key, not the account's own"),
+    }
+}
+
+/// The pinned endpoint of the host key `r` (an own key fails the test).
+fn host_endpoint(r: &creds::Resolved) -> &str {
+    match r {
+        creds::Resolved::Host(k) => k.endpoint().url(),
+        creds::Resolved::User(_) => panic!("the account's own key, not the host's"),
+    }
+}
+
 /// A secret no file or process could hold by chance.
 fn fresh_secret(prefix: &str) -> String {
     format!("{prefix}-{}", ulid::Ulid::generate())
@@ -354,7 +374,7 @@ fn the_host_key_stands_in_only_where_the_config_allows_it() {
     }
     let alice = TestUser::new("alice");
     let carol = TestUser::new("carol");
-    let d = Daemon::start("[credentials]\nfallback = [\"openai\"]\n");
+    let d = Daemon::start(FALLBACK);
     let settings = Config::load(&d.config).expect("config").credentials;
     let host = fresh_secret("sk-host");
     let own = fresh_secret("sk-alice");
@@ -374,7 +394,10 @@ fn the_host_key_stands_in_only_where_the_config_allows_it() {
 
     // carol has no key: fallback allowed for openai, not for anthropic.
     let r = resolve(&d, &carol, "openai", &settings).expect("fallback");
-    assert_eq!((r.secret.expose(), r.source), (host.as_str(), Source::Host));
+    assert_eq!(
+        (r.source(), host_endpoint(&r)),
+        (Source::Host, "https://api.openai.com/v1")
+    );
     let err = resolve(&d, &carol, "anthropic", &settings).expect_err("no fallback");
     assert_eq!(
         err.to_string(),
@@ -392,7 +415,7 @@ fn the_host_key_stands_in_only_where_the_config_allows_it() {
         profiled::timefmt::rfc3339(time::OffsetDateTime::now_utc() + time::Duration::seconds(4));
     set_key(&d, Some(&alice), "openai", &own, &["--expires", &expires]);
     let r = resolve(&d, &alice, "openai", &settings).expect("own key");
-    assert_eq!((r.secret.expose(), r.source), (own.as_str(), Source::Own));
+    assert_eq!((own_text(&r), r.source()), (own.as_str(), Source::User));
 
     // last_used is recorded, and not rewritten within the minute.
     let listing: serde_json::Value =
@@ -412,7 +435,7 @@ fn the_host_key_stands_in_only_where_the_config_allows_it() {
 
     std::thread::sleep(Duration::from_secs(5));
     let r = resolve(&d, &alice, "openai", &settings).expect("host once expired");
-    assert_eq!((r.secret.expose(), r.source), (host.as_str(), Source::Host));
+    assert_eq!(r.source(), Source::Host);
     let err = resolve(&d, &alice, "openai", &Settings::default()).expect_err("expired");
     assert!(err.to_string().contains("expired at"), "{err}");
     assert!(
@@ -498,7 +521,7 @@ fn a_broken_file_is_reported_kept_byte_for_byte_and_set_aside_only_on_reset() {
         secrets[0]
     );
     let r = resolve(&d, &alice, "openai", &Settings::default()).expect("alice resolves");
-    assert_eq!(r.secret.expose(), secrets[0]);
+    assert_eq!(own_text(&r), secrets[0]);
 
     // bob resets: the broken file is kept aside, byte for byte.
     assert_eq!(std::fs::read(file(&bob)).expect("read"), broken);
@@ -539,7 +562,7 @@ fn rotate_keys_reencrypts_every_file_and_removes_the_old_identities() {
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     let carol = TestUser::new("carol");
-    let d = Daemon::start("[credentials]\nfallback = [\"openai\"]\n");
+    let d = Daemon::start(FALLBACK);
     let settings = Config::load(&d.config).expect("config").credentials;
     let (identity, public) = age_identity(&d, &alice);
     d.ok(Some(&alice), &["creds", "add-recipient", &public]);
@@ -636,11 +659,20 @@ fn rotate_keys_reencrypts_every_file_and_removes_the_old_identities() {
 
     // Every key still resolves, through the library and the running daemon.
     let r = resolve(&d, &alice, "openai", &settings).expect("alice");
-    assert_eq!((r.secret.expose(), r.source), (a.as_str(), Source::Own));
+    assert_eq!((own_text(&r), r.source()), (a.as_str(), Source::User));
     let r = resolve(&d, &bob, "anthropic", &settings).expect("bob");
-    assert_eq!(r.secret.expose(), b);
+    assert_eq!(own_text(&r), b);
     let r = resolve(&d, &carol, "openai", &settings).expect("carol falls back");
-    assert_eq!((r.secret.expose(), r.source), (h.as_str(), Source::Host));
+    assert_eq!(r.source(), Source::Host);
+    // The host file opens with the new host identity and holds the key.
+    let out = Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(key_of(".host"))
+        .arg(d.state.join("credentials.age"))
+        .output()
+        .expect("age");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&h));
     assert_eq!(d.ok(Some(&alice), &["creds", "reveal", "openai"]).trim(), a);
     assert!(d.ok(Some(&alice), &["creds", "list"]).contains(&public));
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::catalog::Agent;
-use super::credsdir::CredentialsDir;
+use super::credsdir::RunCredentials;
 use super::decl::Action;
 use super::locks::{self, Held};
 use super::runlog::{self, Run};
@@ -171,6 +171,7 @@ pub fn run_user(
         signal: None,
         error: None,
         output: String::new(),
+        notes: Vec::new(),
         daemon_pid: std::process::id(),
     };
     let user_lock = config
@@ -273,40 +274,35 @@ fn external(
         ("PROFILED_RUN_ID".to_owned(), run.run_id.clone()),
     ];
     let spec = &agent.spec;
-    let _creds_dir = if spec.credentials.is_empty() {
+    let _creds = if spec.credentials.is_empty() {
         None
     } else {
-        let vault = match Vault::open(&config.paths.state_dir) {
-            Ok(v) => v,
-            Err(e) => return fail(run, e.to_string()),
+        let creds = Vault::open(&config.paths.state_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|vault| {
+                RunCredentials::prepare(
+                    &vault,
+                    profile,
+                    &spec.credentials,
+                    &config.paths.runtime_dir.join("credentials"),
+                    &run.run_id,
+                )
+            });
+        let creds = match creds {
+            Ok(c) => c,
+            Err(e) => return fail(run, format!("agent {}: {e}", agent.name)),
         };
-        let mut keys = Vec::new();
-        for provider in &spec.credentials {
-            match vault.resolve(profile, provider, &config.credentials) {
-                Ok(r) => keys.push((provider.clone(), r.secret)),
-                Err(e) => {
-                    return fail(
-                        run,
-                        format!("agent {} needs the {provider} key: {e}", agent.name),
-                    );
-                }
-            }
-        }
-        let base = config.paths.runtime_dir.join("credentials");
-        let dir = match CredentialsDir::create(&base, &run.run_id, account, &keys) {
-            Ok(d) => d,
-            Err(e) => return fail(run, e),
-        };
+        run.notes.extend_from_slice(creds.notes());
         env.push((
             "CREDENTIALS_DIRECTORY".to_owned(),
-            dir.path().display().to_string(),
+            creds.path().display().to_string(),
         ));
         for (var, provider) in &spec.env {
-            if let Some((_, secret)) = keys.iter().find(|(p, _)| p == provider) {
+            if let Some(secret) = creds.secret(provider) {
                 env.push((var.clone(), secret.expose().to_owned()));
             }
         }
-        Some(dir)
+        Some(creds)
     };
     let outcome = runner::run(&Launch {
         argv,

@@ -40,6 +40,10 @@ pub struct Run {
     /// The end of its output (or a built-in's summary).
     #[serde(default)]
     pub output: String,
+    /// What the user should know that did not stop the run, in words to
+    /// act on (e.g. a declared key they have none of).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// The process id of the daemon that ran it.
     pub daemon_pid: u32,
 }

@@ -6,32 +6,40 @@
 //! account added (an age or SSH public key of theirs), so a copied profile
 //! leaks nothing and its owner can open it offline with the age CLI. The
 //! host's `<state_dir>/credentials.age` (identity `keys/.host.key`) is the
-//! admin-managed fallback. See docs/FORMATS.md.
+//! admin-managed fallback, used only by the daemon's own code against the
+//! endpoint the admin pinned for the provider. See docs/FORMATS.md.
 //!
 //! One job per file:
 //!
+//! - `endpoint`: [`Endpoint`], the URL pinned for a provider's host key;
 //! - `error`: the module's one error type;
 //! - `secret`: [`Secret`], a zeroizing, never-printed string;
 //! - `format`: the plaintext inside the age envelope, and the envelope;
 //! - `keys`: the identities and locks in `keys/`;
+//! - `listener`: who listens on a loopback port (the kernel's tables);
 //! - `vault`: reading and changing a credentials file ([`Vault`]);
-//! - `resolve`: the agents' lookup, with fallback and `last_used`;
+//! - `resolve`: the agents' lookup: the account's own key for its
+//!   processes, own-or-host (bound to the pinned endpoint) for the daemon's
+//!   code, and `last_used`;
 //! - `rotate`: `profiled rotate-keys`;
-//! - `settings`: the `[credentials]` config section.
+//! - `settings`: the `[credentials]` config section (fallback, endpoints).
 
+mod endpoint;
 mod error;
 mod format;
 mod keys;
+mod listener;
 mod resolve;
 mod rotate;
 mod secret;
 mod settings;
 mod vault;
 
+pub use endpoint::Endpoint;
 pub use error::{Error, Result};
 pub use format::{EntryInfo, MAX_RECIPIENTS, RESERVED_PROVIDERS, check_provider};
 pub use keys::KeyStore;
-pub use resolve::{LAST_USED_GRANULARITY, Resolved, Source};
+pub use resolve::{HostKey, LAST_USED_GRANULARITY, Resolved, Source, UserKey};
 pub use rotate::{Rotation, rotate_keys, run_cli as rotate_keys_cli};
 pub use secret::{MAX_SECRET_BYTES, Secret};
 pub use settings::{Fallback, RawSettings, Settings};

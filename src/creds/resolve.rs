@@ -1,9 +1,13 @@
 //! Resolution, the agents' hot path: (account, provider) to the key to use.
 //!
-//! The account's own key wins; else the host's, when `[credentials]
-//! fallback` allows it for the provider; else an error the user can act on.
-//! Expired keys are never used (an expired key of the user's counts as none,
-//! so an allowed fallback applies).
+//! Two lookups, two types (rule 10): [`Vault::resolve_own`] gives a
+//! [`UserKey`], the account's own, which is all a process the account
+//! controls may ever get; [`Vault::resolve`], for the daemon's own code,
+//! gives the account's key, else the host's when `[credentials] fallback`
+//! allows it for the provider, as a [`HostKey`] bound to the endpoint the
+//! administrator pinned for it; else an error the user can act on. Expired
+//! keys are never used (an expired key of the user's counts as none, so an
+//! allowed fallback applies).
 //!
 //! Each call reads and decrypts the file afresh (about 0.1 ms, see
 //! docs/BENCHMARKS.md): no cache to go stale when the owner changes a key
@@ -14,6 +18,7 @@
 
 use time::{Duration, OffsetDateTime};
 
+use super::endpoint::Endpoint;
 use super::error::{Error, Result};
 use super::format::{Entry, check_provider, to_time};
 use super::secret::Secret;
@@ -29,28 +34,95 @@ pub const LAST_USED_GRANULARITY: Duration = Duration::minutes(1);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
     /// The account's own credentials.age.
-    Own,
+    User,
     /// The host's, as a fallback.
     Host,
 }
 
-/// A key to use.
+/// A key of the account's own. The only kind of key that may reach a
+/// process the account controls (an external agent's
+/// `$CREDENTIALS_DIRECTORY` takes nothing else) or an endpoint the account
+/// chose: it is theirs to use anywhere.
 #[derive(Debug)]
-pub struct Resolved {
+pub struct UserKey {
+    provider: String,
+    secret: Secret,
+}
+
+impl UserKey {
     /// The provider.
-    pub provider: String,
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
     /// The key.
-    pub secret: Secret,
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+}
+
+/// The host's key for a provider, bound to the endpoint the administrator
+/// pinned for that provider (rule 10). It has no public way to its text:
+/// only the daemon's own request code (`organize::chat`) sends it, and only
+/// to [`HostKey::endpoint`].
+#[derive(Debug)]
+pub struct HostKey {
+    secret: Secret,
+    endpoint: Endpoint,
+}
+
+impl HostKey {
+    /// The only endpoint this key may be sent to.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The key, for the request to [`HostKey::endpoint`] only.
+    pub(crate) fn secret(&self) -> &Secret {
+        &self.secret
+    }
+}
+
+/// A key for the daemon's own code: the account's, or the host's bound to
+/// its pinned endpoint.
+#[derive(Debug)]
+pub enum Resolved {
+    /// The account's own key.
+    User(UserKey),
+    /// The host's key, as a fallback.
+    Host(HostKey),
+}
+
+impl Resolved {
     /// Whose key it is.
-    pub source: Source,
+    pub fn source(&self) -> Source {
+        match self {
+            Resolved::User(_) => Source::User,
+            Resolved::Host(_) => Source::Host,
+        }
+    }
 }
 
 impl Vault {
-    /// The key `profile`'s account should use for `provider`: its own
-    /// unexpired key, else the host's unexpired key when `settings` allows
-    /// fallback for `provider`, else [`Error::NoKey`]. A broken file of the
-    /// account's is [`Error::Broken`] (no silent fallback: the user must
-    /// learn their file is unusable).
+    /// The account's own unexpired key for `provider`, never the host's:
+    /// what a process the account controls may be given. None is
+    /// [`Error::NoKey`]; a broken file is [`Error::Broken`].
+    pub fn resolve_own(&self, profile: &ProfileDir, provider: &str) -> Result<UserKey> {
+        check_provider(provider)?;
+        let now = OffsetDateTime::now_utc();
+        self.own(profile, provider, now)?
+            .map_err(|expired| Error::NoKey {
+                provider: provider.to_owned(),
+                expired,
+            })
+    }
+
+    /// The key the daemon's own code should use for `profile`'s account
+    /// and `provider`: the account's own unexpired key, else the host's
+    /// unexpired key with its pinned endpoint when `settings` allows
+    /// fallback for `provider`, else [`Error::NoKey`]. A broken file of
+    /// the account's is [`Error::Broken`] (no silent fallback: the user
+    /// must learn their file is unusable).
     pub fn resolve(
         &self,
         profile: &ProfileDir,
@@ -59,29 +131,50 @@ impl Vault {
     ) -> Result<Resolved> {
         check_provider(provider)?;
         let now = OffsetDateTime::now_utc();
-        let mut expired = None;
-        let own = Place::Profile(profile);
-        if let Some((mut plain, _)) = self.load(own)?
-            && let Some(entry) = plain.providers.remove(provider)
-        {
-            if !entry.expired(now) {
-                self.touch(own, provider, &entry, now);
-                return Ok(resolved(provider, entry, Source::Own));
-            }
-            expired = entry.expires.as_ref().map(ToString::to_string);
-        }
-        if settings.allows_fallback(provider)
+        let expired = match self.own(profile, provider, now)? {
+            Ok(key) => return Ok(Resolved::User(key)),
+            Err(expired) => expired,
+        };
+        if let Some(endpoint) = settings.host_endpoint(provider)
             && let Some((mut plain, _)) = self.load(Place::Host)?
             && let Some(entry) = plain.providers.remove(provider)
             && !entry.expired(now)
         {
             self.touch(Place::Host, provider, &entry, now);
-            return Ok(resolved(provider, entry, Source::Host));
+            return Ok(Resolved::Host(HostKey {
+                secret: entry.secret,
+                endpoint: endpoint.clone(),
+            }));
         }
         Err(Error::NoKey {
             provider: provider.to_owned(),
             expired,
         })
+    }
+
+    /// The account's own unexpired key; else `Err` holding when its key
+    /// expired (`None`: it has no key for `provider`).
+    fn own(
+        &self,
+        profile: &ProfileDir,
+        provider: &str,
+        now: OffsetDateTime,
+    ) -> Result<std::result::Result<UserKey, Option<String>>> {
+        let own = Place::Profile(profile);
+        let Some((mut plain, _)) = self.load(own)? else {
+            return Ok(Err(None));
+        };
+        let Some(entry) = plain.providers.remove(provider) else {
+            return Ok(Err(None));
+        };
+        if entry.expired(now) {
+            return Ok(Err(entry.expires.as_ref().map(ToString::to_string)));
+        }
+        self.touch(own, provider, &entry, now);
+        Ok(Ok(UserKey {
+            provider: provider.to_owned(),
+            secret: entry.secret,
+        }))
     }
 
     /// Records the use of `entry` when its `last_used` is a minute old or
@@ -111,13 +204,5 @@ impl Vault {
             };
             tracing::warn!("could not record the use of {whose}'s key for {provider}: {e}");
         }
-    }
-}
-
-fn resolved(provider: &str, entry: Entry, source: Source) -> Resolved {
-    Resolved {
-        provider: provider.to_owned(),
-        secret: entry.secret,
-        source,
     }
 }

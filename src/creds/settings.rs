@@ -1,10 +1,17 @@
 //! The `[credentials]` section of the system config: which providers may
-//! fall back to the host's key.
+//! fall back to the host's key, and the endpoint each host key may go to.
+//!
+//! A host key is only ever sent by the daemon's own code to the endpoint
+//! pinned here for its provider (rule 10), so a provider listed in
+//! `fallback` without a pinned endpoint is a config error: it could never
+//! be used, and saying so at `check-config` beats a silent "no key" later.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 
 use serde::Deserialize;
 
+use super::endpoint::{Endpoint, RawEndpoint};
 use super::format::check_provider;
 
 /// The validated `[credentials]` section.
@@ -12,6 +19,8 @@ use super::format::check_provider;
 pub struct Settings {
     /// For which providers the host's key stands in for a user's.
     pub fallback: Fallback,
+    /// Where each provider's host key may be sent.
+    pub endpoints: BTreeMap<String, Endpoint>,
 }
 
 /// Which providers may use the host's key when a user has none.
@@ -20,20 +29,23 @@ pub enum Fallback {
     /// None (the default): every user brings their own keys.
     #[default]
     Never,
-    /// Every provider (`fallback = ["*"]`).
+    /// Every provider with a pinned endpoint (`fallback = ["*"]`).
     Any,
     /// These providers only.
     Only(BTreeSet<String>),
 }
 
 impl Settings {
-    /// Whether the host's key may be used for `provider`.
-    pub fn allows_fallback(&self, provider: &str) -> bool {
-        match &self.fallback {
+    /// The endpoint the host's key for `provider` may be sent to, when the
+    /// host's key may stand in for a user's: fallback allows `provider` and
+    /// an endpoint is pinned for it. `None`: never use the host's key.
+    pub fn host_endpoint(&self, provider: &str) -> Option<&Endpoint> {
+        let allowed = match &self.fallback {
             Fallback::Never => false,
             Fallback::Any => true,
             Fallback::Only(set) => set.contains(provider),
-        }
+        };
+        allowed.then(|| self.endpoints.get(provider)).flatten()
     }
 }
 
@@ -42,7 +54,9 @@ impl Settings {
 #[serde(deny_unknown_fields)]
 pub struct RawSettings {
     #[serde(default)]
-    fallback: Vec<FallbackName>,
+    fallback: Vec<toml::Spanned<FallbackName>>,
+    #[serde(default)]
+    endpoints: BTreeMap<String, toml::Spanned<RawEndpoint>>,
 }
 
 /// A provider name, or `*` for every provider.
@@ -62,9 +76,48 @@ impl<'de> Deserialize<'de> for FallbackName {
     }
 }
 
-impl From<RawSettings> for Settings {
-    fn from(raw: RawSettings) -> Settings {
-        let names: BTreeSet<String> = raw.fallback.into_iter().map(|n| n.0).collect();
+impl RawSettings {
+    /// Validates the section as a whole; an error carries the byte range
+    /// of the offending value (the caller turns it into file:line).
+    pub fn validate(self) -> Result<Settings, (Range<usize>, String)> {
+        let mut endpoints = BTreeMap::new();
+        for (provider, raw) in self.endpoints {
+            let span = raw.span();
+            if let Err(e) = check_provider(&provider) {
+                return Err((
+                    span,
+                    format!("{e}; the keys of [credentials.endpoints] are provider names"),
+                ));
+            }
+            endpoints.insert(provider, raw.into_inner().0);
+        }
+        let mut names = BTreeSet::new();
+        for spanned in self.fallback {
+            let span = spanned.span();
+            let name = spanned.into_inner().0;
+            let pinned = if name == "*" {
+                !endpoints.is_empty()
+            } else {
+                endpoints.contains_key(&name)
+            };
+            if !pinned {
+                let which = if name == "*" {
+                    "fallback = [\"*\"], but no endpoint is pinned for any provider".to_owned()
+                } else {
+                    format!("fallback lists {name:?}, but no endpoint is pinned for it")
+                };
+                let example = if name == "*" { "openai" } else { &name };
+                return Err((
+                    span,
+                    format!(
+                        "credentials.fallback: {which} in [credentials.endpoints], and a host \
+                         key is sent nowhere else; add e.g. {example} = \
+                         \"https://api.openai.com/v1\" there"
+                    ),
+                ));
+            }
+            names.insert(name);
+        }
         let fallback = if names.contains("*") {
             Fallback::Any
         } else if names.is_empty() {
@@ -72,7 +125,10 @@ impl From<RawSettings> for Settings {
         } else {
             Fallback::Only(names)
         };
-        Settings { fallback }
+        Ok(Settings {
+            fallback,
+            endpoints,
+        })
     }
 }
 
@@ -86,17 +142,64 @@ mod tests {
         Config::parse(text, Path::new("/etc/profiled/profiled.toml"))
     }
 
+    const PINNED: &str = "[credentials.endpoints]\nopenai = \"https://api.openai.com/v1\"\n\
+        ollama-local = { url = \"http://127.0.0.1:11434/v1\", allow_loopback_http = true }\n";
+
     #[test]
-    fn fallback_is_off_by_default_and_per_provider() -> Result<(), Error> {
+    fn fallback_is_off_by_default_and_per_provider_to_its_pinned_endpoint() -> Result<(), Error> {
         let c = parse("")?;
-        assert!(!c.credentials.allows_fallback("openai"));
-        let c = parse("[credentials]\nfallback = [\"openai\", \"ollama-local\"]\n")?;
-        assert!(c.credentials.allows_fallback("openai"));
-        assert!(c.credentials.allows_fallback("ollama-local"));
-        assert!(!c.credentials.allows_fallback("anthropic"));
-        let c = parse("[credentials]\nfallback = [\"*\"]\n")?;
-        assert!(c.credentials.allows_fallback("anthropic"));
+        assert!(c.credentials.host_endpoint("openai").is_none());
+        let c = parse(&format!(
+            "[credentials]\nfallback = [\"openai\", \"ollama-local\"]\n{PINNED}"
+        ))?;
+        let url = |p: &str| c.credentials.host_endpoint(p).map(|e| e.url().to_owned());
+        assert_eq!(url("openai").as_deref(), Some("https://api.openai.com/v1"));
+        assert_eq!(
+            url("ollama-local").as_deref(),
+            Some("http://127.0.0.1:11434/v1")
+        );
+        assert_eq!(url("anthropic"), None);
+        // "*": every provider that has a pinned endpoint, and no other.
+        let c = parse(&format!("[credentials]\nfallback = [\"*\"]\n{PINNED}"))?;
+        assert!(c.credentials.host_endpoint("ollama-local").is_some());
+        assert!(c.credentials.host_endpoint("anthropic").is_none());
+        // A pinned endpoint alone allows nothing.
+        let c = parse(PINNED)?;
+        assert!(c.credentials.host_endpoint("openai").is_none());
         Ok(())
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_fallback_without_a_pinned_endpoint_or_a_bad_endpoint_names_the_line() {
+        let err = error_of("[credentials]\nfallback = [\"openai\"]\n");
+        assert!(
+            err.starts_with("/etc/profiled/profiled.toml:2: credentials.fallback:")
+                && err.contains("[credentials.endpoints]"),
+            "{err}"
+        );
+        let err = error_of("[credentials]\nfallback = [\"*\"]\n");
+        assert!(err.contains(":2:") && err.contains("any provider"), "{err}");
+        for (line, why) in [
+            ("openai = \"http://api.openai.com/v1\"", "plain http"),
+            (
+                "openai = { url = \"http://10.1.2.3/v1\", allow_loopback_http = true }",
+                "loopback",
+            ),
+            ("openai = \"https://u:p@api.openai.com/v1\"", "user name"),
+            ("openai = \"file:///etc/passwd\"", "https"),
+            ("openai = { uri = \"https://x/v1\" }", "write a URL"),
+        ] {
+            let err = error_of(&format!("[credentials.endpoints]\n\n{line}\n"));
+            assert!(
+                err.starts_with("/etc/profiled/profiled.toml:3: credentials.endpoints.openai:")
+                    && err.contains(why),
+                "{line}: {err}"
+            );
+        }
     }
 
     #[test]

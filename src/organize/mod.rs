@@ -5,8 +5,11 @@
 //! The endpoint and model come from the user's `profile.toml` `[model]`
 //! (`provider`, default `openai`; `base_url`; `name`), the key from the
 //! credentials resolver (the user's own, or the host's where fallback is
-//! allowed). Without a model or a key no request is sent and the run says
-//! what to set. A key the endpoint refuses (401/403) is remembered by its
+//! allowed). The user's own key goes to their `base_url`; the host's key
+//! only to the endpoint the administrator pinned for the provider (rule
+//! 10): a `base_url` naming anything else gets no request and a status
+//! that says so. Without a model or a key no request is sent and the run
+//! says what to set. A key the endpoint refuses (401/403) is remembered by its
 //! fingerprint in `.profiled/organize-rejected` (never the key): later runs
 //! send nothing until the key changes.
 
@@ -18,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::audit::{Auditor, SystemLog};
 use crate::builtin::Summary;
 use crate::config::Config;
-use crate::creds::{self, Secret, Vault};
+use crate::creds::{self, Resolved, Source, Vault};
 use crate::profile::{self, ProfileDir};
 use crate::store::{self, Memory, MemoryUpdate, SettingsInForce, Store};
 use crate::timefmt;
@@ -33,6 +36,8 @@ pub const MAX_PER_RUN: usize = 100;
 const MAX_TEXT_CHARS: usize = 8000;
 /// Tags kept from one answer at most.
 const MAX_TAGS: usize = 8;
+const NO_MODEL: &str = "no model configured in profile.toml [model]: set base_url and name \
+     (e.g. base_url = \"https://api.openai.com/v1\", name = \"gpt-4o-mini\")";
 const PROMPT: &str = "You tag personal notes. Answer with JSON only, exactly \
 {\"tags\": [\"tag\", ...]}: 1 to 5 short lowercase tags that say what the note is about.";
 
@@ -95,12 +100,8 @@ pub fn run_with(
     }
     let settings = in_force.settings;
     let model = settings.model.clone().unwrap_or_default();
-    let (Some(base_url), Some(name)) = (model.base_url.as_deref(), model.name.as_deref()) else {
-        return Ok(Summary::attention(
-            "no model configured in profile.toml [model]: set base_url and name \
-             (e.g. base_url = \"https://api.openai.com/v1\", name = \"gpt-4o-mini\")"
-                .into(),
-        ));
+    let Some(name) = model.name.as_deref() else {
+        return Ok(Summary::attention(NO_MODEL.into()));
     };
     let provider = model.provider.as_deref().unwrap_or("openai");
     let todo = unprocessed(&store)?;
@@ -109,7 +110,7 @@ pub fn run_with(
     }
     let vault = Vault::open(&config.paths.state_dir)?;
     let key = match vault.resolve(dir, provider, &config.credentials) {
-        Ok(r) => r.secret,
+        Ok(k) => k,
         Err(
             e @ (creds::Error::NoKey { .. }
             | creds::Error::InvalidProvider { .. }
@@ -119,15 +120,30 @@ pub fn run_with(
         }
         Err(e) => return Err(e.into()),
     };
+    // Rule 10: the user's own key goes where the user says; the host's
+    // only to the endpoint pinned with it, never to the user's base_url.
+    let endpoint = match (&key, model.base_url.as_deref()) {
+        (Resolved::User(k), Some(base_url)) => chat::Endpoint::own(k, base_url, name),
+        (Resolved::User(_), None) => return Ok(Summary::attention(NO_MODEL.into())),
+        (Resolved::Host(k), None) => chat::Endpoint::pinned(k, name),
+        (Resolved::Host(k), Some(base_url)) if k.endpoint().is(base_url) => {
+            chat::Endpoint::pinned(k, name)
+        }
+        (Resolved::Host(k), Some(base_url)) => {
+            return Ok(Summary::attention(format!(
+                "you have no {provider} key of your own, and the host's is sent only to the \
+                 endpoint the administrator pinned ({}), not to your base_url ({base_url}): \
+                 set your own key with `profilectl creds set {provider}`, or set base_url in \
+                 profile.toml [model] to {} (or remove it) to use the host's",
+                k.endpoint().url(),
+                k.endpoint().url()
+            )));
+        }
+    };
     let print = fingerprint(provider, &key);
     if rejected(dir)?.as_deref() == Some(print.as_str()) {
-        return Ok(Summary::attention(rejected_message(provider)));
+        return Ok(Summary::attention(rejected_message(provider, key.source())));
     }
-    let endpoint = chat::Endpoint {
-        base_url,
-        model: name,
-        key: &key,
-    };
     let (mut tagged, mut requests) = (0u64, 0u64);
     let (mut prompt, mut completion, mut total) = (0u64, 0u64, 0u64);
     let mut problems = Vec::new();
@@ -169,7 +185,7 @@ pub fn run_with(
                     profile::WriteMode::Replace,
                 )?;
                 store.audit("organize.key", provider, &format!("refused: HTTP {status}"));
-                attention = Some(rejected_message(provider));
+                attention = Some(rejected_message(provider, key.source()));
                 break;
             }
             Err(chat::Error::Failed(reason)) => {
@@ -198,10 +214,16 @@ pub fn run_with(
     Ok(summary)
 }
 
-fn rejected_message(provider: &str) -> String {
-    format!(
-        "your {provider} key was rejected; set a new one with `profilectl creds set {provider}`"
-    )
+fn rejected_message(provider: &str, source: Source) -> String {
+    match source {
+        Source::User => format!(
+            "your {provider} key was rejected; set a new one with `profilectl creds set {provider}`"
+        ),
+        Source::Host => format!(
+            "the host's {provider} key was rejected by its endpoint; ask an administrator to \
+             renew it, or set your own with `profilectl creds set {provider}`"
+        ),
+    }
 }
 
 /// Up to [`MAX_PER_RUN`] memories not yet processed, oldest first.
@@ -239,10 +261,14 @@ fn parse_tags(answer: &str) -> Option<Vec<String>> {
 
 /// A short, one-way name of `key` for `provider`, to tell whether the key
 /// changed without keeping it.
-fn fingerprint(provider: &str, key: &Secret) -> String {
+fn fingerprint(provider: &str, key: &Resolved) -> String {
+    let secret = match key {
+        Resolved::User(k) => k.secret(),
+        Resolved::Host(k) => k.secret(),
+    };
     let digest = Sha256::digest(format!(
         "profiled-key-fingerprint\0{provider}\0{}",
-        key.expose()
+        secret.expose()
     ));
     let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
     format!("{provider} {hex}")

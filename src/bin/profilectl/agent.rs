@@ -114,6 +114,9 @@ fn print_run(r: &Value) {
             .map(|e| format!("  ({e})"))
             .unwrap_or_default()
     );
+    for note in r["notes"].as_array().into_iter().flatten() {
+        println!("  note: {}", s(note));
+    }
     let output = r["output"].as_str().unwrap_or("");
     for line in output.lines() {
         println!("    {line}");
