@@ -106,6 +106,13 @@ impl TestUser {
         run_ok(Command::new("passwd").args(["-l", &self.name]));
     }
 
+    /// Sets the account's expiry date (`chage -E DAY`, DAY as chage takes
+    /// it: days since 1970-01-01 or YYYY-MM-DD; -1 for never).
+    pub fn expire(&self, day: &str) {
+        let _lock = accounts_lock();
+        run_ok(Command::new("chage").args(["-E", day, &self.name]));
+    }
+
     /// A command that runs as this account (its primary group only).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
@@ -488,6 +495,40 @@ impl Daemon {
             headers,
             body: body.to_owned(),
         }
+    }
+
+    /// Logs `name` in over TCP with `password` from a process of `client`
+    /// (curl run as that account, so the connecting socket is the
+    /// client's); the HTTP status.
+    pub fn login_from(&self, client: &TestUser, name: &str, password: &str) -> u16 {
+        let body = serde_json::json!({"username": name, "password": password}).to_string();
+        let mut child = client
+            .command("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                "@-",
+            ])
+            .arg(format!("http://127.0.0.1:{}/v1/auth/login", self.port))
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn curl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(body.as_bytes())
+            .expect("write the login body");
+        let out = child.wait_with_output().expect("curl output");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("curl printed no status: {out:?}"))
     }
 
     /// Logs `user` in over TCP with `password`; the reply.
