@@ -548,6 +548,21 @@ fn read_all(dir: &Path) -> String {
     out
 }
 
+/// The control characters (C0, DEL, C1) in `bytes` other than the
+/// newline: what a terminal would act on if profilectl printed it.
+pub fn controls(bytes: &[u8]) -> Vec<char> {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect()
+}
+
+/// The escapes a hostile text carries: OSC 52 (write the clipboard), OSC 0
+/// (retitle the window), CSI 2K (erase the line), a C1 CSI, a carriage
+/// return, as TOML `\u` escapes.
+pub const TERMINAL_ATTACK: &str =
+    "\\u001b]52;c;cm0gLXJmIH4=\\u0007\\u001b]0;pwned\\u0007\\u001b[2K\\u009b2J\\r";
+
 /// Captures `text` as `user` and returns the new id.
 pub fn capture(d: &Daemon, user: &TestUser, text: &str) -> String {
     d.ok(Some(user), &["capture", text]).trim().to_owned()
