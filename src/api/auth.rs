@@ -141,11 +141,6 @@ pub(super) async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Response {
     let config = st.config();
-    let tcp = addr.zip(port).map(|(a, p)| (a.0, p.0));
-    let client = match client_of(tcp, peer.map(|p| p.0)).await {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     let user = req.username;
     // A name that cannot be an account never reaches PAM, the throttle's
     // maps or the logs (a password typed into the name field included).
@@ -153,6 +148,11 @@ pub(super) async fn login(
         st.auth.metrics.login(Login::Failed);
         return login_failed().into_response();
     }
+    let tcp = addr.zip(port).map(|(a, p)| (a.0, p.0));
+    let client = match client_of(tcp, peer.map(|p| p.0)).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
     let attempt = Attempt::new(&user, client);
     let client = client.to_string();
     let policy = throttle::Policy {
