@@ -158,8 +158,9 @@ impl Account {
         let today = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() / 86_400);
-        if let Some(expire) = entry.expire_day
-            && expire <= today
+        if entry
+            .expiry
+            .expired_on(i64::try_from(today).unwrap_or(i64::MAX))
         {
             return Ok(Some(format!("the account {} has expired", self.name)));
         }
@@ -170,7 +171,38 @@ impl Account {
 /// What the shadow database says about an account.
 struct ShadowEntry {
     password_locked: bool,
-    expire_day: Option<u64>,
+    expiry: Expiry,
+}
+
+/// The account's expiry date (shadow(5) `sp_expire`), read as pam_unix
+/// reads it: a count of days since 1970-01-01 from which the account is
+/// expired. `-1` (an empty field) is the only "never"; 0 is not: it is
+/// the day `chage -E 0` writes, expired since 1970-01-01.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expiry {
+    Never,
+    /// Expired from this day on (days since the epoch).
+    From(i64),
+}
+
+impl Expiry {
+    // `c_long` is i32 on 32-bit targets, where the conversion is not a no-op.
+    #[allow(clippy::useless_conversion)]
+    fn from_shadow(sp_expire: libc::c_long) -> Expiry {
+        if sp_expire == -1 {
+            Expiry::Never
+        } else {
+            Expiry::From(i64::from(sp_expire))
+        }
+    }
+
+    /// Whether the account is expired on `today` (days since the epoch).
+    fn expired_on(self, today: i64) -> bool {
+        match self {
+            Expiry::Never => false,
+            Expiry::From(day) => today >= day,
+        }
+    }
 }
 
 /// The account's shadow entry (`getspnam_r`); `None` when it has none.
@@ -216,7 +248,7 @@ fn shadow_entry(name: &str) -> Result<Option<ShadowEntry>, Error> {
                 .starts_with(b"!");
         return Ok(Some(ShadowEntry {
             password_locked: locked,
-            expire_day: u64::try_from(entry.sp_expire).ok().filter(|d| *d > 0),
+            expiry: Expiry::from_shadow(entry.sp_expire),
         }));
     }
 }
@@ -322,6 +354,17 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_reads_like_pam_unix() {
+        // An empty field (-1) is never; day 0 is `chage -E 0`: expired.
+        assert!(!Expiry::from_shadow(-1).expired_on(20_000));
+        assert!(Expiry::from_shadow(0).expired_on(20_000));
+        assert!(Expiry::from_shadow(0).expired_on(0));
+        assert!(Expiry::from_shadow(19_999).expired_on(20_000));
+        assert!(Expiry::from_shadow(20_000).expired_on(20_000));
+        assert!(!Expiry::from_shadow(20_001).expired_on(20_000));
+    }
 
     #[test]
     fn names_that_cannot_be_a_directory_are_invalid() {

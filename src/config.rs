@@ -14,6 +14,10 @@ use serde::Deserialize;
 
 use crate::accounts::{self, Policy};
 
+mod overlap;
+
+use overlap::Place;
+
 /// Where the system config lives unless `--config` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/profiled/profiled.toml";
 
@@ -228,7 +232,7 @@ struct RawConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawKnowledge {
-    dir: Option<AbsolutePath>,
+    dir: Option<SpannedPath>,
     group: Option<Name>,
 }
 
@@ -280,13 +284,17 @@ struct RawRate {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawPaths {
-    state_dir: Option<AbsolutePath>,
-    profiles_dir: Option<AbsolutePath>,
-    runtime_dir: Option<AbsolutePath>,
-    socket: Option<AbsolutePath>,
-    agents_dir: Option<AbsolutePath>,
-    lock_dir: Option<AbsolutePath>,
+    state_dir: Option<SpannedPath>,
+    profiles_dir: Option<SpannedPath>,
+    runtime_dir: Option<SpannedPath>,
+    socket: Option<SpannedPath>,
+    agents_dir: Option<SpannedPath>,
+    lock_dir: Option<SpannedPath>,
 }
+
+/// A path and where the file sets it, for errors about how it lies
+/// towards the others.
+type SpannedPath = toml::Spanned<AbsolutePath>;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -325,6 +333,13 @@ impl<'de> Deserialize<'de> for AbsolutePath {
         if !p.is_absolute() {
             return Err(serde::de::Error::custom(format!(
                 "{s:?} is not an absolute path; write it starting with /"
+            )));
+        }
+        // Paths are compared as written (overlap), so `..` would hide
+        // where one really is.
+        if p.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} contains `..`; write the path without it"
             )));
         }
         Ok(AbsolutePath(p))
@@ -428,47 +443,35 @@ impl Config {
         })?;
         let (login_min, login_max) = login_defs_uid_range();
 
-        let state_dir = raw
-            .paths
-            .state_dir
-            .map(|p| p.0)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/profiled"));
-        let runtime_dir = raw
-            .paths
-            .runtime_dir
-            .map(|p| p.0)
-            .unwrap_or_else(|| PathBuf::from("/run/profiled"));
+        let rp = raw.paths;
+        let span = |p: &Option<SpannedPath>| p.as_ref().map(toml::Spanned::span);
+        let spans = [
+            span(&rp.state_dir),
+            span(&rp.profiles_dir),
+            span(&rp.runtime_dir),
+            span(&rp.socket),
+            span(&rp.agents_dir),
+            span(&rp.lock_dir),
+            span(&raw.knowledge.dir),
+        ];
+        let path = |p: Option<SpannedPath>| p.map(|p| p.into_inner().0);
+        let state_dir = path(rp.state_dir).unwrap_or_else(|| PathBuf::from("/var/lib/profiled"));
+        let runtime_dir = path(rp.runtime_dir).unwrap_or_else(|| PathBuf::from("/run/profiled"));
         let paths = Paths {
-            profiles_dir: raw
-                .paths
-                .profiles_dir
-                .map(|p| p.0)
-                .unwrap_or_else(|| state_dir.join("profiles")),
-            socket: raw
-                .paths
-                .socket
-                .map(|p| p.0)
-                .unwrap_or_else(|| runtime_dir.join("api.sock")),
-            agents_dir: raw
-                .paths
-                .agents_dir
-                .map(|p| p.0)
+            profiles_dir: path(rp.profiles_dir).unwrap_or_else(|| state_dir.join("profiles")),
+            socket: path(rp.socket).unwrap_or_else(|| runtime_dir.join("api.sock")),
+            agents_dir: path(rp.agents_dir)
                 .unwrap_or_else(|| PathBuf::from("/etc/profiled/agents.d")),
-            lock_dir: raw
-                .paths
-                .lock_dir
-                .map(|p| p.0)
-                .unwrap_or_else(|| runtime_dir.join("locks")),
+            lock_dir: path(rp.lock_dir).unwrap_or_else(|| runtime_dir.join("locks")),
             state_dir,
             runtime_dir,
         };
         let knowledge = Knowledge {
-            dir: raw
-                .knowledge
-                .dir
-                .map_or_else(|| paths.state_dir.join("knowledge"), |p| p.0),
+            dir: path(raw.knowledge.dir).unwrap_or_else(|| paths.state_dir.join("knowledge")),
             group: raw.knowledge.group.map(|n| n.0),
         };
+        check_overlap(&paths, &knowledge, spans)
+            .map_err(|c| invalid(file, text, c.span.unwrap_or(0..0), c.reason))?;
 
         let uid_max_span = raw.accounts.uid_max.as_ref().map(toml::Spanned::span);
         let uid_max = raw
@@ -577,6 +580,31 @@ impl Config {
             knowledge,
         })
     }
+}
+
+/// Refuses a layout where an account could be given one of the daemon's
+/// own directories (see [`overlap`]). `spans` are those of state_dir,
+/// profiles_dir, runtime_dir, socket, agents_dir, lock_dir and
+/// knowledge.dir, in that order.
+fn check_overlap(
+    p: &Paths,
+    knowledge: &Knowledge,
+    spans: [Option<Range<usize>>; 7],
+) -> Result<(), overlap::Clash> {
+    let [state, profiles, runtime, socket, agents, lock, kn] = spans;
+    overlap::check(
+        &[
+            Place::new("paths.profiles_dir", &p.profiles_dir, profiles),
+            Place::new("knowledge.dir", &knowledge.dir, kn),
+        ],
+        &Place::new("paths.state_dir", &p.state_dir, state),
+        &Place::new("paths.runtime_dir", &p.runtime_dir, runtime),
+        &[
+            Place::new("paths.lock_dir", &p.lock_dir, lock),
+            Place::new("paths.socket", &p.socket, socket),
+            Place::new("paths.agents_dir", &p.agents_dir, agents),
+        ],
+    )
 }
 
 fn agents_of(a: RawAgents) -> Agents {
@@ -773,6 +801,30 @@ mod tests {
             .unwrap_or_default();
         assert!(err.contains(":2: knowledge.dir:"), "{err}");
         Ok(())
+    }
+
+    #[test]
+    fn overlapping_paths_name_the_file_line_and_key() {
+        let err = |text: &str| parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = err("[paths]\nstate_dir = \"/srv/pd\"\nprofiles_dir = \"/srv/pd\"\n");
+        assert!(
+            e.starts_with("/etc/profiled/profiled.toml:3: paths.profiles_dir")
+                && e.contains("is also paths.state_dir")
+                && e.contains("/srv/pd/profiles"),
+            "{e}"
+        );
+        // A default profiles_dir: the line of the key that makes the clash.
+        let e =
+            err("[paths]\nstate_dir = \"/srv/pd\"\n\n[knowledge]\ndir = \"/srv/pd/profiles/kb\"\n");
+        assert!(e.contains(":5: knowledge.dir"), "{e}");
+        let e = err("[paths]\nprofiles_dir = \"/var/lib\"\n");
+        assert!(e.contains(":2: ") && e.contains("\"profiled\""), "{e}");
+        let e = err("[paths]\nprofiles_dir = \"/var/lib/profiled/../profiled/keys\"\n");
+        assert!(
+            e.contains(":2: paths.profiles_dir") && e.contains(".."),
+            "{e}"
+        );
+        assert!(parse("[paths]\nprofiles_dir = \"/home/profiles\"\n").is_ok());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, KillOnDrop, PROFILECTL, TestGroup, TestUser, require_root};
+use common::{Daemon, KillOnDrop, PROFILECTL, TestGroup, TestUser, controls, require_root};
 use serde_json::Value;
 
 /// A daemon whose agents.d is `<scratch>/agents.d` holding `files`, with
@@ -963,4 +963,55 @@ fn a_program_that_cannot_start_is_an_error_that_says_why_and_names_are_found_in_
             assert!(error.contains("exec") && error.contains(says), "{error}");
         }
     }
+}
+
+#[test]
+fn an_agents_output_reaches_the_terminal_escaped() {
+    if !require_root() {
+        return;
+    }
+    let bob = TestUser::new("bob");
+    let (d, _) = daemon_with(&[], "", "");
+    let d = start(d);
+    d.ok(Some(&bob), &["status"]);
+    let loud = script(
+        &d,
+        "loud.sh",
+        "printf '\\033]52;c;cm0gLXJmIH4=\\007\\033]0;pwned\\007\\033[2K\\r\\302\\233done\\n'",
+    );
+    std::fs::write(
+        d.profile(&bob).join("profile.toml"),
+        format!(
+            "[agents.loud]\ncommand = [\"/bin/sh\", \"{}\"]\n",
+            loud.display()
+        ),
+    )
+    .expect("write bob's settings");
+    let out = d.ctl(Some(&bob), &["agent", "run", "loud"]);
+    assert!(out.status.success(), "{out:?}");
+    // The run really wrote the escapes to its log.
+    let logged = runs(&d, &bob, "loud");
+    let output = logged
+        .last()
+        .map(|r| r["output"].to_string())
+        .unwrap_or_default();
+    assert!(output.contains("\\u001b]52;c;"), "{logged:?}");
+    for args in [
+        vec!["agent", "logs", "loud"],
+        vec!["agent", "run", "loud"],
+        vec!["--json", "agent", "logs", "loud"],
+    ] {
+        let out = d.ctl(Some(&bob), &args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        for stream in [&out.stdout, &out.stderr] {
+            assert!(
+                controls(stream).is_empty(),
+                "{args:?} printed {:?}: {}",
+                controls(stream),
+                String::from_utf8_lossy(stream)
+            );
+        }
+    }
+    let shown = d.ok(Some(&bob), &["agent", "logs", "loud"]);
+    assert!(shown.contains("\\u001b]52;c;cm0gLXJmIH4="), "{shown}");
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::stream::Stream;
-use common::{Daemon, TestGroup, TestUser, require_root};
+use common::{Daemon, TERMINAL_ATTACK, TestGroup, TestUser, controls, require_root};
 use serde_json::Value;
 
 /// The knowledge directory of `d` (the default, under the state directory).
@@ -131,6 +131,104 @@ fn an_entry_reaches_everyone_attributed_to_its_author_who_alone_may_change_it() 
     let listed = d.ok(Some(&bob), &["knowledge", "list"]);
     assert!(!listed.contains(&id), "{listed}");
     assert!(d.system_audit().contains("knowledge.delete"));
+}
+
+#[test]
+fn terminal_escapes_in_shared_titles_are_refused_and_never_printed_raw() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let bob = TestUser::new("bob");
+    let d = Daemon::start("");
+    let esc = "Deploys\u{1b}]52;c;cm0gLXJmIH4=\u{7}";
+    // Through the API: refused, naming the field, nothing written.
+    for (path, body, field) in [
+        (
+            "/v1/knowledge",
+            serde_json::json!({"title": esc, "text": "t"}),
+            "title",
+        ),
+        (
+            "/v1/knowledge",
+            serde_json::json!({"title": "ok", "text": "t", "tags": ["\u{9b}2J"]}),
+            "tags",
+        ),
+        ("/v1/tasks", serde_json::json!({"title": esc}), "title"),
+        (
+            "/v1/memories",
+            serde_json::json!({"text": "t", "tags": [esc]}),
+            "tags",
+        ),
+    ] {
+        let (status, v) = d.api(Some(&alice), "POST", path, Some(&body.to_string()));
+        assert_eq!(status, 422, "{path} {body}: {v}");
+        assert_eq!(v["code"], "invalid_input", "{v}");
+        let detail = v["detail"].as_str().unwrap_or("");
+        assert!(detail.starts_with(&format!("{field}:")), "{v}");
+    }
+    let (_, page) = d.api(Some(&bob), "GET", "/v1/knowledge", None);
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(0), "{page}");
+
+    // By hand: alice writes the escapes into her entry's title (TOML `\u`
+    // escapes) and raw ones into another entry's text.
+    let id = add(&d, &alice, "Deploys", "Tuesdays.\n");
+    let file = hub(&d).join(format!("{id}.md"));
+    let text = std::fs::read_to_string(&file).expect("read the entry");
+    let title_line = text
+        .lines()
+        .position(|l| l.starts_with("title"))
+        .expect("a title line")
+        + 1;
+    let hostile = text.replacen(
+        "title = \"Deploys\"",
+        &format!("title = \"Deploys{TERMINAL_ATTACK}\""),
+        1,
+    );
+    assert_ne!(hostile, text);
+    overwrite_as(&d, &alice, &file, &hostile);
+    let body_id = add(&d, &alice, "Oncall", "placeholder\n");
+    let body_file = hub(&d).join(format!("{body_id}.md"));
+    let body = std::fs::read_to_string(&body_file).expect("read");
+    let raw = body.replacen(
+        "placeholder",
+        "\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{1b}[2J ask",
+        1,
+    );
+    overwrite_as(&d, &alice, &body_file, &raw);
+
+    let out = d.ctl(Some(&bob), &["knowledge", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    for stream in [&out.stdout, &out.stderr] {
+        assert!(
+            controls(stream).is_empty(),
+            "bob's terminal got {:?} from: {}",
+            controls(stream),
+            String::from_utf8_lossy(stream)
+        );
+    }
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !listed.contains(&id),
+        "a hostile title was served: {listed}"
+    );
+    assert!(listed.contains(&body_id), "{listed}");
+    let problems = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        problems.contains(&format!("{id}.md:{title_line}: title")) && problems.contains("U+001B"),
+        "the hostile file is not reported with its line: {problems}"
+    );
+    // The text, printed in full, comes out escaped.
+    let out = d.ctl(Some(&bob), &["knowledge", "show", &body_id]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(controls(&out.stdout).is_empty(), "{:?}", out.stdout);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("\\u001b]52;c;"), "{shown}");
+    // JSON stays JSON, its strings escaped by JSON itself.
+    let json = d.ok(Some(&bob), &["--json", "knowledge", "show", &body_id]);
+    let v: Value = serde_json::from_str(&json).expect("json");
+    assert!(v["text"].as_str().unwrap_or("").contains('\u{1b}'), "{v}");
+    assert!(controls(json.as_bytes()).is_empty(), "{json}");
 }
 
 #[test]

@@ -78,6 +78,65 @@ fn check_config_reports_file_line_and_key() {
 }
 
 #[test]
+fn a_layout_that_would_hand_state_directories_to_accounts_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let mut d = Daemon::configure("");
+    // The state directory named like alice, inside the profiles root: she
+    // would be given it (and the keys in it) as her profile.
+    let state = d.scratch.path.join(&alice.name);
+    let keys = state.join("keys");
+    std::fs::create_dir_all(&keys).expect("create the state dir");
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let config = std::fs::read_to_string(&d.config).expect("read config");
+    let old_state = format!("state_dir = \"{}\"", d.state.display());
+    assert!(config.contains(&old_state), "{config}");
+    let layouts = [
+        format!(
+            "state_dir = \"{}\"\nprofiles_dir = \"{}\"",
+            state.display(),
+            d.scratch.path.display()
+        ),
+        // The state directory itself as the profiles root: an account
+        // named `keys` or `sessions` would be given that directory.
+        format!(
+            "state_dir = \"{}\"\nprofiles_dir = \"{}/\"",
+            state.display(),
+            state.display()
+        ),
+    ];
+    for layout in layouts {
+        std::fs::write(&d.config, config.replacen(&old_state, &layout, 1)).expect("write config");
+        let out = Command::new(PROFILED)
+            .args(["check-config", "--config"])
+            .arg(&d.config)
+            .output()
+            .expect("run check-config");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{layout}: {err}");
+        assert!(
+            err.contains(&format!("{}:3: paths.profiles_dir", d.config.display()))
+                && err.contains("paths.state_dir"),
+            "{err}"
+        );
+        let err = d.spawn().expect_err("the daemon must refuse to start");
+        assert!(err.contains("paths.profiles_dir"), "{err}");
+        // Nothing was handed to alice.
+        for dir in [&state, &keys] {
+            let meta = std::fs::metadata(dir).expect("stat");
+            assert_eq!(
+                (meta.uid(), meta.gid()),
+                (0, 0),
+                "{} was chowned",
+                dir.display()
+            );
+        }
+    }
+}
+
+#[test]
 fn ready_is_sent_to_notify_socket_and_sigterm_drains_and_exits_zero() {
     if !require_root() {
         return;

@@ -1,6 +1,6 @@
 //! Logins over loopback TCP: real PAM against real accounts, hashed
-//! sessions and tokens, DNS-rebinding and CSRF guards, throttling, rate
-//! limits (rules 5 and 6).
+//! sessions and bearer tokens (never cookies), DNS-rebinding and origin
+//! guards, throttling, rate limits (rules 5, 6 and 11).
 
 mod common;
 
@@ -21,7 +21,7 @@ fn token_of(reply: &common::HttpReply) -> String {
 }
 
 #[test]
-fn alice_logs_in_and_uses_her_token_and_her_cookie() {
+fn alice_logs_in_and_uses_her_token_and_never_a_cookie() {
     if !require_root() {
         return;
     }
@@ -36,28 +36,56 @@ fn alice_logs_in_and_uses_her_token_and_her_cookie() {
         token.starts_with("pfd_") && token.len() == 4 + 64,
         "{token}"
     );
-    let cookie = reply.header("set-cookie").expect("a cookie").to_owned();
-    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
-        assert!(cookie.contains(attr), "{cookie}");
-    }
+    // No cookie: a browser would send it to every loopback port, another
+    // account's server included (rule 11).
+    assert_eq!(reply.header("set-cookie"), None, "{:?}", reply.headers);
 
     let auth = bearer(&token);
     let list = d.http("GET", "/v1/memories", &[("Authorization", &auth)], None);
     assert_eq!(list.status, 200, "{}", list.body);
     assert!(list.body.contains(&id));
 
-    // The cookie alone, as a same-origin page would send it.
-    let jar = format!("profiled_session={token}");
-    let list = d.http("GET", "/v1/memories", &[("Cookie", &jar)], None);
-    assert_eq!(list.status, 200, "{}", list.body);
+    // The token as a cookie is no credential, under the old cookie name or
+    // any other, with or without a same-origin Origin.
     let origin = format!("http://127.0.0.1:{}", d.port);
-    let made = d.http(
-        "POST",
-        "/v1/memories",
-        &[("Cookie", &jar), ("Origin", &origin)],
-        Some(r#"{"text":"from the browser"}"#),
+    for jar in [
+        format!("profiled_session={token}"),
+        format!("session={token}"),
+        format!("a=b; profiled_session={token}; token={token}"),
+    ] {
+        let list = d.http("GET", "/v1/memories", &[("Cookie", &jar)], None);
+        assert_eq!(
+            (list.status, list.json()["code"].as_str()),
+            (401, Some("unauthenticated")),
+            "a cookie was taken as a credential: {jar}: {}",
+            list.body
+        );
+        let made = d.http(
+            "POST",
+            "/v1/memories",
+            &[("Cookie", &jar), ("Origin", &origin)],
+            Some(r#"{"text":"from the browser"}"#),
+        );
+        assert_eq!(made.status, 401, "{jar}: {}", made.body);
+    }
+    let (_, page) = d.api(Some(&alice), "GET", "/v1/memories", None);
+    assert_eq!(
+        page["items"].as_array().map(Vec::len),
+        Some(1),
+        "a cookie wrote"
     );
-    assert_eq!(made.status, 201, "{}", made.body);
+    // Logging out clears no cookie either; the bearer token still works
+    // beside any cookie.
+    let list = d.http(
+        "GET",
+        "/v1/memories",
+        &[("Authorization", &auth), ("Cookie", "profiled_session=x")],
+        None,
+    );
+    assert_eq!(list.status, 200, "{}", list.body);
+    let out = d.http("POST", "/v1/auth/logout", &[("Authorization", &auth)], None);
+    assert_eq!(out.status, 204, "{}", out.body);
+    assert_eq!(out.header("set-cookie"), None, "{:?}", out.headers);
 
     // Without credentials: 401.
     let none = d.http("GET", "/v1/memories", &[], None);
@@ -109,6 +137,44 @@ fn every_failed_login_looks_the_same_and_locking_ends_access() {
         used.body
     );
     assert_eq!(d.login(&alice.name, PASSWORD).status, 401);
+}
+
+#[test]
+fn an_expired_accounts_tokens_stop_on_the_next_request() {
+    if !require_root() {
+        return;
+    }
+    let carol = TestUser::new("carol");
+    let dave = TestUser::new("dave");
+    carol.set_password(PASSWORD);
+    dave.set_password(PASSWORD);
+    let d = Daemon::start("");
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        / 86_400;
+    // Day 0 (`chage -E 0`) is 1970-01-01, not "never"; yesterday is past.
+    for (user, day) in [(&carol, "0".to_owned()), (&dave, (today - 1).to_string())] {
+        let auth = bearer(&token_of(&d.login(&user.name, PASSWORD)));
+        let used = d.http("GET", "/v1/me", &[("Authorization", &auth)], None);
+        assert_eq!(used.status, 200, "{}", used.body);
+        user.expire(&day);
+        let used = d.http("GET", "/v1/me", &[("Authorization", &auth)], None);
+        assert_eq!(
+            used.status, 401,
+            "the token of {} still works after chage -E {day}: {}",
+            user.name, used.body
+        );
+        assert_eq!(d.login(&user.name, PASSWORD).status, 401);
+    }
+    // An expiry in the future leaves the account alone.
+    let erin = TestUser::new("erin");
+    erin.set_password(PASSWORD);
+    erin.expire(&(today + 2).to_string());
+    let auth = bearer(&token_of(&d.login(&erin.name, PASSWORD)));
+    let used = d.http("GET", "/v1/me", &[("Authorization", &auth)], None);
+    assert_eq!(used.status, 200, "{}", used.body);
 }
 
 #[test]
@@ -172,7 +238,6 @@ fn forged_hosts_and_cross_origin_changes_are_refused() {
     let d = Daemon::start("");
     let token = token_of(&d.login(&alice.name, PASSWORD));
     let auth = bearer(&token);
-    let jar = format!("profiled_session={token}");
     let body = Some(r#"{"text":"x"}"#);
 
     let r = d.http(
@@ -193,7 +258,7 @@ fn forged_hosts_and_cross_origin_changes_are_refused() {
     let r = d.http(
         "POST",
         "/v1/memories",
-        &[("Cookie", &jar), ("Origin", "http://evil.example")],
+        &[("Authorization", &auth), ("Origin", "http://evil.example")],
         body,
     );
     assert_eq!(
@@ -202,13 +267,14 @@ fn forged_hosts_and_cross_origin_changes_are_refused() {
         "{}",
         r.body
     );
-    let r = d.http("POST", "/v1/memories", &[("Cookie", &jar)], body);
-    assert_eq!(
-        (r.status, r.json()["code"].as_str()),
-        (403, Some("csrf")),
-        "{}",
-        r.body
+    // Another loopback port is another origin.
+    let r = d.http(
+        "POST",
+        "/v1/memories",
+        &[("Authorization", &auth), ("Origin", "http://127.0.0.1:1")],
+        body,
     );
+    assert_eq!(r.status, 403, "{}", r.body);
 
     // A bearer token needs no Origin.
     let r = d.http("POST", "/v1/memories", &[("Authorization", &auth)], body);
@@ -265,6 +331,48 @@ fn an_attack_on_alice_is_throttled_and_bob_logs_in_meanwhile() {
     );
     // Even the right password waits while alice's account is throttled.
     assert_eq!(d.login(&alice.name, PASSWORD).status, 429);
+}
+
+#[test]
+fn a_guesser_is_held_up_even_between_the_owners_own_logins() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let mallory = TestUser::new("mallory");
+    alice.set_password(PASSWORD);
+    // The defaults: 5 failures per account, 20 per client.
+    let d = Daemon::start("");
+    let mut guesses = Vec::new();
+    for i in 0..30 {
+        guesses.push(d.login_from(&mallory, &alice.name, "guess"));
+        // alice logs in every third guess, which clears her account's
+        // count before it reaches its 5 free failures.
+        if i % 3 == 2 {
+            let own = d.login_from(&alice, &alice.name, PASSWORD);
+            assert_eq!(own, 200, "alice's own login was refused after {guesses:?}");
+        }
+    }
+    assert!(
+        guesses.iter().all(|s| *s == 401 || *s == 429),
+        "{guesses:?}"
+    );
+    assert!(
+        guesses[..20].iter().all(|s| *s == 401),
+        "held up before 20: {guesses:?}"
+    );
+    // The delays double from 1 s, so however slow this machine is, the
+    // last guesses fall inside one.
+    let held = guesses[20..].iter().filter(|s| **s == 429).count();
+    assert!(
+        held >= 3 && guesses.last() == Some(&429),
+        "30 guesses at alice between her own logins were not held up after the 20th: {guesses:?}"
+    );
+    // The guesser's count is hers alone: alice, and another account from
+    // the guesser's own client, still log in.
+    assert_eq!(d.login_from(&alice, &alice.name, PASSWORD), 200);
+    mallory.set_password(PASSWORD);
+    assert_eq!(d.login_from(&mallory, &mallory.name, PASSWORD), 200);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Daemon, TestUser, capture, memory_file, require_root};
+use common::{Daemon, TERMINAL_ATTACK, TestUser, capture, controls, memory_file, require_root};
 
 #[test]
 fn hand_edits_are_served_and_broken_files_are_named_with_their_line() {
@@ -305,4 +305,59 @@ fn a_directory_made_by_one_writer_is_never_seen_half_made_by_another() {
         leftovers.is_empty(),
         "temporary directories left: {leftovers:?}"
     );
+}
+
+#[test]
+fn memories_and_tasks_reach_the_terminal_escaped() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("");
+    // A memory's text may hold anything (it is the user's own), raw escapes
+    // included; profilectl shows them escaped.
+    let body = serde_json::json!({"text": "\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{1b}]0;pwned\u{7}note\r\nmore\u{9b}2J"});
+    let (status, v) = d.api(
+        Some(&alice),
+        "POST",
+        "/v1/memories",
+        Some(&body.to_string()),
+    );
+    assert_eq!(status, 200, "{v}");
+    let id = v["id"].as_str().expect("an id").to_owned();
+    let task = capture(&d, &alice, "plain one");
+    // A hand-written tag with escapes: reported with its line, not served.
+    let file = memory_file(&d, &alice, &task);
+    let text = std::fs::read_to_string(&file).expect("read");
+    let tags_line = text
+        .lines()
+        .position(|l| l.starts_with("tags"))
+        .map(|i| i + 1);
+    let hostile = text.replacen("tags = []", &format!("tags = [\"x{TERMINAL_ATTACK}\"]"), 1);
+    assert_ne!(hostile, text, "no tags line in {text}");
+    std::fs::write(&file, hostile).expect("write");
+    for args in [
+        vec!["memories"],
+        vec!["memory", "show", &id],
+        vec!["--json", "memories"],
+    ] {
+        let out = d.ctl(Some(&alice), &args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        for stream in [&out.stdout, &out.stderr] {
+            assert!(
+                controls(stream).is_empty(),
+                "{args:?} printed {:?}: {}",
+                controls(stream),
+                String::from_utf8_lossy(stream)
+            );
+        }
+    }
+    let listed = d.ctl(Some(&alice), &["memories"]);
+    let problems = String::from_utf8_lossy(&listed.stderr);
+    let line = tags_line.expect("a tags line");
+    assert!(
+        problems.contains(&format!("{task}.md:{line}: tags")),
+        "the hostile tag is not reported at its line: {problems}"
+    );
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&task));
 }

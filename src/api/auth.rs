@@ -11,16 +11,16 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, ClientAddr, Credential, UserQuery};
+use super::extract::{
+    ApiJson, ApiPath, ApiQuery, Caller, ClientAddr, Credential, ListenPort, Peer, UserQuery,
+};
 use super::{ApiError, AppState, blocking};
 use crate::accounts::{self, Account, Eligibility};
-use crate::auth::throttle;
+use crate::auth::client::Client;
+use crate::auth::throttle::{self, Attempt};
 use crate::auth::tokens::{Error as TokenError, Issued, Kind, Record};
 use crate::metrics::Login;
 use crate::{audit, auth, timefmt};
-
-/// The session cookie's name.
-pub const COOKIE: &str = "profiled_session";
 
 /// What a login sends.
 #[derive(Deserialize)]
@@ -115,13 +115,32 @@ pub(super) fn too_many(code: &'static str, detail: &str, wait: Duration) -> Resp
     resp
 }
 
+/// The client a login comes from: on TCP, the account that owns the
+/// connecting socket (the kernel's socket table says), else its address;
+/// on the Unix socket, the peer.
+async fn client_of(
+    tcp: Option<(ClientAddr, ListenPort)>,
+    peer: Option<Peer>,
+) -> Result<Client, ApiError> {
+    match (tcp, peer) {
+        (Some((ClientAddr(addr), ListenPort(port))), _) => {
+            blocking(move || Ok(crate::auth::client::of_tcp(addr, port))).await
+        }
+        (None, Some(peer)) => Ok(Client::Account(peer.uid)),
+        (None, None) => Err(ApiError::internal(
+            "a login arrived with neither a client address nor peer credentials",
+        )),
+    }
+}
+
 pub(super) async fn login(
     State(st): State<Arc<AppState>>,
-    client: Option<axum::Extension<ClientAddr>>,
+    addr: Option<axum::Extension<ClientAddr>>,
+    port: Option<axum::Extension<ListenPort>>,
+    peer: Option<axum::Extension<Peer>>,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Response {
     let config = st.config();
-    let client = client.map_or_else(|| "unix".to_owned(), |c| c.0.0.ip().to_string());
     let user = req.username;
     // A name that cannot be an account never reaches PAM, the throttle's
     // maps or the logs (a password typed into the name field included).
@@ -129,15 +148,19 @@ pub(super) async fn login(
         st.auth.metrics.login(Login::Failed);
         return login_failed().into_response();
     }
-    // Case variants of one name (which SSSD may accept as the same
-    // account) share one count.
-    let key = user.to_lowercase();
+    let tcp = addr.zip(port).map(|(a, p)| (a.0, p.0));
+    let client = match client_of(tcp, peer.map(|p| p.0)).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let attempt = Attempt::new(&user, client);
+    let client = client.to_string();
     let policy = throttle::Policy {
         account_free: config.auth.login_free_attempts,
         client_free: config.auth.client_free_attempts,
         max_delay: config.auth.login_max_delay,
     };
-    if let Err(wait) = st.auth.throttle.check(&key, &client, Instant::now()) {
+    if let Err(wait) = st.auth.throttle.check(&attempt, Instant::now()) {
         st.auth.metrics.login(Login::Throttled);
         return too_many("login_throttled", "too many failed logins", wait);
     }
@@ -148,7 +171,7 @@ pub(super) async fn login(
     };
     // Checked again with the slot in hand: attempts that queued together
     // before the first failure was counted must not all reach PAM.
-    if let Err(wait) = st.auth.throttle.check(&key, &client, Instant::now()) {
+    if let Err(wait) = st.auth.throttle.check(&attempt, Instant::now()) {
         st.auth.metrics.login(Login::Throttled);
         return too_many("login_throttled", "too many failed logins", wait);
     }
@@ -175,9 +198,7 @@ pub(super) async fn login(
         Ok(Ok(account)) => account,
         Ok(Err(reason)) => {
             tracing::info!("login of {user:?} from {client} refused: {reason}");
-            st.auth
-                .throttle
-                .failed(&key, &client, policy, Instant::now());
+            st.auth.throttle.failed(&attempt, policy, Instant::now());
             st.auth.metrics.login(Login::Failed);
             st.system_log().append(&audit::Line {
                 time: timefmt::now_rfc3339(),
@@ -191,7 +212,7 @@ pub(super) async fn login(
         }
         Err(e) => return ApiError::internal(e).into_response(),
     };
-    st.auth.throttle.succeeded(&key);
+    st.auth.throttle.succeeded(&attempt);
     let issued =
         match blocking_issue(&st, Kind::Session, &account, None, config.auth.session_max).await {
             Ok(i) => i,
@@ -206,15 +227,11 @@ pub(super) async fn login(
         target: &client,
         result: "ok",
     });
-    let cookie = format!(
-        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        issued.secret.as_str(),
-        config.auth.session_max.as_secs()
-    );
+    // The secret goes in the body only, never in a cookie (rule 11): a
+    // browser sends cookies to every port of the host, so another
+    // account's server on a loopback port would receive it. A page keeps
+    // the token in storage scoped to its own origin, port included.
     let mut headers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        headers.insert(header::SET_COOKIE, v);
-    }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     (StatusCode::OK, headers, Json(new_token(&issued))).into_response()
 }
@@ -262,12 +279,7 @@ pub(super) async fn logout(
             .map_err(ApiError::internal)
     })
     .await?;
-    let mut resp = StatusCode::NO_CONTENT.into_response();
-    resp.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("profiled_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-    );
-    Ok(resp)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]

@@ -25,14 +25,17 @@ pub struct Peer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
-/// How a TCP request proved who it is: the token's id, and whether it came
-/// as a cookie (which a browser sends by itself, hence the CSRF rule).
+/// The port of the TCP listener a request came in on: with [`ClientAddr`]
+/// it names the connection in the kernel's socket table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenPort(pub u16);
+
+/// How a TCP request proved who it is: the id of the session or token its
+/// `Authorization: Bearer` header carried (the only credential accepted).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credential {
     /// The session's or token's public id.
     pub id: String,
-    /// Sent as the `profiled_session` cookie rather than a bearer header.
-    pub via_cookie: bool,
 }
 
 /// The account making the request and its role, looked up for every request

@@ -1,18 +1,20 @@
-//! What stands between a loopback TCP connection and the routes (rule 6):
-//! the Host header must name a loopback host and our port (DNS rebinding),
-//! a cross-origin request is refused and a cookie-borne change must show a
-//! same-origin `Origin` (CSRF), and every route but the public ones needs a
-//! live session or token, whose account is checked afresh.
+//! What stands between a loopback TCP connection and the routes (rules 6
+//! and 11): the Host header must name a loopback host and our port (DNS
+//! rebinding), a cross-origin request is refused, and every route but the
+//! public ones needs a live session or token, whose account is checked
+//! afresh. The only credential is an `Authorization: Bearer` header: a
+//! cookie is never read, because a browser sends cookies to every port of
+//! a host (another account's server included) and adds them to requests
+//! by itself (CSRF); a bearer header is sent only by the page's own code.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::auth::COOKIE;
-use super::extract::{Credential, Peer};
+use super::extract::{Credential, ListenPort, Peer};
 use super::identity::Checked;
 use super::{ApiError, AppState, Identities};
 use crate::auth::tokens::Record;
@@ -36,6 +38,7 @@ pub struct TcpGuard {
 
 /// The middleware.
 pub async fn tcp_guard(State(guard): State<TcpGuard>, mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(ListenPort(guard.port));
     let headers = req.headers();
     let Some(host) = loopback_host(headers, guard.port) else {
         return ApiError::forbidden(
@@ -55,11 +58,8 @@ pub async fn tcp_guard(State(guard): State<TcpGuard>, mut req: Request, next: Ne
         )
         .into_response();
     }
-    let credential = bearer(headers)
-        .map(|t| (t, false))
-        .or_else(|| cookie(headers).map(|t| (t, true)));
     let public = PUBLIC.contains(&req.uri().path());
-    let Some((secret, via_cookie)) = credential else {
+    let Some(secret) = bearer(headers) else {
         if public {
             return next.run(req).await;
         }
@@ -67,13 +67,6 @@ pub async fn tcp_guard(State(guard): State<TcpGuard>, mut req: Request, next: Ne
             "log in with POST /v1/auth/login, or send a token: Authorization: Bearer pfd_…",
         );
     };
-    if via_cookie && origin.is_none() && changes_state(req.method()) {
-        return ApiError::forbidden(
-            "csrf",
-            "a request that changes something with a session cookie must carry an Origin header",
-        )
-        .into_response();
-    }
     let st = guard.state.clone();
     let idle = st.config().auth.session_idle;
     // The account files are checked once for the whole request.
@@ -97,13 +90,10 @@ pub async fn tcp_guard(State(guard): State<TcpGuard>, mut req: Request, next: Ne
     match verdict {
         Ok(Ok(record)) => {
             req.extensions_mut().insert(Peer { uid: record.uid });
-            req.extensions_mut().insert(Credential {
-                id: record.id,
-                via_cookie,
-            });
+            req.extensions_mut().insert(Credential { id: record.id });
             next.run(req).await
         }
-        // A stale cookie must not stop a login page from working.
+        // A stale token must not stop a login page from working.
         Ok(Err(_)) if public => next.run(req).await,
         Ok(Err(why)) => unauthenticated(why),
         Err(e) => ApiError::internal(e).into_response(),
@@ -156,10 +146,6 @@ fn unauthenticated(detail: &str) -> Response {
     resp
 }
 
-fn changes_state(method: &Method) -> bool {
-    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-}
-
 /// The Host header when it names a loopback host and `port`.
 fn loopback_host(headers: &HeaderMap, port: u16) -> Option<String> {
     let host = headers
@@ -178,18 +164,6 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim().to_owned())
-}
-
-fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == COOKIE).then(|| v.to_owned())
-        })
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ pub fn document() -> Value {
         let security = match spec.access {
             Access::Public => json!([]),
             Access::User | Access::Admin => {
-                json!([{"bearer": []}, {"cookie": []}, {"unix_peer": []}])
+                json!([{"bearer": []}, {"unix_peer": []}])
             }
         };
         let op = json!({
@@ -88,7 +88,6 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
-                "cookie": {"type": "apiKey", "in": "cookie", "name": "profiled_session"},
                 "unix_peer": {"type": "http", "scheme": "peercred", "description": "On the Unix socket the kernel names the caller (SO_PEERCRED)"}
             },
             "schemas": {

@@ -84,7 +84,7 @@ pub fn table() -> Vec<(Spec, Handler)> {
                 "/v1/auth/login",
                 Public,
                 false,
-                "Log in with the Linux password (PAM); answers a session token and cookie",
+                "Log in with the Linux password (PAM); answers a session token (no cookie)",
             ),
             post(auth::login),
         ),

@@ -2,6 +2,7 @@
 //! personal tokens, failed-login throttling and per-account request rates
 //! (DESIGN.md rules 5 and 6).
 
+pub mod client;
 pub mod pam;
 pub mod ratelimit;
 pub mod throttle;

@@ -47,7 +47,7 @@ pub enum Error {
     Random(String),
 }
 
-/// A login session (cookie or bearer) or a personal token for scripts.
+/// A login session or a personal token for scripts (both bearer tokens).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {

@@ -9,10 +9,52 @@
 //! Met Bob about the migration plan.
 //! ```
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 
 const DELIM: &str = "+++";
+
+/// The first control character in `s` (C0, DEL, C1), if any. Titles, tags
+/// and sources are shown on one line to other programs and people, some in
+/// a terminal, which would act on them (OSC 52 writes the clipboard, others
+/// retitle the window or erase lines): they are refused wherever such a
+/// field is read or written.
+pub fn control_char(s: &str) -> Option<char> {
+    s.chars().find(|c| c.is_control())
+}
+
+fn no_control<E: serde::de::Error>(s: String) -> Result<String, E> {
+    match control_char(&s) {
+        None => Ok(s),
+        Some(c) => Err(E::custom(format!(
+            "contains the control character U+{:04X}, which a terminal would act on; \
+             remove it",
+            u32::from(c)
+        ))),
+    }
+}
+
+/// `#[serde(deserialize_with)]` for a one-line text field: refused (and
+/// the record reported at this line, not served) when it holds a control
+/// character.
+pub fn plain<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    no_control(String::deserialize(d)?)
+}
+
+/// [`plain`] for an optional field.
+pub fn plain_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(no_control)
+        .transpose()
+}
+
+/// [`plain`] for every item of a list (tags).
+pub fn plain_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .into_iter()
+        .map(no_control)
+        .collect()
+}
 
 /// Why a record could not be parsed, with the 1-based line in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,9 +109,12 @@ pub fn parse<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<Document
         let at = span.map_or(0, |s| s.start.min(front_text.len()));
         2 + front_text[..at].matches('\n').count()
     };
-    let front: T = toml::from_str(front_text).map_err(|e| ParseError {
-        line: line_of(e.span()),
-        reason: e.message().to_owned(),
+    let front: T = toml::from_str(front_text).map_err(|e| {
+        let line = line_of(e.span());
+        ParseError {
+            line,
+            reason: with_key(text, line, e.message()),
+        }
     })?;
     let mut extra: toml::Table = toml::from_str(front_text).map_err(|e| ParseError {
         line: line_of(e.span()),
@@ -81,6 +126,21 @@ pub fn parse<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<Document
         extra,
         body: text[body_start..].to_owned(),
     })
+}
+
+/// `reason`, prefixed with the key set on `line` of `text` when the reason
+/// does not name it already (a value's own check cannot know its key).
+fn with_key(text: &str, line: usize, reason: &str) -> String {
+    let key = text
+        .lines()
+        .nth(line.saturating_sub(1))
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('[') && !reason.contains(k));
+    match key {
+        Some(key) => format!("{key}: {reason}"),
+        None => reason.to_owned(),
+    }
 }
 
 /// Renders a record: the typed front matter first, then the extra keys,
@@ -119,13 +179,47 @@ pub fn render<T: Serialize>(front: &T, extra: &toml::Table, body: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Deserialize;
 
     #[derive(Deserialize, Serialize, Debug)]
     struct Front {
         id: String,
         #[serde(default)]
         tags: Vec<String>,
+    }
+
+    #[derive(Deserialize, Debug)]
+    struct Titled {
+        #[serde(deserialize_with = "plain")]
+        title: String,
+        #[serde(default, deserialize_with = "plain_list")]
+        tags: Vec<String>,
+    }
+
+    #[test]
+    fn control_characters_are_refused_at_their_line() {
+        let ok = "+++\ntitle = \"Deploys\ttoo\"\n+++\n";
+        assert!(
+            parse::<Titled>(ok, &["title"]).is_err(),
+            "a tab is a control too"
+        );
+        let esc = "+++\ntags = [\"a\"]\ntitle = \"x\\u001b]52;c;aGk=\\u0007\"\n+++\nbody\n";
+        let e = parse::<Titled>(esc, &["title", "tags"]).err();
+        let e = e.expect("refused");
+        assert_eq!(e.line, 3, "{e:?}");
+        assert!(
+            e.reason.starts_with("title: ") && e.reason.contains("U+001B"),
+            "{e:?}"
+        );
+        let tag = "+++\ntitle = \"x\"\ntags = [\"ok\", \"\\u009b2K\"]\n+++\n";
+        let e = parse::<Titled>(tag, &["title", "tags"]).err();
+        assert_eq!(e.map(|e| e.line), Some(3));
+        let fine = "+++\ntitle = \"Déploiements ✓\"\ntags = [\"ops\"]\n+++\n";
+        let doc = parse::<Titled>(fine, &["title", "tags"]).map_err(|e| e.reason);
+        let front = doc.map(|d| d.front);
+        assert_eq!(
+            front.map(|f| (f.title, f.tags)),
+            Ok(("Déploiements ✓".to_owned(), vec!["ops".to_owned()]))
+        );
     }
 
     #[test]

@@ -36,9 +36,13 @@ struct Front {
     id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     created: Option<Datetime>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        deserialize_with = "frontmatter::plain_opt"
+    )]
     title: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "frontmatter::plain_list")]
     tags: Vec<String>,
 }
 
@@ -147,10 +151,15 @@ impl KnowledgeHub {
     /// Adds an entry written by `author`, as a file the author owns.
     pub fn create(&self, author: &Account, new: NewKnowledge) -> Result<KnowledgeEntry> {
         let title = new.title.trim();
-        if title.is_empty() || title.chars().count() > MAX_TITLE || title.contains('\n') {
+        if title.is_empty()
+            || title.chars().count() > MAX_TITLE
+            || frontmatter::control_char(title).is_some()
+        {
             return Err(Error::Input {
                 field: "title".into(),
-                reason: format!("must be 1 to {MAX_TITLE} characters on one line"),
+                reason: format!(
+                    "must be 1 to {MAX_TITLE} characters on one line, without control characters"
+                ),
             });
         }
         if new.text.trim().is_empty() {

@@ -27,11 +27,15 @@ struct Front {
     created: Option<Datetime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     updated: Option<Datetime>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::frontmatter::plain_list")]
     tags: Vec<String>,
     #[serde(default)]
     processed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        deserialize_with = "super::frontmatter::plain_opt"
+    )]
     source: Option<String>,
 }
 

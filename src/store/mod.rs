@@ -394,7 +394,7 @@ fn record_stems(entries: Vec<profile::Entry>) -> Vec<String> {
 /// Checks a list of tags from a request.
 fn check_tags(tags: &[String]) -> Result<()> {
     for t in tags {
-        if t.trim().is_empty() || t.chars().count() > 64 || t.chars().any(char::is_control) {
+        if t.trim().is_empty() || t.chars().count() > 64 || frontmatter::control_char(t).is_some() {
             return Err(Error::Input {
                 field: "tags".into(),
                 reason: format!("tag {t:?} must be 1 to 64 characters without control characters"),

@@ -38,6 +38,7 @@ pub enum TaskStatus {
 struct Front {
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
+    #[serde(deserialize_with = "super::frontmatter::plain")]
     title: String,
     #[serde(default)]
     status: TaskStatus,
@@ -47,7 +48,7 @@ struct Front {
     updated: Option<Datetime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     due: Option<Datetime>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::frontmatter::plain_list")]
     tags: Vec<String>,
 }
 
@@ -311,10 +312,10 @@ impl RecordFront for Front {
 }
 
 fn check_title(title: &str) -> Result<()> {
-    if title.trim().is_empty() || title.contains('\n') {
+    if title.trim().is_empty() || super::frontmatter::control_char(title).is_some() {
         return Err(Error::Input {
             field: "title".into(),
-            reason: "must be one non-empty line".into(),
+            reason: "must be one non-empty line without control characters".into(),
         });
     }
     Ok(())

@@ -107,6 +107,13 @@ impl TestUser {
         run_ok(Command::new("passwd").args(["-l", &self.name]));
     }
 
+    /// Sets the account's expiry date (`chage -E DAY`, DAY as chage takes
+    /// it: days since 1970-01-01 or YYYY-MM-DD; -1 for never).
+    pub fn expire(&self, day: &str) {
+        let _lock = accounts_lock();
+        run_ok(Command::new("chage").args(["-E", day, &self.name]));
+    }
+
     /// A command that runs as this account (its primary group only).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
@@ -491,6 +498,40 @@ impl Daemon {
         }
     }
 
+    /// Logs `name` in over TCP with `password` from a process of `client`
+    /// (curl run as that account, so the connecting socket is the
+    /// client's); the HTTP status.
+    pub fn login_from(&self, client: &TestUser, name: &str, password: &str) -> u16 {
+        let body = serde_json::json!({"username": name, "password": password}).to_string();
+        let mut child = client
+            .command("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                "@-",
+            ])
+            .arg(format!("http://127.0.0.1:{}/v1/auth/login", self.port))
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn curl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(body.as_bytes())
+            .expect("write the login body");
+        let out = child.wait_with_output().expect("curl output");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("curl printed no status: {out:?}"))
+    }
+
     /// Logs `user` in over TCP with `password`; the reply.
     pub fn login(&self, user: &str, password: &str) -> HttpReply {
         let body = serde_json::json!({"username": user, "password": password}).to_string();
@@ -507,6 +548,21 @@ fn read_all(dir: &Path) -> String {
     }
     out
 }
+
+/// The control characters (C0, DEL, C1) in `bytes` other than the
+/// newline: what a terminal would act on if profilectl printed it.
+pub fn controls(bytes: &[u8]) -> Vec<char> {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect()
+}
+
+/// The escapes a hostile text carries: OSC 52 (write the clipboard), OSC 0
+/// (retitle the window), CSI 2K (erase the line), a C1 CSI, a carriage
+/// return, as TOML `\u` escapes.
+pub const TERMINAL_ATTACK: &str =
+    "\\u001b]52;c;cm0gLXJmIH4=\\u0007\\u001b]0;pwned\\u0007\\u001b[2K\\u009b2J\\r";
 
 /// Captures `text` as `user` and returns the new id.
 pub fn capture(d: &Daemon, user: &TestUser, text: &str) -> String {

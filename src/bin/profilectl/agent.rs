@@ -41,7 +41,7 @@ pub async fn run(client: &Client, out: &Output, cmd: AgentCommand) -> Result<(),
             }
             for a in v["agents"].as_array().into_iter().flatten() {
                 let last = &a["last_run"];
-                println!(
+                outln!(
                     "{:<20} {:<6} {:<28} last: {} {}  next: {}",
                     s(&a["name"]),
                     s(&a["declared_by"]),
@@ -52,7 +52,7 @@ pub async fn run(client: &Client, out: &Output, cmd: AgentCommand) -> Result<(),
                 );
             }
             for p in v["problems"].as_array().into_iter().flatten() {
-                eprintln!("problem: {}", s(p));
+                errln!("problem: {}", s(p));
             }
             Ok(())
         }
@@ -66,7 +66,7 @@ pub async fn run(client: &Client, out: &Output, cmd: AgentCommand) -> Result<(),
                 return print(&v);
             }
             if all {
-                println!("{}: {} ({} users)", name, s(&v["result"]), v["users"]);
+                outln!("{}: {} ({} users)", name, s(&v["result"]), v["users"]);
             } else {
                 print_run(&v);
             }
@@ -102,7 +102,7 @@ fn s(v: &Value) -> String {
 }
 
 fn print_run(r: &Value) {
-    println!(
+    outln!(
         "{}  {}  {}  {}ms  {}{}",
         s(&r["start"]),
         s(&r["run_id"]),
@@ -119,12 +119,12 @@ fn print_run(r: &Value) {
     }
     let output = r["output"].as_str().unwrap_or("");
     for line in output.lines() {
-        println!("    {line}");
+        outln!("    {line}");
     }
 }
 
 fn print(v: &Value) -> Result<(), Failure> {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(v).map_err(|e| Failure::Usage(e.to_string()))?
     );

@@ -103,7 +103,7 @@ pub async fn run(client: &Client, out: &Output, cmd: CredsCommand) -> Result<(),
             if out.json {
                 print_json(&info);
             } else {
-                println!("{}: key set{}", info.provider, whose(host));
+                outln!("{}: key set{}", info.provider, whose(host));
             }
         }
         CredsCommand::List { host } => {
@@ -120,6 +120,10 @@ pub async fn run(client: &Client, out: &Output, cmd: CredsCommand) -> Result<(),
             resp.ok()?;
             let v: Zeroizing<Vec<u8>> = Zeroizing::new(resp.body.to_vec());
             if out.json {
+                // Written as is, not through render::emit, so no copy of the
+                // secret outlives the zeroized buffer; it is the caller's own
+                // key, refused at `set` if it holds a control character, in
+                // JSON, which escapes them anyway.
                 std::io::stdout()
                     .write_all(&v)
                     .and_then(|()| std::io::stdout().write_all(b"\n"))
@@ -130,7 +134,7 @@ pub async fn run(client: &Client, out: &Output, cmd: CredsCommand) -> Result<(),
                     secret: Secret,
                 }
                 let a: Answer = serde_json::from_slice(&v).map_err(client::Error::Decode)?;
-                println!("{}", a.secret.expose());
+                outln!("{}", a.secret.expose());
             }
         }
         CredsCommand::Rm { provider, host } => {
@@ -155,7 +159,7 @@ pub async fn run(client: &Client, out: &Output, cmd: CredsCommand) -> Result<(),
             if out.json {
                 print_json(&v);
             } else {
-                println!(
+                outln!(
                     "credentials.age is now also encrypted to {key}; open it with \
                      `age -d -i YOUR_IDENTITY_FILE <your profile>/credentials.age`"
                 );
@@ -185,7 +189,7 @@ pub async fn run(client: &Client, out: &Output, cmd: CredsCommand) -> Result<(),
             if out.json {
                 print_json(&v);
             } else {
-                println!("credentials.age is no longer encrypted to {key}");
+                outln!("credentials.age is no longer encrypted to {key}");
             }
         }
         CredsCommand::Reset => {
@@ -196,7 +200,7 @@ pub async fn run(client: &Client, out: &Output, cmd: CredsCommand) -> Result<(),
             if out.json {
                 print_json(&v);
             } else {
-                println!(
+                outln!(
                     "moved the unreadable file aside to {}; set your keys again with \
                      `profilectl creds set PROVIDER`",
                     v["moved_to"].as_str().unwrap_or("?")
@@ -225,17 +229,17 @@ fn whose(host: bool) -> &'static str {
 
 fn print_json<T: serde::Serialize>(v: &T) {
     match serde_json::to_string_pretty(v) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("profilectl: cannot print JSON: {e}"),
+        Ok(s) => outln!("{s}"),
+        Err(e) => errln!("profilectl: cannot print JSON: {e}"),
     }
 }
 
 fn print_listing(listing: &Listing, host: bool) {
     if listing.credentials.is_empty() {
         if host {
-            println!("no host keys; an admin sets one with `profilectl creds set --host PROVIDER`");
+            outln!("no host keys; an admin sets one with `profilectl creds set --host PROVIDER`");
         } else {
-            println!("no keys yet; set one with `profilectl creds set PROVIDER`");
+            outln!("no keys yet; set one with `profilectl creds set PROVIDER`");
         }
     }
     for c in &listing.credentials {
@@ -244,7 +248,7 @@ fn print_listing(listing: &Listing, host: bool) {
             (Some(at), false) => format!("expires {at}"),
             (None, _) => "no expiry".to_owned(),
         };
-        println!(
+        outln!(
             "{:<16} {:<20} set {}  last used {}  {state}",
             c.provider,
             c.label.as_deref().unwrap_or("-"),
@@ -253,7 +257,7 @@ fn print_listing(listing: &Listing, host: bool) {
         );
     }
     for r in &listing.recipients {
-        println!("also encrypted to: {r}");
+        outln!("also encrypted to: {r}");
     }
 }
 
@@ -332,7 +336,7 @@ fn prompt(provider: &str) -> Result<Zeroizing<String>, Failure> {
     quiet.local_modes.remove(LocalModes::ECHO);
     // Still echo the final newline, so the next output starts on its line.
     quiet.local_modes.insert(LocalModes::ECHONL);
-    eprint!("secret for {provider} (typing is not shown): ");
+    err!("secret for {provider} (typing is not shown): ");
     let _ = std::io::stderr().flush();
     rustix::termios::tcsetattr(fd, OptionalActions::Flush, &quiet).map_err(tty)?;
     let _restore = Restore { fd, saved };

@@ -1,7 +1,6 @@
 //! `profilectl events`: follows `/v1/events`, printing each change as it
 //! arrives, and reconnects with `Last-Event-ID` when the stream ends.
 
-use std::io::Write;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -25,13 +24,13 @@ pub async fn follow(client: &Client, out: &Output, mut last: Option<u64>) -> Res
                 return Err(e.into());
             }
             Err(e) => {
-                eprintln!("profilectl: {e}; retrying");
+                errln!("profilectl: {e}; retrying");
                 tokio::time::sleep(RETRY).await;
                 continue;
             }
         };
         connected_once = true;
-        eprintln!("profilectl: watching for changes (Ctrl-C stops)");
+        errln!("profilectl: watching for changes (Ctrl-C stops)");
         let mut parser = Parser::default();
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else { break };
@@ -45,7 +44,7 @@ pub async fn follow(client: &Client, out: &Output, mut last: Option<u64>) -> Res
                 print(out, &event);
             }
         }
-        eprintln!("profilectl: the stream ended; reconnecting");
+        errln!("profilectl: the stream ended; reconnecting");
         tokio::time::sleep(RETRY).await;
     }
 }
@@ -89,10 +88,8 @@ fn print(out: &Output, event: &SseEvent) {
             )
         }
     };
-    let mut stdout = std::io::stdout().lock();
-    // Flushed per event: scripts read the lines as they come.
-    let _ = writeln!(stdout, "{line}");
-    let _ = stdout.flush();
+    // Stdout is line-buffered: scripts read each event as it comes.
+    outln!("{line}");
 }
 
 /// One server-sent event.

@@ -84,7 +84,7 @@ pub async fn run(
                 return print(&page);
             }
             for e in &page.items {
-                println!(
+                outln!(
                     "{}  {}  {:<12}  {}",
                     e.id,
                     e.created.as_deref().unwrap_or("-"),
@@ -93,10 +93,10 @@ pub async fn run(
                 );
             }
             if let Some(next) = &page.next {
-                println!("(more: --before {next})");
+                outln!("(more: --before {next})");
             }
             for p in &page.problems {
-                eprintln!("not served: {p}");
+                errln!("not served: {p}");
             }
         }
         KnowledgeCommand::Show { id } => {
@@ -104,18 +104,18 @@ pub async fn run(
             if out.json {
                 return print(&e);
             }
-            println!(
+            outln!(
                 "{}  by {}  {}",
                 e.id,
                 e.author,
                 e.created.as_deref().unwrap_or("-")
             );
-            println!("# {}", e.title);
+            outln!("# {}", e.title);
             if !e.tags.is_empty() {
-                println!("tags: {}", e.tags.join(", "));
+                outln!("tags: {}", e.tags.join(", "));
             }
-            println!();
-            print!("{}", e.text);
+            outln!();
+            out!("{}", e.text);
         }
         KnowledgeCommand::Rm { id } => {
             client
@@ -137,18 +137,18 @@ pub async fn settings(client: &Client, out: &Output) -> Result<(), Failure> {
     }
     let s = &r.settings;
     let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    println!("display_name: {}", show(&s.display_name));
-    println!("timezone:     {}", show(&s.timezone));
+    outln!("display_name: {}", show(&s.display_name));
+    outln!("timezone:     {}", show(&s.timezone));
     match &s.model {
-        Some(m) => println!(
+        Some(m) => outln!(
             "model:        {} at {} (key: {})",
             show(&m.name),
             show(&m.base_url),
             show(&m.provider)
         ),
-        None => println!("model:        -"),
+        None => outln!("model:        -"),
     }
-    println!(
+    outln!(
         "agents:       {}",
         if s.agents.is_empty() {
             "-".to_owned()
@@ -157,8 +157,8 @@ pub async fn settings(client: &Client, out: &Output) -> Result<(), Failure> {
         }
     );
     if let Some(p) = &r.problem {
-        eprintln!("profile.toml is not in force: {p}");
-        eprintln!("(the settings above are the last valid ones; fix the file to apply it)");
+        errln!("profile.toml is not in force: {p}");
+        errln!("(the settings above are the last valid ones; fix the file to apply it)");
     }
     Ok(())
 }
@@ -168,7 +168,7 @@ fn entry_path(id: &str) -> String {
 }
 
 fn print<T: Serialize>(v: &T) -> Result<(), Failure> {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(v).map_err(|e| Failure::Usage(e.to_string()))?
     );

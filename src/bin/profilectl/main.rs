@@ -3,12 +3,16 @@
 //! Exit status: 0 success, 1 error (the daemon's message on stderr),
 //! 2 usage.
 
+// Every print goes through render::emit, which escapes control characters.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+#[macro_use]
+mod render;
 mod agent;
 mod args;
 mod creds;
 mod events;
 mod knowledge;
-mod render;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -48,22 +52,22 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("profilectl: cannot start: {e}");
+            errln!("profilectl: cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Client(e)) => {
-            eprintln!("profilectl: {e}");
+            errln!("profilectl: {e}");
             ExitCode::FAILURE
         }
         Err(Failure::Failed(msg)) => {
-            eprintln!("profilectl: {msg}");
+            errln!("profilectl: {msg}");
             ExitCode::FAILURE
         }
         Err(Failure::Usage(msg)) => {
-            eprintln!("profilectl: {msg}");
+            errln!("profilectl: {msg}");
             ExitCode::from(2)
         }
     }

@@ -1,4 +1,93 @@
 //! How answers are printed: short text for people, JSON with `--json`.
+//!
+//! Everything profilectl prints goes through [`emit`] (the `outln!`,
+//! `out!`, `errln!` and `err!` macros; `print!` and friends are denied in
+//! this binary). Much of it is text other accounts wrote (knowledge
+//! entries) or programs produced (agent output), and a terminal acts on
+//! control characters: OSC 52 writes the clipboard, others retitle the
+//! window, erase lines or move the cursor to forge output. So every
+//! control character but the newline is shown escaped (`\u001b`, `\t`),
+//! whatever the daemon let through, in JSON's escape syntax so that
+//! `--json` output stays JSON.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+/// Prints a line to stdout through [`emit`].
+macro_rules! outln {
+    () => {
+        $crate::render::emit($crate::render::Stream::Out, format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::render::emit($crate::render::Stream::Out, format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Prints to stdout through [`emit`], without a newline.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::render::emit($crate::render::Stream::Out, format_args!($($arg)*))
+    };
+}
+
+/// Prints a line to stderr through [`emit`].
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::render::emit($crate::render::Stream::Err, format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Prints to stderr through [`emit`], without a newline.
+macro_rules! err {
+    ($($arg:tt)*) => {
+        $crate::render::emit($crate::render::Stream::Err, format_args!($($arg)*))
+    };
+}
+
+/// Where [`emit`] writes.
+#[derive(Clone, Copy, Debug)]
+pub enum Stream {
+    Out,
+    Err,
+}
+
+/// Writes `args` to `stream` with its control characters escaped
+/// ([`escape_controls`]). A closed pipe (`profilectl … | head`) is not an
+/// error worth a panic: what cannot be written is dropped.
+pub fn emit(stream: Stream, args: std::fmt::Arguments<'_>) {
+    // Wiped when dropped: `creds reveal` prints a secret through here.
+    let text = zeroize::Zeroizing::new(std::fmt::format(args));
+    let safe = escape_controls(&text);
+    let _ = match stream {
+        Stream::Out => std::io::stdout().lock().write_all(safe.as_bytes()),
+        Stream::Err => std::io::stderr().lock().write_all(safe.as_bytes()),
+    };
+}
+
+/// `text` with every control character (C0, DEL, C1) but the newline
+/// written as an escape: `\t`, `\r`, else `\u001b`. These are JSON's
+/// own escapes, so JSON stays valid JSON of the same value: serde_json
+/// escapes C0 in strings but writes DEL and C1 as they are, and a newline
+/// outside a string is only layout.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\n') {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push('\n'),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
 
 use profiled::api::{Me, NewToken, ProfileChange, ProfileRow, TokenInfo};
 use profiled::search::query::Hits;
@@ -14,8 +103,8 @@ pub struct Output {
 impl Output {
     fn print_json<T: Serialize>(&self, v: &T) {
         match serde_json::to_string_pretty(v) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("profilectl: cannot print JSON: {e}"),
+            Ok(s) => outln!("{s}"),
+            Err(e) => errln!("profilectl: cannot print JSON: {e}"),
         }
     }
 
@@ -23,10 +112,10 @@ impl Output {
         if self.json {
             return self.print_json(me);
         }
-        println!("{} (uid {}, {})", me.user, me.uid, me.role);
+        outln!("{} (uid {}, {})", me.user, me.uid, me.role);
         match (&me.profile, &me.note) {
-            (Some(p), _) => println!("profile: {p}"),
-            (None, Some(note)) => println!("no profile: {note}"),
+            (Some(p), _) => outln!("profile: {p}"),
+            (None, Some(note)) => outln!("no profile: {note}"),
             (None, None) => {}
         }
         if me.profile.is_some() {
@@ -38,13 +127,13 @@ impl Output {
         if self.json {
             self.print_json(v)
         } else {
-            println!("{id}");
+            outln!("{id}");
         }
     }
 
     pub fn done(&self, msg: &str) {
         if !self.json {
-            println!("{msg}");
+            outln!("{msg}");
         }
     }
 
@@ -53,11 +142,11 @@ impl Output {
             return self.print_json(hits);
         }
         if hits.hits.is_empty() {
-            println!("nothing found for {:?}", hits.query);
+            outln!("nothing found for {:?}", hits.query);
         }
         for h in &hits.hits {
-            println!("{}  {}  {:.2}  {}", h.id, h.kind, h.score, h.title);
-            println!("    {}", h.snippet);
+            outln!("{}  {}  {:.2}  {}", h.id, h.kind, h.score, h.title);
+            outln!("    {}", h.snippet);
         }
     }
 
@@ -66,7 +155,7 @@ impl Output {
             return self.print_json(page);
         }
         for m in &page.items {
-            println!(
+            outln!(
                 "{}  {}  {}",
                 m.id,
                 m.created.as_deref().unwrap_or("-"),
@@ -74,7 +163,7 @@ impl Output {
             );
         }
         if let Some(next) = &page.next {
-            println!("(more: --before {next})");
+            outln!("(more: --before {next})");
         }
         problems(&page.problems, "");
     }
@@ -83,14 +172,14 @@ impl Output {
         if self.json {
             return self.print_json(m);
         }
-        println!("id:      {}", m.id);
-        println!("file:    {}", m.path);
-        println!("created: {}", m.created.as_deref().unwrap_or("-"));
+        outln!("id:      {}", m.id);
+        outln!("file:    {}", m.path);
+        outln!("created: {}", m.created.as_deref().unwrap_or("-"));
         if !m.tags.is_empty() {
-            println!("tags:    {}", m.tags.join(", "));
+            outln!("tags:    {}", m.tags.join(", "));
         }
-        println!();
-        print!("{}", m.text);
+        outln!();
+        out!("{}", m.text);
     }
 
     pub fn tasks(&self, page: &Page<Task>) {
@@ -101,7 +190,7 @@ impl Output {
             self.task_line(t);
         }
         if let Some(next) = &page.next {
-            println!("(more: --before {next})");
+            outln!("(more: --before {next})");
         }
         problems(&page.problems, "");
     }
@@ -119,7 +208,7 @@ impl Output {
             .as_deref()
             .map(|d| format!("  due {d}"))
             .unwrap_or_default();
-        println!("{}  [{status}]  {}{due}", t.id, t.title);
+        outln!("{}  [{status}]  {}{due}", t.id, t.title);
     }
 
     pub fn persona(&self, p: &Persona) {
@@ -127,9 +216,9 @@ impl Output {
             return self.print_json(p);
         }
         match toml::to_string(p) {
-            Ok(s) if s.trim().is_empty() => println!("(empty persona)"),
-            Ok(s) => print!("{s}"),
-            Err(e) => eprintln!("profilectl: cannot print the persona: {e}"),
+            Ok(s) if s.trim().is_empty() => outln!("(empty persona)"),
+            Ok(s) => out!("{s}"),
+            Err(e) => errln!("profilectl: cannot print the persona: {e}"),
         }
     }
 
@@ -138,7 +227,7 @@ impl Output {
             return self.print_json(&rows);
         }
         for r in rows {
-            println!("{:<20} {:<16} {}", r.user, r.state, r.detail);
+            outln!("{:<20} {:<16} {}", r.user, r.state, r.detail);
         }
     }
 
@@ -146,9 +235,9 @@ impl Output {
         if self.json {
             return self.print_json(c);
         }
-        println!("{}: {}", c.user, c.outcome);
+        outln!("{}: {}", c.user, c.outcome);
         for s in &c.skipped {
-            println!("  left as is: {s}");
+            outln!("  left as is: {s}");
         }
     }
 
@@ -156,10 +245,12 @@ impl Output {
         if self.json {
             return self.print_json(t);
         }
-        println!("{}", t.token);
-        eprintln!(
+        outln!("{}", t.token);
+        errln!(
             "token {} ({}) expires {}; it is shown only now: store it safely",
-            t.id, t.user, t.expires
+            t.id,
+            t.user,
+            t.expires
         );
     }
 
@@ -172,7 +263,7 @@ impl Output {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "{}  {:<8} {:<20} expires {}  last used {}",
                 t.id,
                 kind,
@@ -187,7 +278,7 @@ impl Output {
         let text = String::from_utf8_lossy(body);
         match serde_json::from_str::<serde_json::Value>(&text) {
             Ok(v) => self.print_json(&v),
-            Err(_) if !text.is_empty() => println!("{text}"),
+            Err(_) if !text.is_empty() => outln!("{text}"),
             Err(_) => {}
         }
     }
@@ -196,13 +287,13 @@ impl Output {
 fn problems(list: &[Problem], none: &str) {
     if list.is_empty() {
         if !none.is_empty() {
-            println!("{none}");
+            outln!("{none}");
         }
         return;
     }
-    eprintln!("{} file(s) need fixing:", list.len());
+    errln!("{} file(s) need fixing:", list.len());
     for p in list {
-        eprintln!("  {p}");
+        errln!("  {p}");
     }
 }
 
@@ -212,5 +303,28 @@ fn first_line(text: &str, max: usize) -> String {
         format!("{}…", line.chars().take(max).collect::<String>())
     } else {
         line.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_control_but_the_newline_is_escaped() {
+        let osc52 = "title\u{1b}]52;c;aGVsbG8=\u{7}\u{1b}[2K\u{9b}31m\r\tend\n";
+        let safe = escape_controls(osc52);
+        assert_eq!(
+            safe,
+            "title\\u001b]52;c;aGVsbG8=\\u0007\\u001b[2K\\u009b31m\\r\\tend\n"
+        );
+        assert!(!safe.chars().any(|c| c.is_control() && c != '\n'));
+        assert!(matches!(escape_controls("plain ✓\n"), Cow::Borrowed(_)));
+        // JSON stays JSON of the same value.
+        let value = serde_json::json!({"t": "a\u{9b}b\u{7f}"});
+        let json = serde_json::to_string_pretty(&value).unwrap_or_default();
+        let back: serde_json::Value =
+            serde_json::from_str(&escape_controls(&json)).unwrap_or_default();
+        assert_eq!(back, value);
     }
 }
