@@ -115,7 +115,7 @@ fn print_run(r: &Value) {
             .unwrap_or_default()
     );
     for note in r["notes"].as_array().into_iter().flatten() {
-        println!("  note: {}", s(note));
+        outln!("  note: {}", s(note));
     }
     let output = r["output"].as_str().unwrap_or("");
     for line in output.lines() {
