@@ -14,6 +14,7 @@ mod layout;
 mod root;
 mod shared;
 mod sys;
+mod walk;
 
 pub use batch::Batch;
 pub use dir::{Entry, EntryKind, ProfileDir, Stamp, WriteMode};
