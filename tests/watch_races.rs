@@ -145,8 +145,10 @@ fn links_to_another_profiles_directory_never_relabel_its_watches() {
     let alice_events = Stream::settled(&d, &alice);
     let bob_events = Stream::settled(&d, &bob);
     // bob's profile is 0700: alice cannot open it, but root could, and a
-    // watcher that adds watches by path as root follows her link there.
-    let target = d.profile(&bob).join("memory/tasks");
+    // watcher that adds watches by path as root follows her link there and
+    // finds bob's memory/tasks, whose watch (one per inode) it then files
+    // under her path.
+    let target = d.profile(&bob).join("memory");
     race_links(&alice, &d.profile(&alice), &target, 150);
     // bob edits by hand: his stream reports it, alice's never does.
     for n in 0..3 {
