@@ -14,7 +14,7 @@ use super::sys::{
     check_dir, check_regular, check_rel, errno, lstat_at, open_beneath, open_dir_beneath,
     split_parent, stat,
 };
-use super::{Error, Result};
+use super::{Error, Refusal, Result};
 use crate::accounts::Account;
 
 const DIR_MODE: u32 = 0o700;
@@ -153,7 +153,13 @@ impl ProfileDir {
     pub fn read_stamped(&self, rel: &str) -> Result<(Vec<u8>, Stamp)> {
         check_rel(rel)?;
         let _as = self.as_account()?;
-        let fd = open_beneath(&self.fd, rel, OFlags::RDONLY, Mode::empty())?;
+        let fd = match open_beneath(&self.fd, rel, OFlags::RDONLY, Mode::empty()) {
+            Err(Error::Refused {
+                reason: Refusal::Denied,
+                ..
+            }) => return Err(self.why_denied(rel)),
+            other => other?,
+        };
         let st = stat(&fd, rel)?;
         check_regular(&st, self.account.uid, self.max_file, rel)?;
         let mut buf = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0));
@@ -479,6 +485,28 @@ impl ProfileDir {
             op: "dup",
             source,
         })
+    }
+
+    /// The most precise reason the kernel refused the account `rel`: a
+    /// file that is not the account's (a hard link to a root file, say) is
+    /// described as such, since the account cannot `chmod` it; its own file
+    /// is [`Refusal::Denied`]. Looked at without opening or following it.
+    fn why_denied(&self, rel: &str) -> Error {
+        let (parent, name) = split_parent(rel);
+        let found = match parent {
+            Some(p) => open_dir_beneath(&self.fd, p).and_then(|fd| lstat_at(&fd, name, rel)),
+            None => lstat_at(&self.fd, name, rel),
+        };
+        let denied = || Error::Refused {
+            path: rel.to_owned(),
+            reason: Refusal::Denied,
+        };
+        match found {
+            Ok(st) => check_regular(&st, self.account.uid, self.max_file, rel)
+                .err()
+                .unwrap_or_else(denied),
+            Err(_) => denied(),
+        }
     }
 
     /// Sets the thread's filesystem identity to the account's until the
