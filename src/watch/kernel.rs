@@ -11,14 +11,11 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use rustix::io::Errno;
-
-use super::source::Signal;
 
 /// What every watch reports: entries made, removed, renamed, written or
 /// re-moded in the directory, and the directory's own removal or move.
@@ -66,8 +63,9 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// A new instance whose events go to `tx`.
-    pub fn start(tx: Sender<Signal>) -> Result<Kernel, String> {
+    /// A new instance; `deliver` gets the events of each read, and returns
+    /// false once nobody listens any more (the reader then ends).
+    pub fn start(deliver: impl FnMut(Vec<Raw>) -> bool + Send + 'static) -> Result<Kernel, String> {
         let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)
             .map_err(|e| format!("cannot start inotify: {e}"))?;
         let fd = Arc::new(fd);
@@ -76,7 +74,7 @@ impl Kernel {
         let events = fd.clone();
         let reader = std::thread::Builder::new()
             .name("watch-events".into())
-            .spawn(move || read_events(&events, &stop_rx, &tx))
+            .spawn(move || read_events(&events, &stop_rx, deliver))
             .map_err(|e| format!("cannot start the inotify reader thread: {e}"))?;
         Ok(Kernel {
             fd,
@@ -95,8 +93,8 @@ impl Kernel {
     }
 
     /// Watches the root-owned directory at `path` (the profiles root, the
-    /// knowledge directory: checked at start-up, no user can swap them),
-    /// refusing a link.
+    /// knowledge directory, the system config's directory: checked at
+    /// start-up or root's own, no user can swap them), refusing a link.
     pub fn add_path(&self, path: &Path) -> Result<i32, Errno> {
         inotify::add_watch(&*self.fd, path, EVENTS | WatchFlags::DONT_FOLLOW)
     }
@@ -118,9 +116,9 @@ impl Drop for Kernel {
     }
 }
 
-/// Reads events until `stop` hangs up, sending each read's events as one
-/// signal.
-fn read_events(fd: &OwnedFd, stop: &OwnedFd, tx: &Sender<Signal>) {
+/// Reads events until `stop` hangs up, delivering each read's events
+/// together.
+fn read_events(fd: &OwnedFd, stop: &OwnedFd, mut deliver: impl FnMut(Vec<Raw>) -> bool) {
     let mut buf = vec![MaybeUninit::<u8>::uninit(); BUFFER];
     let mut reader = inotify::Reader::new(fd.as_fd(), &mut buf);
     loop {
@@ -156,8 +154,7 @@ fn read_events(fd: &OwnedFd, stop: &OwnedFd, tx: &Sender<Signal>) {
                 break;
             }
         }
-        // The loop is gone only when the daemon stops.
-        if !batch.is_empty() && tx.send(Signal::Kernel(batch)).is_err() {
+        if !batch.is_empty() && !deliver(batch) {
             return;
         }
     }

@@ -82,7 +82,8 @@ impl Sources {
         if settings.mode == WatchMode::Poll {
             return Ok(sources);
         }
-        let kernel = Kernel::start(tx)?;
+        // The loop is gone only when the daemon stops.
+        let kernel = Kernel::start(move |raw| tx.send(Signal::Kernel(raw)).is_ok())?;
         // The knowledge hub first, so a tree of profiles that reaches the
         // limit never leaves it unwatched.
         for (scope, dir) in [(Scope::Knowledge, knowledge), (Scope::Root, root)] {
