@@ -175,9 +175,12 @@ impl Sources {
                 }
                 // The account may not read it (the kernel checked as the
                 // account): nothing of it is shown to anyone.
+                Err(Errno::ACCESS) => ControlFlow::Continue(()),
+                // No watch can be added this way (no /proc, say): the
+                // profile is polled rather than silently unwatched.
                 Err(e) => {
-                    tracing::debug!("watch: {user}/{path}: {e}");
-                    ControlFlow::Continue(())
+                    short = Some(Short::Failed(e));
+                    ControlFlow::Break(())
                 }
             }
         });
@@ -193,6 +196,21 @@ impl Sources {
                     every: self.poll_interval,
                 },
             ),
+            Some(Short::Failed(e)) => {
+                if !self.polled.contains(user) {
+                    tracing::error!(
+                        "watch: cannot add an inotify watch through /proc/self/fd for \
+                         {user}/{rel}: {e} (is /proc mounted?); the profile is polled every {:?}",
+                        self.poll_interval
+                    );
+                }
+                self.poll_profile(
+                    user,
+                    Polled::Unwatchable {
+                        every: self.poll_interval,
+                    },
+                );
+            }
             None => {}
         }
         added
@@ -309,4 +327,6 @@ enum Short {
     Limit,
     /// The inode is watched under another profile's name.
     Shared,
+    /// The kernel refused the watch for another reason.
+    Failed(Errno),
 }

@@ -44,6 +44,11 @@ pub enum Polled {
         /// `watch.poll_interval`.
         every: Duration,
     },
+    /// Watches cannot be added (no /proc).
+    Unwatchable {
+        /// `watch.poll_interval`.
+        every: Duration,
+    },
 }
 
 impl Polled {
@@ -63,6 +68,10 @@ impl Polled {
             Polled::Shared { every } => format!(
                 "a directory of your profile is also reached from elsewhere; your profile \
                  is polled every {every:?}"
+            ),
+            Polled::Unwatchable { every } => format!(
+                "the daemon cannot add inotify watches on this host (see its log); your \
+                 profile is polled every {every:?}"
             ),
         }
     }
