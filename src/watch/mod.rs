@@ -22,7 +22,7 @@ mod watches;
 pub use classify::Kind;
 pub use file::watch_file;
 pub use hub::{Audience, BUFFER, Body, Catchup, Event, EventHub, Subscription};
-pub use status::{Polled, Report as StatusReport, Status};
+pub use status::{Report as StatusReport, Status};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
