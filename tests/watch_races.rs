@@ -121,6 +121,58 @@ fn a_directory_swapped_for_a_link_to_a_root_only_tree_is_never_watched() {
     });
 }
 
+#[test]
+fn directories_alice_can_read_but_are_not_hers_are_never_watched() {
+    if !require_root() {
+        return;
+    }
+    const TREE: usize = 200;
+    let scratch = Scratch::new();
+    // A world-writable drop directory (not sticky): alice may rename what
+    // is in it, bob's directories included.
+    let drop_dir = scratch.path.join("drop");
+    std::fs::create_dir(&drop_dir).expect("mkdir drop");
+    std::fs::set_permissions(&drop_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let alice = TestUser::new("alice");
+    let bob = TestUser::new("bob");
+    let d = Daemon::start("");
+    d.ok(Some(&alice), &["status"]);
+    for name in ["linked", "moved"] {
+        let out = bob
+            .command("sh")
+            .arg("-c")
+            .arg(format!(
+                "umask 022 && mkdir \"$1/{name}\" && cd \"$1/{name}\" && i=0; \
+                 while [ $i -lt {TREE} ]; do mkdir d$i; i=$((i+1)); done; \
+                 chmod 0777 ."
+            ))
+            .arg("sh")
+            .arg(&drop_dir)
+            .output()
+            .expect("bob's tree");
+        assert!(out.status.success(), "{out:?}");
+    }
+    let before = settled_watches(d.pid());
+    // bob's trees, which alice may read (and, their tops being 0777,
+    // move): one through links...
+    race_links(&alice, &d.profile(&alice), &drop_dir.join("linked"), 100);
+    // ...and the other renamed into her profile as a year directory (the
+    // same inode, owned by bob, now inside her profile).
+    let out = alice
+        .command("mv")
+        .arg(drop_dir.join("moved"))
+        .arg(d.profile(&alice).join("memory/episodic/2077"))
+        .output()
+        .expect("mv as alice");
+    assert!(out.status.success(), "{out:?}");
+    let after = settled_watches(d.pid());
+    assert!(
+        after < before + TREE / 2,
+        "the daemon watched bob's directories through alice's profile: \
+         {before} watches before, {after} after ({TREE} directories in each tree)"
+    );
+}
+
 /// Writes a task file by hand as `user` into `profile`.
 fn write_task(user: &TestUser, profile: &Path, id: &str) {
     let out = user
