@@ -83,7 +83,15 @@ pub struct Watch {
     pub mode: WatchMode,
     /// How often polling walks the profiles (poll mode and the fallback).
     pub poll_interval: Duration,
+    /// The most inotify watches one profile may take; past it the rest of
+    /// the profile is polled (one account cannot exhaust root's watches).
+    pub max_watches_per_profile: usize,
 }
+
+/// `watch.max_watches_per_profile` when unset: far more directories than a
+/// profile's records use (a year of months is 13), far fewer than the
+/// kernel's default limit of watches for all of root.
+const DEFAULT_WATCHES_PER_PROFILE: usize = 2_000;
 
 /// `watch.mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -253,6 +261,7 @@ struct RawAgents {
 struct RawWatch {
     mode: Option<WatchMode>,
     poll_interval: Option<HumanDuration>,
+    max_watches_per_profile: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -575,6 +584,10 @@ impl Config {
             watch: Watch {
                 mode: raw.watch.mode.unwrap_or(WatchMode::Auto),
                 poll_interval: dur(raw.watch.poll_interval, 2),
+                max_watches_per_profile: raw
+                    .watch
+                    .max_watches_per_profile
+                    .map_or(DEFAULT_WATCHES_PER_PROFILE, std::num::NonZeroUsize::get),
             },
             agents: agents_of(raw.agents),
             knowledge,

@@ -44,6 +44,10 @@ pub struct Me {
     pub note: Option<String>,
     /// Files in the profile that need fixing.
     pub problems: Vec<Problem>,
+    /// When the watcher polls the profile instead of watching all of it
+    /// (e.g. over its watch budget): why, and what it means.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<String>,
 }
 
 pub(super) async fn me(
@@ -61,6 +65,7 @@ pub(super) async fn me(
             profile: None,
             note: Some(format!("{reason}; admins name a profile with --user NAME")),
             problems: Vec::new(),
+            watch: None,
         }));
     }
     let config = st.config();
@@ -87,6 +92,7 @@ pub(super) async fn me(
                 ),
                 note: None,
                 problems: super::credentials::problems(&config.paths.state_dir, s),
+                watch: st.watch.polled_note(&account.name),
             }))
         })
     })

@@ -18,7 +18,7 @@ use std::os::fd::OwnedFd;
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
-use super::dir::{FILE_MODE, ProfileDir, append_whole};
+use super::dir::{FILE_MODE, ProfileDir, append_whole, exact_mode, open_log};
 use super::sys::{check_regular, check_rel, errno, open_beneath, split_parent, stat};
 use super::{Error, Result};
 
@@ -46,6 +46,7 @@ pub(super) fn sweep(profile: &ProfileDir, rel: &str) -> Result<usize> {
         return Ok(0);
     }
     let dir = profile.ensure_dir(rel)?;
+    let _as = profile.as_account()?;
     let mut n = 0;
     for e in litter {
         match rustix::fs::unlinkat(&dir, e.name.as_str(), AtFlags::empty()) {
@@ -112,11 +113,13 @@ impl<'p> Batch<'p> {
 
     /// Writes `data` as the new file `rel`, under a hidden temporary name
     /// beside it until [`Batch::commit`]. Missing parent directories are
-    /// created (0700, owned by the account); the file is owned by the
-    /// account, mode 0600. Over the size limit it is refused.
+    /// created (0700, owned by the account); the file is created as the
+    /// account (so owned by it), mode 0600. Over the size limit it is
+    /// refused.
     pub fn stage(&mut self, rel: &str, data: &[u8]) -> Result<()> {
         check_rel(rel)?;
         self.profile.check_size(rel, data.len())?;
+        let _as = self.profile.as_account()?;
         let (parent, name) = split_parent(rel);
         let parent = parent.unwrap_or("");
         let tmp = format!(".{name}.{}{TMP_SUFFIX}", ulid::Ulid::generate());
@@ -135,9 +138,7 @@ impl<'p> Batch<'p> {
             name: name.to_owned(),
             rel: rel.to_owned(),
         });
-        self.profile
-            .own(&fd, FILE_MODE)
-            .map_err(|e| errno(rel, "chown", e))?;
+        exact_mode(&fd, FILE_MODE).map_err(|e| errno(rel, "chmod", e))?;
         File::from(fd).write_all(data).map_err(|source| Error::Io {
             path: rel.to_owned(),
             op: "write",
@@ -162,6 +163,7 @@ impl<'p> Batch<'p> {
         })?;
         self.staged.truncate(len);
         self.bytes -= data.len() as u64;
+        let _as = self.profile.as_account()?;
         let placed = match self.dirs.get(&s.parent) {
             Some(dir) => rustix::fs::renameat(dir, s.tmp.as_str(), dir, s.name.as_str())
                 .map_err(|e| errno(rel, "rename", e)),
@@ -190,21 +192,9 @@ impl<'p> Batch<'p> {
     pub fn append(&mut self, rel: &str, data: &[u8]) -> Result<()> {
         check_rel(rel)?;
         let (parent, name) = split_parent(rel);
+        let _as = self.profile.as_account()?;
         let dir = self.dir(parent.unwrap_or(""))?;
-        let fd = open_beneath(
-            dir,
-            name,
-            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
-            Mode::from_raw_mode(FILE_MODE),
-        )
-        .map_err(|e| e.at(rel))?;
-        let st = stat(&fd, rel)?;
-        if st.st_uid == 0 && st.st_size == 0 && st.st_nlink == 1 {
-            // Just created by this process (root): hand it to the account.
-            self.profile
-                .own(&fd, FILE_MODE)
-                .map_err(|e| errno(rel, "chown", e))?;
-        }
+        let fd = open_log(dir, name, rel)?;
         check_regular(&stat(&fd, rel)?, self.profile.account().uid, u64::MAX, rel)?;
         self.dirty = true;
         append_whole(&File::from(fd), data, rel)
@@ -229,6 +219,7 @@ impl<'p> Batch<'p> {
             });
         };
         self.dirty = true;
+        let _as = self.profile.as_account()?;
         rustix::fs::renameat_with(from_dir, from_name, to_dir, to_name, RenameFlags::NOREPLACE)
             .map_err(|e| errno(from, "rename", e))
     }
@@ -244,6 +235,7 @@ impl<'p> Batch<'p> {
             return Ok(());
         }
         rustix::fs::syncfs(self.profile.dir_fd()).map_err(|e| errno(".", "sync filesystem", e))?;
+        let _as = self.profile.as_account()?;
         let mut touched = BTreeSet::new();
         let mut rest = std::mem::take(&mut self.staged).into_iter();
         while let Some(s) = rest.next() {
@@ -300,6 +292,10 @@ impl<'p> Batch<'p> {
     /// Removes a staged file's temporary name, best effort: it is hidden
     /// and never read as a record, so a failure only leaves litter.
     fn unlink_tmp(&self, s: &Staged) {
+        // Never as root: what the account could not remove stays.
+        let Ok(_as) = self.profile.as_account() else {
+            return;
+        };
         if let Some(dir) = self.dirs.get(&s.parent) {
             let _ = rustix::fs::unlinkat(dir, s.tmp.as_str(), AtFlags::empty());
         }

@@ -9,11 +9,12 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use super::batch::Batch;
+use super::fsid::AsAccount;
 use super::sys::{
     check_dir, check_regular, check_rel, errno, lstat_at, open_beneath, open_dir_beneath,
     split_parent, stat,
 };
-use super::{Error, Result};
+use super::{Error, Refusal, Result};
 use crate::accounts::Account;
 
 const DIR_MODE: u32 = 0o700;
@@ -151,7 +152,14 @@ impl ProfileDir {
     /// opened (one lookup where `stamp` then `read` take two).
     pub fn read_stamped(&self, rel: &str) -> Result<(Vec<u8>, Stamp)> {
         check_rel(rel)?;
-        let fd = open_beneath(&self.fd, rel, OFlags::RDONLY, Mode::empty())?;
+        let _as = self.as_account()?;
+        let fd = match open_beneath(&self.fd, rel, OFlags::RDONLY, Mode::empty()) {
+            Err(Error::Refused {
+                reason: Refusal::Denied,
+                ..
+            }) => return Err(self.why_denied(rel)),
+            other => other?,
+        };
         let st = stat(&fd, rel)?;
         check_regular(&st, self.account.uid, self.max_file, rel)?;
         let mut buf = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0));
@@ -180,6 +188,7 @@ impl ProfileDir {
     /// compares stamps to tell a change from a no-op event.
     pub fn stamp(&self, rel: &str) -> Result<Option<Stamp>> {
         check_rel(rel)?;
+        let _as = self.as_account()?;
         let (parent, name) = split_parent(rel);
         let found = match parent {
             Some(p) => open_dir_beneath(&self.fd, p).and_then(|fd| lstat_at(&fd, name, rel)),
@@ -204,6 +213,9 @@ impl ProfileDir {
         if rel.is_empty() {
             return true;
         }
+        let Ok(_as) = self.as_account() else {
+            return false;
+        };
         check_rel(rel).is_ok()
             && open_dir_beneath(&self.fd, rel)
                 .and_then(|fd| stat(&fd, rel))
@@ -215,6 +227,7 @@ impl ProfileDir {
     /// A path through a link is refused.
     pub fn exists(&self, rel: &str) -> Result<bool> {
         check_rel(rel)?;
+        let _as = self.as_account()?;
         match open_beneath(&self.fd, rel, OFlags::PATH, Mode::empty()) {
             Ok(_) => Ok(true),
             Err(Error::NotFound { .. }) => Ok(false),
@@ -223,13 +236,15 @@ impl ProfileDir {
     }
 
     /// Writes `data` to `rel` atomically (rule 2): a temporary file in the
-    /// same checked directory, owned by the account, mode 0600, fsynced,
+    /// same checked directory, created as the account (so owned by it),
+    /// mode 0600, fsynced,
     /// renamed over the target, then the directory fsynced. Missing parent
     /// directories are created (0700, owned by the account).
     pub fn write(&self, rel: &str, data: &[u8], mode: WriteMode) -> Result<()> {
         check_rel(rel)?;
         // Never write what `read` would then refuse.
         self.check_size(rel, data.len())?;
+        let _as = self.as_account()?;
         let (parent, name) = split_parent(rel);
         let dir = self.ensure_dir_opt(parent)?;
         let tmp = format!(".{name}.{}.tmp", ulid::Ulid::generate());
@@ -248,7 +263,7 @@ impl ProfileDir {
         )
         .map_err(|e| e.at(rel))?;
         let written = (|| {
-            self.own(&fd, FILE_MODE).map_err(io("chown"))?;
+            exact_mode(&fd, FILE_MODE).map_err(io("chmod"))?;
             let mut file = File::from(fd);
             file.write_all(data).map_err(|source| Error::Io {
                 path: rel.to_owned(),
@@ -291,23 +306,10 @@ impl ProfileDir {
     /// logs, synced by a background thread).
     pub fn append_unsynced(&self, rel: &str, line: &[u8]) -> Result<File> {
         check_rel(rel)?;
+        let _as = self.as_account()?;
         let (parent, name) = split_parent(rel);
         let dir = self.ensure_dir_opt(parent)?;
-        let fd = open_beneath(
-            &dir,
-            name,
-            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
-            Mode::from_raw_mode(FILE_MODE),
-        )
-        .map_err(|e| e.at(rel))?;
-        let st = stat(&fd, rel)?;
-        if st.st_uid == 0 && st.st_size == 0 && st.st_nlink == 1 {
-            // Just created by this process (root): hand it to the account,
-            // and make its directory entry durable.
-            self.own(&fd, FILE_MODE)
-                .map_err(|e| errno(rel, "chown", e))?;
-            rustix::fs::fsync(&dir).map_err(|e| errno(rel, "fsync directory", e))?;
-        }
+        let fd = open_log(&dir, name, rel)?;
         check_regular(&stat(&fd, rel)?, self.account.uid, u64::MAX, rel)?;
         let file = File::from(fd);
         append_whole(&file, line, rel)?;
@@ -318,6 +320,7 @@ impl ProfileDir {
     /// followed.
     pub fn remove(&self, rel: &str) -> Result<()> {
         check_rel(rel)?;
+        let _as = self.as_account()?;
         let (parent, name) = split_parent(rel);
         let dir = match parent {
             Some(p) => open_dir_beneath(&self.fd, p).map_err(|e| e.at(rel))?,
@@ -334,6 +337,7 @@ impl ProfileDir {
     pub fn rename(&self, from: &str, to: &str) -> Result<()> {
         check_rel(from)?;
         check_rel(to)?;
+        let _as = self.as_account()?;
         let (from_parent, from_name) = split_parent(from);
         let (to_parent, to_name) = split_parent(to);
         let open_parent = |parent: Option<&str>, rel: &str| match parent {
@@ -374,6 +378,7 @@ impl ProfileDir {
     /// Lists the directory `rel` (`""` for the profile itself), unsorted.
     /// Names that are not UTF-8 are left out.
     pub fn list(&self, rel: &str) -> Result<Vec<Entry>> {
+        let _as = self.as_account()?;
         let fd = if rel.is_empty() {
             self.dup()?
         } else {
@@ -414,6 +419,7 @@ impl ProfileDir {
     /// the account owns.
     pub fn ensure_dir(&self, rel: &str) -> Result<OwnedFd> {
         check_rel(rel)?;
+        let _as = self.as_account()?;
         let mut cur: Option<OwnedFd> = None;
         let mut end = 0;
         for comp in rel.split('/') {
@@ -434,45 +440,17 @@ impl ProfileDir {
         })
     }
 
-    /// Creates the directory `name` in `parent` and opens it. It is made
-    /// under a hidden temporary name, given to the account, then renamed
-    /// into place, so no other thread ever finds it still owned by root
-    /// (which `check_dir` would refuse).
+    /// Creates the directory `name` in `parent` (as the account, so owned
+    /// by it, 0700) and opens it; a directory another request created
+    /// meanwhile is used as it is.
     fn make_dir(&self, parent: BorrowedFd<'_>, name: &str, shown: &str) -> Result<OwnedFd> {
-        let tmp = format!(".{name}.{}.tmp", ulid::Ulid::generate());
-        rustix::fs::mkdirat(parent, tmp.as_str(), Mode::from_raw_mode(DIR_MODE))
-            .map_err(|e| errno(shown, "mkdir", e))?;
-        let placed = open_dir_beneath(parent, &tmp)
-            .map_err(|e| e.at(shown))
-            .and_then(|fd| {
-                self.own(&fd, DIR_MODE)
-                    .map_err(|e| errno(shown, "chown", e))?;
-                rustix::fs::renameat_with(
-                    parent,
-                    tmp.as_str(),
-                    parent,
-                    name,
-                    RenameFlags::NOREPLACE,
-                )
-                .map(|()| Some(fd))
-                .or_else(|e| match e {
-                    // Another request created it meanwhile: use theirs.
-                    Errno::EXIST => Ok(None),
-                    e => Err(errno(shown, "rename", e)),
-                })
-            });
-        let fd = match placed {
-            Ok(Some(fd)) => fd,
-            Ok(None) => {
-                let _ = rustix::fs::unlinkat(parent, tmp.as_str(), AtFlags::REMOVEDIR);
-                return open_dir_beneath(parent, name).map_err(|e| e.at(shown));
-            }
-            Err(e) => {
-                // Best effort: the temporary name is hidden and empty.
-                let _ = rustix::fs::unlinkat(parent, tmp.as_str(), AtFlags::REMOVEDIR);
-                return Err(e);
-            }
-        };
+        match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(DIR_MODE)) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => return open_dir_beneath(parent, name).map_err(|e| e.at(shown)),
+            Err(e) => return Err(errno(shown, "mkdir", e)),
+        }
+        let fd = open_dir_beneath(parent, name).map_err(|e| e.at(shown))?;
+        exact_mode(&fd, DIR_MODE).map_err(|e| errno(shown, "chmod", e))?;
         // The new entry must survive a crash with the first file written
         // into it.
         rustix::fs::fsync(parent).map_err(|e| errno(shown, "fsync directory", e))?;
@@ -509,14 +487,69 @@ impl ProfileDir {
         })
     }
 
-    /// Gives `fd` to the account with `mode`, on the handle (never by path).
-    pub(super) fn own(&self, fd: impl AsFd, mode: u32) -> std::result::Result<(), Errno> {
-        rustix::fs::fchown(
-            &fd,
-            Some(rustix::fs::Uid::from_raw(self.account.uid.0)),
-            Some(rustix::fs::Gid::from_raw(self.account.gid.0)),
-        )?;
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+    /// The most precise reason the kernel refused the account `rel`: a
+    /// file that is not the account's (a hard link to a root file, say) is
+    /// described as such, since the account cannot `chmod` it; its own file
+    /// is [`Refusal::Denied`]. Looked at without opening or following it.
+    fn why_denied(&self, rel: &str) -> Error {
+        let (parent, name) = split_parent(rel);
+        let found = match parent {
+            Some(p) => open_dir_beneath(&self.fd, p).and_then(|fd| lstat_at(&fd, name, rel)),
+            None => lstat_at(&self.fd, name, rel),
+        };
+        let denied = || Error::Refused {
+            path: rel.to_owned(),
+            reason: Refusal::Denied,
+        };
+        match found {
+            Ok(st) => check_regular(&st, self.account.uid, self.max_file, rel)
+                .err()
+                .unwrap_or_else(denied),
+            Err(_) => denied(),
+        }
+    }
+
+    /// Sets the thread's filesystem identity to the account's until the
+    /// guard is dropped (rule 12): every public operation takes it first.
+    pub(super) fn as_account(&self) -> Result<AsAccount> {
+        AsAccount::enter(&self.account)
+    }
+}
+
+/// Sets `mode` on `fd` exactly (the daemon's umask could have cleared bits
+/// of the mode asked at creation), on the handle, never by path.
+pub(super) fn exact_mode(fd: impl AsFd, mode: u32) -> std::result::Result<(), Errno> {
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+}
+
+/// Opens the log file `name` in `dir` to append, creating it when missing
+/// (0600, owned by the account that the thread acts as); a new file's
+/// directory entry is made durable.
+pub(super) fn open_log(dir: impl AsFd, name: &str, rel: &str) -> Result<OwnedFd> {
+    let dir = dir.as_fd();
+    let flags = OFlags::WRONLY | OFlags::APPEND;
+    loop {
+        match open_beneath(dir, name, flags, Mode::empty()) {
+            Err(Error::NotFound { .. }) => {}
+            other => return other.map_err(|e| e.at(rel)),
+        }
+        let created = open_beneath(
+            dir,
+            name,
+            flags | OFlags::CREATE | OFlags::EXCL,
+            Mode::from_raw_mode(FILE_MODE),
+        );
+        match created {
+            Ok(fd) => {
+                exact_mode(&fd, FILE_MODE).map_err(|e| errno(rel, "chmod", e))?;
+                rustix::fs::fsync(dir).map_err(|e| errno(rel, "fsync directory", e))?;
+                return Ok(fd);
+            }
+            // Another appender created it first: open theirs.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            }
+            Err(e) => return Err(e.at(rel)),
+        }
     }
 }
 

@@ -9,10 +9,12 @@
 
 mod batch;
 mod dir;
+mod fsid;
 mod layout;
 mod root;
 mod shared;
 mod sys;
+mod walk;
 
 pub use batch::Batch;
 pub use dir::{Entry, EntryKind, ProfileDir, Stamp, WriteMode};
@@ -49,6 +51,9 @@ pub enum Refusal {
     },
     /// A directory was expected and something else is there.
     NotADirectory,
+    /// The kernel refused the account itself (the daemon works inside a
+    /// profile with the account's own file permissions).
+    Denied,
 }
 
 impl fmt::Display for Refusal {
@@ -82,6 +87,11 @@ impl fmt::Display for Refusal {
                  split it or move it out of the profile"
             ),
             Refusal::NotADirectory => f.write_str("a directory was expected here"),
+            Refusal::Denied => f.write_str(
+                "the account's own permissions do not allow it (profiled works inside a profile \
+                 with the account's permissions, so the kernel checks it as the account): give \
+                 the account access again, e.g. `chmod u+rw FILE` or `chmod u+rwx DIRECTORY`",
+            ),
         }
     }
 }

@@ -164,6 +164,8 @@ pub(super) fn errno(rel: &str, op: &'static str, e: Errno) -> Error {
         Errno::XDEV => refused(Refusal::LeavesProfile),
         Errno::NOTDIR => refused(Refusal::NotADirectory),
         Errno::NXIO => refused(Refusal::NotRegular("FIFO or socket")),
+        // The kernel checked as the account (see `fsid`) and said no.
+        Errno::ACCESS => refused(Refusal::Denied),
         e => Error::Io {
             path: rel.to_owned(),
             op,

@@ -1,50 +1,47 @@
 //! Watching one file (the system config) for changes, so it is re-read
 //! without a SIGHUP.
 
-use std::ffi::OsString;
 use std::path::Path;
 
-use notify::event::{AccessKind, AccessMode, ModifyKind};
-use notify::{Config, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use rustix::fs::inotify::ReadFlags;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
+use super::kernel::Kernel;
+
 /// Watches `file`; the receiver gets a message whenever it may have
-/// changed. The directory is watched, not the file: editors and config
-/// management replace files by renaming a new one over them, which a
-/// watch on the old file would not see.
-pub fn watch_file(file: &Path) -> Result<(RecommendedWatcher, UnboundedReceiver<()>), String> {
+/// changed, and ends when the watch does. The directory is watched, not
+/// the file: editors and config management replace files by renaming a
+/// new one over them, which a watch on the old file would not see. The
+/// directory is root's (/etc/profiled), so it is watched by its path.
+pub fn watch_file(file: &Path) -> Result<(Kernel, UnboundedReceiver<()>), String> {
     let dir = file
         .parent()
         .ok_or_else(|| format!("{} has no parent directory", file.display()))?;
-    let name: Option<OsString> = file.file_name().map(ToOwned::to_owned);
+    let name = file
+        .file_name()
+        .map(|n| n.as_encoded_bytes().to_vec())
+        .ok_or_else(|| format!("{} names no file", file.display()))?;
     let (tx, rx) = unbounded_channel();
-    let mut watcher = RecommendedWatcher::new(
-        move |res: notify::Result<notify::Event>| {
-            let touched = match res {
-                // Only a finished write (closed, or renamed into place):
-                // a file read mid-write could be a valid but truncated
-                // config (an empty file is the built-in defaults).
-                Ok(ev) if ev.need_rescan() => true,
-                Ok(ev) => {
-                    matches!(
-                        ev.kind,
-                        EventKind::Access(AccessKind::Close(AccessMode::Write))
-                            | EventKind::Create(_)
-                            | EventKind::Modify(ModifyKind::Name(_))
-                            | EventKind::Remove(_)
-                    ) && ev.paths.iter().any(|p| p.file_name() == name.as_deref())
-                }
-                Err(_) => true,
-            };
-            if touched {
-                let _ = tx.send(());
-            }
-        },
-        Config::default().with_follow_symlinks(false),
-    )
+    // Only a finished write (closed, or renamed into place): a file read
+    // mid-write could be a valid but truncated config (an empty file is the
+    // built-in defaults). A lost event (overflow) or a gone directory may
+    // hide a change: read it again.
+    let finished = ReadFlags::CLOSE_WRITE
+        | ReadFlags::CREATE
+        | ReadFlags::MOVED_TO
+        | ReadFlags::MOVED_FROM
+        | ReadFlags::DELETE;
+    let kernel = Kernel::start(move |raw| {
+        let touched = raw.iter().any(|ev| {
+            ev.mask
+                .intersects(ReadFlags::QUEUE_OVERFLOW | ReadFlags::IGNORED)
+                || (ev.mask.intersects(finished) && ev.name.as_deref() == Some(name.as_slice()))
+        });
+        !touched || tx.send(()).is_ok()
+    })
     .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    watcher
-        .watch(dir, RecursiveMode::NonRecursive)
+    kernel
+        .add_path(dir)
         .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    Ok((watcher, rx))
+    Ok((kernel, rx))
 }

@@ -1,6 +1,9 @@
-//! The watcher: notify over the profiles root and the knowledge directory,
-//! bursts coalesced, raw paths turned into typed changes of records and
-//! published on the event hub (knowledge changes on every stream).
+//! The watcher: inotify over the profiles root, the record directories of
+//! every profile (each watch added on a directory the profile layer opened
+//! as the account, rule 12) and the knowledge directory; bursts coalesced,
+//! what was touched turned into typed changes of records and published on
+//! the event hub (knowledge changes on every stream). Polling stands in
+//! where inotify cannot or may not watch.
 //!
 //! One thread owns the sources and the known state of every profile, so
 //! changes come out in the order they were found, with no locking.
@@ -9,10 +12,12 @@ mod classify;
 mod file;
 mod held;
 mod hub;
+mod kernel;
 mod knowledge;
 mod source;
 mod status;
 mod tracker;
+mod watches;
 
 pub use classify::Kind;
 pub use file::watch_file;
@@ -20,7 +25,6 @@ pub use hub::{Audience, BUFFER, Body, Catchup, Event, EventHub, Subscription};
 pub use status::{Report as StatusReport, Status};
 
 use std::collections::BTreeSet;
-use std::path::{Component, Path};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
@@ -32,8 +36,9 @@ use crate::api::AppState;
 use crate::store::Problem;
 use held::Held;
 use knowledge::KnowledgeTracker;
-use source::{Signal, Sources};
+use source::{Poll, Signal, Sources};
 use tracker::Tracker;
+use watches::Touch;
 
 /// How long the watcher waits for a burst to go quiet: an editor's save
 /// (temp file, write, rename) lands within it. Short, since it is most of
@@ -158,64 +163,30 @@ struct Batch {
 }
 
 impl Batch {
-    fn add(&mut self, signal: Signal, roots: &Roots, sources: &mut Sources) {
-        let root = roots.profiles.as_path();
+    fn add(&mut self, signal: Signal, sources: &mut Sources) {
         match signal {
-            Signal::Paths(paths) => {
-                for p in paths {
-                    if let Ok(rest) = p.strip_prefix(&roots.knowledge) {
-                        match rest.to_str() {
-                            // The directory itself.
-                            Some("") => self.knowledge_rescan = true,
-                            Some(name) if !name.contains('/') => {
-                                self.knowledge.insert(name.to_owned());
-                            }
-                            _ => {}
+            Signal::Kernel(raw) => {
+                for touch in sources.resolve(&raw) {
+                    match touch {
+                        Touch::Profile { user, rel } => {
+                            self.paths.insert((user, rel));
                         }
-                        continue;
-                    }
-                    match split(root, &p) {
-                        Some(Some(key)) => {
-                            self.paths.insert(key);
+                        // Profiles may have come or gone.
+                        Touch::Root => self.rescan = true,
+                        Touch::Knowledge(name) => {
+                            self.knowledge.insert(name);
                         }
-                        // The root itself: profiles may have come or gone.
-                        Some(None) => self.rescan = true,
-                        None => {}
+                        Touch::KnowledgeDir => self.knowledge_rescan = true,
+                        Touch::Rescan => {
+                            self.rescan = true;
+                            self.knowledge_rescan = true;
+                        }
                     }
                 }
-            }
-            Signal::Rescan => {
-                self.rescan = true;
-                self.knowledge_rescan = true;
-            }
-            Signal::LimitHit => {
-                sources.limit_hit();
-                self.rescan = true;
             }
             Signal::Stop => self.stop = true,
         }
     }
-}
-
-/// `path` as (user, relative path): `Some(None)` for the root itself,
-/// `None` for what is no profile's (hidden names such as the daemon's
-/// `.provision-*`, paths outside the root, names that are not UTF-8).
-fn split(root: &Path, path: &Path) -> Option<Option<(String, String)>> {
-    let rest = path.strip_prefix(root).ok()?;
-    let mut parts = Vec::new();
-    for c in rest.components() {
-        match c {
-            Component::Normal(s) => parts.push(s.to_str()?),
-            _ => return None,
-        }
-    }
-    let Some((user, rel)) = parts.split_first() else {
-        return Some(None);
-    };
-    if user.starts_with('.') {
-        return None;
-    }
-    Some(Some(((*user).to_owned(), rel.join("/"))))
 }
 
 /// What the watcher knows of the profiles and of the knowledge directory.
@@ -230,6 +201,9 @@ fn run(state: &AppState, roots: &Roots, mut sources: Sources, rx: &Receiver<Sign
     let policy = state.config().policy.clone();
     tracker.profiles.baseline(state.root(), &policy);
     tracker.knowledge.baseline(&state.knowledge, &policy);
+    for user in tracker.profiles.users() {
+        sources.cover(&tracker.profiles, &user, "");
+    }
     tracing::info!(
         "watching {} and {}",
         roots.profiles.display(),
@@ -237,7 +211,11 @@ fn run(state: &AppState, roots: &Roots, mut sources: Sources, rx: &Receiver<Sign
     );
     let mut held = Held::default();
     loop {
-        let first = match held.next_due() {
+        let due = [held.next_due(), sources.next_poll()]
+            .into_iter()
+            .flatten()
+            .min();
+        let first = match due {
             None => match rx.recv() {
                 Ok(s) => Some(s),
                 Err(_) => return,
@@ -249,10 +227,15 @@ fn run(state: &AppState, roots: &Roots, mut sources: Sources, rx: &Receiver<Sign
             },
         };
         if let Some(first) = first {
-            let Some(changes) = next_burst(state, roots, &mut sources, &mut tracker, rx, first)
-            else {
+            let Some(changes) = next_burst(state, &mut sources, &mut tracker, rx, first) else {
                 return;
             };
+            for change in held.merge(changes, Instant::now()) {
+                publish(state, &tracker.profiles, change);
+            }
+        }
+        if let Some(due) = sources.take_poll(Instant::now()) {
+            let changes = poll(state, &mut tracker, &due);
             for change in held.merge(changes, Instant::now()) {
                 publish(state, &tracker.profiles, change);
             }
@@ -263,23 +246,41 @@ fn run(state: &AppState, roots: &Roots, mut sources: Sources, rx: &Receiver<Sign
     }
 }
 
+/// Compares what is polled with what was known.
+fn poll(state: &AppState, trackers: &mut Trackers, due: &Poll) -> Vec<Change> {
+    let policy = state.config().policy.clone();
+    let mut changes = if due.knowledge {
+        trackers.knowledge.rescan(&state.knowledge, &policy)
+    } else {
+        Vec::new()
+    };
+    let tracker = &mut trackers.profiles;
+    if due.all {
+        changes.extend(tracker.rescan_all(state.root(), &policy));
+    } else {
+        for user in &due.profiles {
+            changes.extend(tracker.reconcile(state.root(), &policy, user, ""));
+        }
+    }
+    changes
+}
+
 /// Collects the burst that starts with `first` and returns its changes;
 /// `None` when the watcher must stop.
 fn next_burst(
     state: &AppState,
-    roots: &Roots,
     sources: &mut Sources,
     trackers: &mut Trackers,
     rx: &Receiver<Signal>,
     first: Signal,
 ) -> Option<Vec<Change>> {
     let mut batch = Batch::default();
-    batch.add(first, roots, sources);
+    batch.add(first, sources);
     let until = Instant::now() + MAX_DELAY;
     while !batch.stop {
         let wait = QUIET.min(until.saturating_duration_since(Instant::now()));
         match rx.recv_timeout(wait) {
-            Ok(s) => batch.add(s, roots, sources),
+            Ok(s) => batch.add(s, sources),
             Err(RecvTimeoutError::Timeout) => break,
             Err(RecvTimeoutError::Disconnected) => return None,
         }
@@ -301,11 +302,20 @@ fn next_burst(
             })
             .collect()
     };
-    let root = roots.profiles.as_path();
     let tracker = &mut trackers.profiles;
+    sources.settle_moved(tracker);
     if batch.rescan {
         state.clear_views();
+        let before = tracker.users();
         changes.extend(tracker.rescan_all(state.root(), &policy));
+        let now = tracker.users();
+        for gone in before.iter().filter(|u| !now.contains(u)) {
+            sources.forget_profile(gone);
+        }
+        // Events may have been lost, directory creations among them.
+        for user in &now {
+            sources.cover(tracker, user, "");
+        }
         return Some(changes);
     }
     for (user, rel) in &batch.paths {
@@ -313,16 +323,22 @@ fn next_burst(
         if !rel.is_empty() && batch.paths.contains(&(user.clone(), String::new())) {
             continue;
         }
-        changes.extend(tracker.reconcile(state.root(), &policy, user, rel));
-        // Checked through the profile's handle first: a link put where a
-        // directory was is never watched through.
-        if classify::may_hold_records(rel) && tracker.is_real_dir(user, rel) {
-            let mut dir = root.join(user);
-            if !rel.is_empty() {
-                dir.push(rel);
+        if rel.is_empty() || tracker.dir(user).is_none() {
+            // The profile (re-)opened first, then watched, then compared
+            // again if new watches were needed: what was written before a
+            // directory had its watch is found by the second look.
+            changes.extend(tracker.reconcile(state.root(), &policy, user, rel));
+            if tracker.dir(user).is_none() {
+                sources.forget_profile(user);
+            } else if sources.cover(tracker, user, "") > 0 {
+                changes.extend(tracker.reconcile(state.root(), &policy, user, ""));
             }
-            sources.rewatch(&dir);
+            continue;
         }
+        // Watched before it is compared: whatever is written in a new
+        // directory after this look is reported by its watch.
+        sources.cover(tracker, user, rel);
+        changes.extend(tracker.reconcile(state.root(), &policy, user, rel));
     }
     Some(changes)
 }
@@ -346,25 +362,4 @@ fn publish(state: &AppState, tracker: &Tracker, mut change: Change) {
     }
     state.refresh_view(&change.user, &change.path);
     state.events.publish(change);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_split_into_user_and_relative_path() {
-        let root = Path::new("/var/lib/profiled/profiles");
-        assert_eq!(
-            split(root, &root.join("alice/memory/tasks/t.md")),
-            Some(Some(("alice".into(), "memory/tasks/t.md".into())))
-        );
-        assert_eq!(
-            split(root, &root.join("alice")),
-            Some(Some(("alice".into(), String::new())))
-        );
-        assert_eq!(split(root, root), Some(None));
-        assert_eq!(split(root, &root.join(".provision-alice-01J/x")), None);
-        assert_eq!(split(root, Path::new("/etc/passwd")), None);
-    }
 }

@@ -1,48 +1,65 @@
-//! Where raw file events come from: inotify, polling, or inotify with a
-//! fallback to polling when the kernel's watch limit is reached.
+//! Where changes are learnt from: the daemon's inotify instance, with
+//! watches on directories opened through the profile layer (rule 12), and
+//! polling where inotify cannot or may not watch (poll mode, a profile
+//! over its watch budget, the kernel's watch limit in auto mode).
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use notify::event::{AccessKind, AccessMode};
-use notify::{
-    Config, ErrorKind, EventKind, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher,
-};
+use rustix::io::Errno;
 
-use super::status::{Status, limit_hint};
+use super::classify::may_hold_records;
+use super::kernel::{Kernel, Raw};
+use super::status::{Polled, Status, limit_hint};
+use super::tracker::Tracker;
+use super::watches::{Label, Registered, Scope, Touch, Watches};
 use crate::config::{Watch, WatchMode};
 
 /// What the sources tell the watcher's loop.
 #[derive(Debug)]
 pub enum Signal {
-    /// Something happened at these absolute paths.
-    Paths(Vec<PathBuf>),
-    /// Events were lost (queue overflow): everything must be compared.
-    Rescan,
-    /// The inotify watch limit was reached: some directories are unwatched.
-    LimitHit,
+    /// Events read from the kernel.
+    Kernel(Vec<Raw>),
     /// The daemon is stopping.
     Stop,
 }
 
+/// What is due to be polled.
+#[derive(Debug, Default)]
+pub struct Poll {
+    /// Every profile (poll mode, or no watch on the profiles root).
+    pub all: bool,
+    /// These profiles (not wholly watched).
+    pub profiles: Vec<String>,
+    /// The knowledge directory.
+    pub knowledge: bool,
+}
+
 /// The running sources; dropping them stops the events.
 pub struct Sources {
-    root: PathBuf,
-    knowledge: PathBuf,
-    tx: Sender<Signal>,
     mode: WatchMode,
     poll_interval: Duration,
+    /// The most watches one profile may have (`watch.max_watches_per_profile`).
+    cap: usize,
     status: Arc<Status>,
-    inotify: Option<RecommendedWatcher>,
-    poll: Option<PollWatcher>,
+    kernel: Option<Kernel>,
+    watches: Watches,
+    /// Polled besides (or instead of) inotify.
+    poll_all: bool,
+    poll_knowledge: bool,
+    polled: BTreeSet<String>,
+    next_poll: Instant,
 }
 
 impl Sources {
-    /// Starts watching the profiles `root` (and below) and the
-    /// `knowledge` directory (its entries only) as `settings` say; events
-    /// go to `tx`, a reached watch limit to `status`.
+    /// Starts watching the profiles `root` (its entries: the profiles come
+    /// and go there) and the `knowledge` directory as `settings` say;
+    /// events go to `tx`, the state to `status`. The profiles' own
+    /// directories are added by [`Sources::cover`].
     pub fn start(
         root: &Path,
         knowledge: &Path,
@@ -51,132 +68,265 @@ impl Sources {
         tx: Sender<Signal>,
     ) -> Result<Sources, String> {
         let mut sources = Sources {
-            root: root.to_owned(),
-            knowledge: knowledge.to_owned(),
-            tx,
             mode: settings.mode,
             poll_interval: settings.poll_interval,
+            cap: settings.max_watches_per_profile,
             status,
-            inotify: None,
-            poll: None,
+            kernel: None,
+            watches: Watches::default(),
+            poll_all: settings.mode == WatchMode::Poll,
+            poll_knowledge: settings.mode == WatchMode::Poll,
+            polled: BTreeSet::new(),
+            next_poll: Instant::now() + settings.poll_interval,
         };
-        match settings.mode {
-            WatchMode::Poll => sources.start_poll()?,
-            WatchMode::Inotify | WatchMode::Auto => {
-                // notify follows links by default: a user's link to another
-                // tree would leak its file names and burn watches.
-                let config = Config::default().with_follow_symlinks(false);
-                let mut w = RecommendedWatcher::new(handler(sources.tx.clone()), config)
-                    .map_err(|e| format!("cannot start inotify: {e}"))?;
-                // One watch, taken first so a tree of profiles that reaches
-                // the limit never leaves the knowledge hub unwatched.
-                match w.watch(knowledge, RecursiveMode::NonRecursive) {
-                    Ok(()) => {}
-                    Err(e) if matches!(e.kind, ErrorKind::MaxFilesWatch) => {
-                        sources.inotify = Some(w);
-                        sources.limit_hit();
-                        return Ok(sources);
-                    }
-                    Err(e) => return Err(format!("cannot watch {}: {e}", knowledge.display())),
+        if settings.mode == WatchMode::Poll {
+            return Ok(sources);
+        }
+        // The loop is gone only when the daemon stops.
+        let kernel = Kernel::start(move |raw| tx.send(Signal::Kernel(raw)).is_ok())?;
+        // The knowledge hub first, so a tree of profiles that reaches the
+        // limit never leaves it unwatched.
+        for (scope, dir) in [(Scope::Knowledge, knowledge), (Scope::Root, root)] {
+            match kernel.add_path(dir) {
+                Ok(wd) => {
+                    let label = Label {
+                        scope,
+                        rel: String::new(),
+                        id: (0, 0),
+                    };
+                    sources.watches.register(wd, label, |_| true);
                 }
-                match w.watch(root, RecursiveMode::Recursive) {
-                    Ok(()) => {}
-                    // notify keeps the watches it could add.
-                    Err(e) if matches!(e.kind, ErrorKind::MaxFilesWatch) => {
-                        sources.inotify = Some(w);
-                        sources.limit_hit();
-                        return Ok(sources);
+                Err(Errno::NOSPC) => {
+                    sources.limit_hit(None);
+                    if sources.mode == WatchMode::Auto {
+                        sources.poll_knowledge |= scope == Scope::Knowledge;
+                        sources.poll_all |= scope == Scope::Root;
                     }
-                    Err(e) => return Err(format!("cannot watch {}: {e}", root.display())),
                 }
-                sources.inotify = Some(w);
+                Err(e) => return Err(format!("cannot watch {}: {e}", dir.display())),
             }
         }
+        sources.kernel = Some(kernel);
         Ok(sources)
     }
 
-    /// The watch limit was reached: say so (the log, `/v1/health`) and, in
-    /// auto mode, poll too.
-    pub fn limit_hit(&mut self) {
-        let first = self.status.set_limited();
-        match self.mode {
-            WatchMode::Auto if self.poll.is_none() => {
-                tracing::warn!(
-                    "watch: {}; polling the profiles every {:?} meanwhile",
-                    limit_hint(),
-                    self.poll_interval
-                );
-                if let Err(e) = self.start_poll() {
-                    tracing::error!("watch: {e}");
+    /// What `raw` events touched.
+    pub fn resolve(&mut self, raw: &[Raw]) -> Vec<Touch> {
+        let touched: Vec<Touch> = raw.iter().filter_map(|r| self.watches.resolve(r)).collect();
+        if touched.contains(&Touch::Rescan) {
+            tracing::warn!(
+                "watch: the kernel's event queue overflowed (fs.inotify.max_queued_events); \
+                 rescanning, so no change is lost"
+            );
+        }
+        touched
+    }
+
+    /// Adds watches on the directory `rel` of `user`'s profile and on the
+    /// directories below it that may hold records, as the account, through
+    /// the handles the profile layer opened (no link is ever followed);
+    /// returns how many watches are new. Past the profile's watch budget,
+    /// or at the kernel's limit in auto mode, the profile is polled.
+    pub fn cover(&mut self, tracker: &Tracker, user: &str, rel: &str) -> usize {
+        let (Some(kernel), Some(dir)) = (&self.kernel, tracker.dir(user)) else {
+            return 0;
+        };
+        if !may_hold_records(rel) {
+            return 0;
+        }
+        let mut added = 0;
+        let mut short = None;
+        let watches = &mut self.watches;
+        let cap = self.cap;
+        let walked = dir.walk_dirs(rel, &may_hold_records, &mut |path, fd| {
+            let Ok(st) = rustix::fs::fstat(fd) else {
+                return ControlFlow::Continue(());
+            };
+            if watches.count(user) >= cap {
+                short = Some(Short::Cap);
+                return ControlFlow::Break(());
+            }
+            match kernel.add(fd) {
+                Ok(wd) => {
+                    let label = Label {
+                        scope: Scope::Profile(user.to_owned()),
+                        rel: path.to_owned(),
+                        id: (st.st_dev, st.st_ino),
+                    };
+                    let outcome = watches.register(wd, label, |old| {
+                        tracker.dir_id(&old.scope, &old.rel) == Some(old.id)
+                    });
+                    match outcome {
+                        Registered::New | Registered::Relabelled => added += 1,
+                        Registered::Same => {}
+                        Registered::Kept => {
+                            tracing::warn!(
+                                "watch: {user}/{path} is the same directory as one watched \
+                                 elsewhere; it is polled instead"
+                            );
+                            short = Some(Short::Shared);
+                        }
+                    }
+                    ControlFlow::Continue(())
+                }
+                Err(Errno::NOSPC) => {
+                    short = Some(Short::Limit);
+                    ControlFlow::Break(())
+                }
+                // The account may not read it (the kernel checked as the
+                // account): nothing of it is shown to anyone.
+                Err(Errno::ACCESS) => ControlFlow::Continue(()),
+                // No watch can be added this way (no /proc, say): the
+                // profile is polled rather than silently unwatched.
+                Err(e) => {
+                    short = Some(Short::Failed(e));
+                    ControlFlow::Break(())
                 }
             }
-            WatchMode::Auto | WatchMode::Poll => {}
+        });
+        if let Err(e) = walked {
+            tracing::debug!("watch: {user}/{rel}: {e}");
+        }
+        match short {
+            Some(Short::Cap) => self.cap_hit(user),
+            Some(Short::Limit) => self.limit_hit(Some(user)),
+            Some(Short::Shared) => self.poll_profile(
+                user,
+                Polled::Shared {
+                    every: self.poll_interval,
+                },
+            ),
+            Some(Short::Failed(e)) => {
+                if !self.polled.contains(user) {
+                    tracing::error!(
+                        "watch: cannot add an inotify watch through /proc/self/fd for \
+                         {user}/{rel}: {e} (is /proc mounted?); the profile is polled every {:?}",
+                        self.poll_interval
+                    );
+                }
+                self.poll_profile(
+                    user,
+                    Polled::Unwatchable {
+                        every: self.poll_interval,
+                    },
+                );
+            }
+            None => {}
+        }
+        added
+    }
+
+    /// Removes the watches of directories that moved away from where their
+    /// label says (a directory renamed out of the record layout, or out of
+    /// the profile); the new place, if watched at all, is covered again by
+    /// the events of its new parent.
+    pub fn settle_moved(&mut self, tracker: &Tracker) {
+        let Some(kernel) = &self.kernel else {
+            return;
+        };
+        for (wd, label) in self.watches.take_moved() {
+            if tracker.dir_id(&label.scope, &label.rel) != Some(label.id) {
+                kernel.remove(wd);
+                self.watches.forget(wd);
+            }
+        }
+    }
+
+    /// Removes every watch of `user`'s profile (it is gone, or no longer
+    /// eligible).
+    pub fn forget_profile(&mut self, user: &str) {
+        if let Some(kernel) = &self.kernel {
+            for wd in self.watches.of(user) {
+                kernel.remove(wd);
+                self.watches.forget(wd);
+            }
+        }
+        if self.polled.remove(user) {
+            self.status.set_polled(user, None);
+        }
+    }
+
+    /// When the next poll is due, if anything is polled.
+    pub fn next_poll(&self) -> Option<Instant> {
+        (self.poll_all || self.poll_knowledge || !self.polled.is_empty()).then_some(self.next_poll)
+    }
+
+    /// What to poll now, if a poll is due.
+    pub fn take_poll(&mut self, now: Instant) -> Option<Poll> {
+        if self.next_poll().is_none_or(|due| due > now) {
+            return None;
+        }
+        self.next_poll = now + self.poll_interval;
+        Some(Poll {
+            all: self.poll_all,
+            profiles: self.polled.iter().cloned().collect(),
+            knowledge: self.poll_knowledge,
+        })
+    }
+
+    /// `user`'s profile reached its watch budget: it is polled, and its
+    /// status says so.
+    fn cap_hit(&mut self, user: &str) {
+        if !self.polled.contains(user) {
+            tracing::warn!(
+                "watch: {user}'s profile has more directories than its watch budget \
+                 (watch.max_watches_per_profile = {}); the rest of it is polled every {:?}",
+                self.cap,
+                self.poll_interval
+            );
+        }
+        self.poll_profile(
+            user,
+            Polled::Budget {
+                cap: self.cap,
+                every: self.poll_interval,
+            },
+        );
+    }
+
+    fn poll_profile(&mut self, user: &str, why: Polled) {
+        if self.polled.insert(user.to_owned()) {
+            self.status.set_polled(user, Some(why));
+        }
+    }
+
+    /// The kernel's watch limit was reached (while watching `user`'s
+    /// profile): say so (the log, `/v1/health`) and, in auto mode, poll
+    /// what has no watch.
+    fn limit_hit(&mut self, user: Option<&str>) {
+        let first = self.status.set_limited();
+        match self.mode {
+            WatchMode::Auto => {
+                if first {
+                    tracing::warn!(
+                        "watch: {}; polling the unwatched profiles every {:?} meanwhile",
+                        limit_hint(),
+                        self.poll_interval
+                    );
+                }
+                if let Some(user) = user {
+                    let every = self.poll_interval;
+                    self.poll_profile(user, Polled::Limit { every });
+                }
+            }
             WatchMode::Inotify if first => tracing::error!(
                 "watch: {}; changes in unwatched directories go unseen \
                  (watch.mode = \"auto\" would poll them)",
                 limit_hint()
             ),
-            WatchMode::Inotify => {}
+            WatchMode::Inotify | WatchMode::Poll => {}
         }
-    }
-
-    /// Watches the directory `dir` (and below) again. notify names events
-    /// by the path a watch was added with, so a directory renamed into
-    /// place (a profile provisioned under a temporary name, a month moved
-    /// by hand) would otherwise keep reporting under its old name.
-    pub fn rewatch(&mut self, dir: &Path) {
-        let Some(w) = &mut self.inotify else {
-            return;
-        };
-        match w.watch(dir, RecursiveMode::Recursive) {
-            Err(e) if matches!(e.kind, ErrorKind::MaxFilesWatch) => self.limit_hit(),
-            // Gone again already: its removal is seen through its parent.
-            Ok(()) | Err(_) => {}
-        }
-    }
-
-    fn start_poll(&mut self) -> Result<(), String> {
-        let config = Config::default()
-            .with_poll_interval(self.poll_interval)
-            .with_follow_symlinks(false);
-        let mut w = PollWatcher::new(handler(self.tx.clone()), config)
-            .map_err(|e| format!("cannot start polling: {e}"))?;
-        w.watch(&self.knowledge, RecursiveMode::NonRecursive)
-            .map_err(|e| format!("cannot poll {}: {e}", self.knowledge.display()))?;
-        w.watch(&self.root, RecursiveMode::Recursive)
-            .map_err(|e| format!("cannot poll {}: {e}", self.root.display()))?;
-        self.poll = Some(w);
-        Ok(())
     }
 }
 
-/// Turns notify's callbacks into signals.
-fn handler(tx: Sender<Signal>) -> impl notify::EventHandler {
-    move |res: notify::Result<notify::Event>| {
-        let signal = match res {
-            Ok(ev) if ev.need_rescan() => {
-                tracing::warn!(
-                    "watch: the kernel's event queue overflowed (fs.inotify.max_queued_events); \
-                     rescanning, so no change is lost"
-                );
-                Signal::Rescan
-            }
-            // Reads change nothing (the daemon's own reads included).
-            Ok(notify::Event {
-                kind: EventKind::Access(AccessKind::Open(_) | AccessKind::Close(AccessMode::Read)),
-                ..
-            }) => return,
-            Ok(ev) => Signal::Paths(ev.paths),
-            Err(e) if matches!(e.kind, ErrorKind::MaxFilesWatch) => Signal::LimitHit,
-            // An error about paths (one vanished mid-walk, say): look at
-            // them again rather than rescanning everything.
-            Err(e) if !e.paths.is_empty() => Signal::Paths(e.paths),
-            Err(e) => {
-                tracing::warn!("watch: {e}; rescanning");
-                Signal::Rescan
-            }
-        };
-        // The loop is gone only when the daemon stops.
-        let _ = tx.send(signal);
-    }
+/// Why a walk left directories without a watch.
+enum Short {
+    /// The profile's budget.
+    Cap,
+    /// The kernel's limit.
+    Limit,
+    /// The inode is watched under another profile's name.
+    Shared,
+    /// The kernel refused the watch for another reason.
+    Failed(Errno),
 }

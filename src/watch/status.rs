@@ -2,7 +2,10 @@
 //! kernel's inotify watch limit was reached (then part of the tree has no
 //! watch, and in `auto` mode it is polled).
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -16,6 +19,62 @@ const MAX_USER_WATCHES: &str = "/proc/sys/fs/inotify/max_user_watches";
 pub struct Status {
     mode: WatchMode,
     limited: AtomicBool,
+    /// Profiles not wholly watched by inotify (over their watch budget,
+    /// or unwatched at the kernel's limit in auto mode): polled.
+    polled: Mutex<BTreeMap<String, Polled>>,
+}
+
+/// Why a profile is polled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Polled {
+    /// It has more directories than its watch budget.
+    Budget {
+        /// `watch.max_watches_per_profile`.
+        cap: usize,
+        /// `watch.poll_interval`.
+        every: Duration,
+    },
+    /// The kernel's watch limit was reached while watching it.
+    Limit {
+        /// `watch.poll_interval`.
+        every: Duration,
+    },
+    /// One of its directories is watched as another place's.
+    Shared {
+        /// `watch.poll_interval`.
+        every: Duration,
+    },
+    /// Watches cannot be added (no /proc).
+    Unwatchable {
+        /// `watch.poll_interval`.
+        every: Duration,
+    },
+}
+
+impl Polled {
+    /// What the profile's owner is told.
+    fn note(self) -> String {
+        match self {
+            Polled::Budget { cap, every } => format!(
+                "your profile has more record directories than the {cap} that are watched \
+                 (watch.max_watches_per_profile); the rest are polled every {every:?}, so \
+                 changes there may show up later. Removing empty directories under memory/ \
+                 brings it back under the budget after a restart of the daemon"
+            ),
+            Polled::Limit { every } => format!(
+                "the host's inotify watch limit is reached (fs.inotify.max_user_watches); \
+                 your profile is polled every {every:?} until an administrator raises it"
+            ),
+            Polled::Shared { every } => format!(
+                "a directory of your profile is also reached from elsewhere; your profile \
+                 is polled every {every:?}"
+            ),
+            Polled::Unwatchable { every } => format!(
+                "the daemon cannot add inotify watches on this host (see its log); your \
+                 profile is polled every {every:?}"
+            ),
+        }
+    }
 }
 
 /// The watcher's state as `/v1/health` shows it.
@@ -26,8 +85,12 @@ pub struct Report {
     /// Whether the inotify watch limit was reached: some directories have
     /// no inotify watch.
     pub limited: bool,
-    /// Whether the tree is polled (poll mode, or auto mode once limited).
+    /// Whether anything is polled (poll mode, auto mode once limited, or
+    /// a profile over its watch budget).
     pub polling: bool,
+    /// How many profiles are polled because inotify does not wholly watch
+    /// them (their names are theirs to see, in `/v1/me`).
+    pub polled_profiles: usize,
     /// What to do about it, when limited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
@@ -39,7 +102,30 @@ impl Status {
         Status {
             mode,
             limited: AtomicBool::new(false),
+            polled: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    fn polled(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Polled>> {
+        self.polled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records why `user`'s profile is polled (`None`: it no longer is).
+    pub fn set_polled(&self, user: &str, why: Option<Polled>) {
+        match why {
+            Some(why) => {
+                self.polled().insert(user.to_owned(), why);
+            }
+            None => {
+                self.polled().remove(user);
+            }
+        }
+    }
+
+    /// For `user`'s own status: why inotify does not wholly watch their
+    /// profile and what that means, if it does not (poll mode aside).
+    pub fn polled_note(&self, user: &str) -> Option<String> {
+        self.polled().get(user).map(|p| p.note())
     }
 
     /// Records that the watch limit was reached; `true` the first time.
@@ -62,6 +148,7 @@ impl Status {
             }
             hint
         });
+        let polled_profiles = self.polled().len();
         Report {
             mode: match self.mode {
                 WatchMode::Auto => "auto",
@@ -69,7 +156,10 @@ impl Status {
                 WatchMode::Poll => "poll",
             },
             limited,
-            polling: self.mode == WatchMode::Poll || (limited && self.mode == WatchMode::Auto),
+            polling: self.mode == WatchMode::Poll
+                || (limited && self.mode == WatchMode::Auto)
+                || polled_profiles > 0,
+            polled_profiles,
             hint,
         }
     }

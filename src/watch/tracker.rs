@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
 use super::classify::{classify, may_hold_records};
+use super::watches::Scope;
 use super::{Action, Change};
 use crate::accounts::{self, Eligibility, Policy};
 use crate::audit::{Auditor, SystemLog};
@@ -80,10 +81,24 @@ impl Tracker {
         diff(user, &mut tracked.known, rel, now)
     }
 
-    /// Whether `rel` is a real directory (no link on the way) of a profile
-    /// the watcher tracks: only those may be (re-)watched.
-    pub fn is_real_dir(&self, user: &str, rel: &str) -> bool {
-        self.profiles.get(user).is_some_and(|t| t.dir.is_dir(rel))
+    /// The open directory of `user`'s profile, if it is tracked.
+    pub fn dir(&self, user: &str) -> Option<&ProfileDir> {
+        self.profiles.get(user).map(|t| &t.dir)
+    }
+
+    /// The accounts whose profiles are tracked.
+    pub fn users(&self) -> Vec<String> {
+        self.profiles.keys().cloned().collect()
+    }
+
+    /// The (device, inode) of the directory `rel` of the profile `scope`
+    /// names, reached as its account without a link; `None` when there is
+    /// no such directory of that account (or `scope` is not a profile).
+    pub fn dir_id(&self, scope: &Scope, rel: &str) -> Option<(u64, u64)> {
+        match scope {
+            Scope::Profile(user) => self.dir(user)?.dir_id(rel),
+            Scope::Root | Scope::Knowledge => None,
+        }
     }
 
     /// `user`'s settings in force, read again through `cache` (the
