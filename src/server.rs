@@ -26,7 +26,7 @@ use tower::ServiceExt;
 
 use crate::accounts::UserId;
 use crate::api::{AppState, ClientAddr, Peer, conn_budget};
-use crate::budget::{Listener, Place, Quota, Refused};
+use crate::budget::{Listener, Place, Quota, Refusal, Refused, Ticket};
 
 /// How long shutdown waits for requests in flight.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -128,16 +128,25 @@ async fn serve<L: Accept>(
                         continue;
                     }
                 };
-                // Deciding the budget may ask the name service: never in
-                // the accept loop.
                 let watcher = graceful.watcher();
                 let shared = shared.clone();
-                tokio::spawn(async move {
-                    match conn {
-                        Conn::Peer(peer) => serve_peer(io, peer, &shared, watcher).await,
-                        Conn::Client(client) => serve_client(io, client, &shared, watcher).await,
+                match conn {
+                    // Deciding a peer's budget may ask the name service:
+                    // never in the accept loop.
+                    Conn::Peer(peer) => {
+                        tokio::spawn(async move { serve_peer(io, peer, &shared, watcher).await });
                     }
-                });
+                    // Into the lobby here, in accept order: a newcomer is
+                    // never taken for older than a connection accepted
+                    // before it, whatever order the tasks run in.
+                    Conn::Client(client) => {
+                        let limit = shared.state.config().limits.connections.unauthenticated;
+                        let entered = shared.state.budgets.lobby.enter(limit, Instant::now());
+                        tokio::spawn(async move {
+                            serve_client(io, client, entered, &shared, watcher).await;
+                        });
+                    }
+                }
             }
             _ = stop.changed() => break,
         }
@@ -178,18 +187,20 @@ where
     run(io, service, limits.idle_timeout, watcher).await;
 }
 
-/// A TCP connection: in the lobby until a request authenticates it.
-async fn serve_client<I>(io: I, client: ClientAddr, shared: &Shared, watcher: Watcher)
-where
+/// A TCP connection that `entered` the lobby (or was refused there): in
+/// the lobby until a request authenticates it.
+async fn serve_client<I>(
+    io: I,
+    client: ClientAddr,
+    entered: Result<Ticket, Refusal>,
+    shared: &Shared,
+    watcher: Watcher,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let st = &shared.state;
     let limits = st.config().limits.connections;
-    let ticket = match st
-        .budgets
-        .lobby
-        .enter(limits.unauthenticated, Instant::now())
-    {
+    let ticket = match entered {
         Ok(ticket) => ticket,
         Err(_) => {
             let answer = conn_budget::lobby_full(limits.unauthenticated);

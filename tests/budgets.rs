@@ -388,3 +388,52 @@ fn one_accounts_authenticated_tcp_connections_do_not_lock_another_out() {
         "mallory still holds {open} TCP connections; at most {PER_ACCOUNT} are allowed"
     );
 }
+
+#[test]
+fn root_and_admins_keep_a_reserve_when_the_socket_is_full() {
+    if !require_root() {
+        return;
+    }
+    let mallory = TestUser::new("mallory");
+    let bob = TestUser::new("bob");
+    let ops = TestUser::new("ops");
+    // 16 of the 20 places are for everyone; mallory takes all 16.
+    let d = Daemon::start(&format!(
+        "[accounts]\nadmins = [\"{}\"]\n\n[limits]\nconnections_total = 20\nconnections_reserved = 4\nconnections_per_account = 16\n",
+        ops.name
+    ));
+    // Root's connections count in the total too: wait until the harness's
+    // probe and the metrics requests below are gone (the one asking is
+    // the only one left).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let unix_open = || metric(&d, "profiled_connections{listener=\"unix\"}");
+    while unix_open() > 1 {
+        assert!(Instant::now() < deadline, "root's connections stay open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _held = connect_as(&d.socket, mallory.uid, 16);
+    // Counted once the daemon has accepted them (root's own metrics
+    // request is the 17th).
+    loop {
+        let open = unix_open();
+        if open >= 17 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mallory's connections were never counted ({open} open): {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (status, _, text) = socket_request(&d, bob.uid, "/v1/me");
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("\"code\":\"server_busy\""), "{text}");
+    assert!(text.to_lowercase().contains("retry-after: 2"), "{text}");
+    for (who, uid) in [("ops (an admin)", ops.uid), ("root", 0)] {
+        let (status, took, text) = socket_request(&d, uid, "/v1/me");
+        assert_eq!(status, 200, "{who} was not served: {text:?}");
+        assert!(took < ANSWERED_WITHIN, "{who}'s request took {took:?}");
+    }
+}
