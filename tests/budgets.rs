@@ -214,6 +214,16 @@ fn socket_flood_leaves_others_served(attacker: &TestUser, per_uid: usize, stream
         "profiled_connections_refused_total{listener=\"unix\",reason=\"account\"}",
     );
     assert!(refused >= 500, "{refused} refusals counted");
+    // The attacker's own client is told why, and what to do.
+    let (status, json) = d.api(Some(attacker), "GET", "/v1/health", None);
+    assert_eq!(status, 429, "{json}");
+    assert_eq!(json["code"], "too_many_connections", "{json}");
+    assert!(
+        json["detail"]
+            .as_str()
+            .is_some_and(|t| t.contains("limits.connections_per") && t.contains("close idle ones")),
+        "{json}"
+    );
     // Hundreds of refusals, one log line: no flooding of the journal.
     let logged = format!("refused a unix connection from uid {}:", attacker.uid);
     assert_eq!(d.log_text().matches(&logged).count(), 1, "{}", d.log_text());
@@ -435,5 +445,31 @@ fn root_and_admins_keep_a_reserve_when_the_socket_is_full() {
         let (status, took, text) = socket_request(&d, uid, "/v1/me");
         assert_eq!(status, 200, "{who} was not served: {text:?}");
         assert!(took < ANSWERED_WITHIN, "{who}'s request took {took:?}");
+    }
+}
+
+#[test]
+fn an_accounts_stream_budget_comes_back_when_its_streams_close() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("");
+    let (streams, refused) = streams_on_socket(&d, alice.uid, STREAMS_PER_ACCOUNT + 1);
+    assert_eq!(streams.len(), STREAMS_PER_ACCOUNT);
+    assert_eq!(refused, vec![429u16]);
+    drop(streams);
+    // The daemon notices the clients are gone and gives their places back.
+    let start = Instant::now();
+    loop {
+        let (again, _) = streams_on_socket(&d, alice.uid, 1);
+        if again.len() == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "alice's closed streams still count against her"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

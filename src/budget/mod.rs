@@ -293,6 +293,16 @@ mod tests {
     }
 
     #[test]
+    fn full_listeners_leave_descriptors_for_the_daemons_own_work() {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX / 2);
+        let ceiling = u64::try_from(descriptor_ceiling(2)).unwrap_or(u64::MAX);
+        let own = limit - 2 * ceiling;
+        assert!(own >= (limit / 2).min(OWN_DESCRIPTORS), "{own} of {limit}");
+    }
+
+    #[test]
     fn the_descriptor_ceiling_bounds_the_configured_total() {
         let l = limits();
         assert_eq!(Quota::connection(&l, 4, Standing::Root).total, 4);
