@@ -26,7 +26,7 @@ use tower::ServiceExt;
 
 use crate::accounts::UserId;
 use crate::api::{AppState, ClientAddr, Peer, conn_budget};
-use crate::budget::{Listener, Place, Quota, Refusal, Refused, Ticket};
+use crate::budget::{Listener, Place, Quota, Ticket};
 
 /// How long shutdown waits for requests in flight.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -141,9 +141,9 @@ async fn serve<L: Accept>(
                     // before it, whatever order the tasks run in.
                     Conn::Client(client) => {
                         let limit = shared.state.config().limits.connections.unauthenticated;
-                        let entered = shared.state.budgets.lobby.enter(limit, Instant::now());
+                        let ticket = shared.state.budgets.lobby.enter(limit, Instant::now());
                         tokio::spawn(async move {
-                            serve_client(io, client, entered, &shared, watcher).await;
+                            serve_client(io, client, ticket, &shared, watcher).await;
                         });
                     }
                 }
@@ -187,12 +187,12 @@ where
     run(io, service, limits.idle_timeout, watcher).await;
 }
 
-/// A TCP connection that `entered` the lobby (or was refused there): in
-/// the lobby until a request authenticates it.
+/// A TCP connection that entered the lobby with `ticket`: there until a
+/// request authenticates it.
 async fn serve_client<I>(
     io: I,
     client: ClientAddr,
-    entered: Result<Ticket, Refusal>,
+    ticket: Ticket,
     shared: &Shared,
     watcher: Watcher,
 ) where
@@ -200,19 +200,6 @@ async fn serve_client<I>(
 {
     let st = &shared.state;
     let limits = st.config().limits.connections;
-    let ticket = match entered {
-        Ok(ticket) => ticket,
-        Err(_) => {
-            let answer = conn_budget::lobby_full(limits.unauthenticated);
-            st.budgets.reports.refused(
-                Listener::Tcp,
-                Refused::Unauthenticated,
-                None,
-                &answer.error.detail,
-            );
-            return refuse(io, shared, answer).await;
-        }
-    };
     if ticket.pushed_out {
         st.budgets.reports.pushed_out();
     }
@@ -233,8 +220,7 @@ async fn serve_client<I>(
     });
     tokio::select! {
         () = run(io, service, limits.idle_timeout, watcher) => {}
-        // Pushed out of a full lobby while idle: dropping the connection
-        // closes it.
+        // Pushed out of a full lobby: dropping the connection closes it.
         () = eviction.notified() => {}
     }
 }

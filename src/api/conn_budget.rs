@@ -80,21 +80,6 @@ pub fn connection_refused(refusal: Refusal, standing: Standing) -> (Refused, Bus
     }
 }
 
-/// A TCP connection refused because the lobby of unauthenticated ones is
-/// full of requests in progress.
-pub fn lobby_full(limit: usize) -> Busy {
-    Busy {
-        error: ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_busy",
-            format!(
-                "all {limit} places for connections that have not authenticated yet are taken by \
-                 requests in progress (limits.unauthenticated_connections); retry shortly"
-            ),
-        ),
-    }
-}
-
 /// An event stream refused: the caller holds `limit` already.
 pub fn stream_refused(limit: usize) -> Busy {
     Busy {

@@ -5,24 +5,22 @@
 //! have not shown a valid token share one small lobby, and a connection
 //! leaves it for its account's own budget as soon as a request on it
 //! authenticates ([`Place::bind`]). When the lobby is full, a newcomer
-//! pushes out the connection that has been idle longest: holding many idle
-//! connections then only churns the lobby, it never locks a newcomer out.
-//! A request in progress is not pushed out for [`PROTECTED`], so a slow
-//! login is not cut off by a flood, yet one that dribbles its body cannot
-//! hold its place for ever.
+//! pushes out the connection idle longest, or, when every one has a request
+//! in progress, the one whose request began first. A newcomer is never
+//! refused: idle connections, however many, only churn the lobby, and
+//! requests that never finish (a login whose body never comes) cannot keep
+//! it full either. The cost is that a slow unauthenticated request (a
+//! login) may be cut off by a flood of newcomers; a request with a valid
+//! token leaves the lobby as soon as its headers are read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
 use super::{Pool, Quota, Refusal, Slot};
 use crate::accounts::UserId;
-
-/// How long a request in progress keeps an unauthenticated connection
-/// from being pushed out.
-pub const PROTECTED: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Entry {
@@ -57,29 +55,24 @@ pub struct Ticket {
 }
 
 impl Lobby {
-    /// A place among at most `limit` waiting connections, pushing out the
-    /// longest idle one when full; refused when every one has a request in
-    /// progress younger than [`PROTECTED`].
-    pub fn enter(self: &Arc<Self>, limit: usize, now: Instant) -> Result<Ticket, Refusal> {
+    /// A place among at most `limit` waiting connections, pushing out
+    /// another when full (the longest idle, else the oldest request).
+    pub fn enter(self: &Arc<Self>, limit: usize, now: Instant) -> Ticket {
         let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         let mut pushed_out = false;
         while w.entries.len() >= limit.max(1) {
+            // Idle ones first (`false` sorts first), longest idle first;
+            // then the request that began first.
             let victim = w
                 .entries
                 .iter()
-                .filter(|(_, e)| {
-                    e.busy_since
-                        .is_none_or(|b| now.saturating_duration_since(b) >= PROTECTED)
-                })
-                .min_by_key(|(_, e)| e.busy_since.unwrap_or(e.idle_since))
+                .min_by_key(|(_, e)| (e.busy_since.is_some(), e.busy_since.unwrap_or(e.idle_since)))
                 .map(|(id, _)| *id);
-            let Some(victim) = victim else {
-                return Err(Refusal::Full { limit });
+            let Some(e) = victim.and_then(|v| w.entries.remove(&v)) else {
+                break;
             };
-            if let Some(e) = w.entries.remove(&victim) {
-                // Stored if the connection is not waiting on it right now.
-                e.evict.notify_one();
-            }
+            // Stored if the connection is not waiting on it right now.
+            e.evict.notify_one();
             pushed_out = true;
         }
         let id = w.next;
@@ -93,12 +86,12 @@ impl Lobby {
                 evict: eviction.clone(),
             },
         );
-        Ok(Ticket {
+        Ticket {
             lobby: self.clone(),
             id,
             eviction,
             pushed_out,
-        })
+        }
     }
 
     /// Connections waiting now.
@@ -143,8 +136,8 @@ impl Place {
         }
     }
 
-    /// A request began on the connection (it is not pushed out for
-    /// [`PROTECTED`] while it lasts).
+    /// A request began on the connection (it is pushed out only after
+    /// every idle one).
     pub fn request_started(&self, now: Instant) {
         if let Some(t) = &*self.ticket.lock().unwrap_or_else(|p| p.into_inner()) {
             t.lobby.mark(t.id, Some(now), now);
@@ -181,32 +174,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_lobby_pushes_out_the_longest_idle_but_not_a_fresh_request() {
+    fn a_full_lobby_pushes_out_the_longest_idle_then_the_oldest_request() {
         let lobby = Arc::<Lobby>::default();
         let t0 = Instant::now();
-        let a = lobby.enter(2, t0).map(Place::new);
-        let b = lobby.enter(2, t0 + Duration::from_millis(1));
-        let (Ok(a), Ok(b)) = (a, b) else {
-            panic!("the lobby has room for two");
-        };
+        let ms = |n| t0 + std::time::Duration::from_millis(n);
+        let a = Place::new(lobby.enter(2, ms(0)));
+        let b = lobby.enter(2, ms(1));
         assert!(!b.pushed_out);
-        // `a` is busy: `b`, idle since later, is pushed out instead.
-        a.request_started(t0 + Duration::from_millis(2));
-        let c = lobby.enter(2, t0 + Duration::from_millis(3));
-        assert!(c.as_ref().is_ok_and(|c| c.pushed_out));
+        // `a` is busy: `b`, idle, is pushed out although it came later.
+        a.request_started(ms(2));
+        let c = lobby.enter(2, ms(3));
+        assert!(c.pushed_out);
+        let mut b_out = std::pin::pin!(b.eviction.notified());
+        assert!(b_out.as_mut().enable(), "b was not told");
         assert_eq!(lobby.open(), 2);
-        // `c` is busy too: nothing may be pushed out.
-        let c = c.map(Place::new);
-        if let Ok(c) = &c {
-            c.request_started(t0 + Duration::from_millis(4));
-        }
-        assert_eq!(
-            lobby.enter(2, t0 + Duration::from_millis(5)).err(),
-            Some(Refusal::Full { limit: 2 })
-        );
-        // ...until a request has been in progress for too long.
-        assert!(lobby.enter(2, t0 + PROTECTED * 2).is_ok());
-        drop(b);
+        // Both busy: the request that began first goes.
+        let c = Place::new(c);
+        c.request_started(ms(4));
+        let d = lobby.enter(2, ms(5));
+        assert!(d.pushed_out);
+        assert_eq!(lobby.open(), 2);
+        a.request_ended(ms(6));
+        c.request_ended(ms(6));
     }
 
     #[test]
@@ -218,9 +207,7 @@ mod tests {
             total: 10,
         };
         let now = Instant::now();
-        let places: Vec<Place> = (0..2)
-            .filter_map(|_| lobby.enter(5, now).ok().map(Place::new))
-            .collect();
+        let places: Vec<Place> = (0..2).map(|_| Place::new(lobby.enter(5, now))).collect();
         assert_eq!(lobby.open(), 2);
         assert_eq!(places[0].bind(UserId(1000), &pool, quota), Ok(()));
         assert_eq!(places[0].bind(UserId(1000), &pool, quota), Ok(()));

@@ -11,8 +11,8 @@
 mod lobby;
 mod report;
 
-pub use lobby::{Lobby, PROTECTED, Place, Ticket};
-pub use report::{LOG_EVERY, Listener, Open, Refused, Reports};
+pub use lobby::{Lobby, Place, Ticket};
+pub use report::{Listener, Open, Refused, Reports};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -210,12 +210,6 @@ impl Budgets {
             tcp: self.tcp.open() + self.lobby.open(),
             streams: self.streams.open(),
         })
-    }
-}
-
-impl Default for Budgets {
-    fn default() -> Self {
-        Budgets::new(usize::MAX)
     }
 }
 

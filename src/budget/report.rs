@@ -42,26 +42,17 @@ pub enum Refused {
     Account,
     /// A connection: the listener is full (for this caller).
     Full,
-    /// A TCP connection: the lobby of unauthenticated ones is full of
-    /// requests in progress.
-    Unauthenticated,
     /// An event stream: the account holds its cap.
     Stream,
 }
 
 impl Refused {
-    const ALL: [Refused; 4] = [
-        Refused::Account,
-        Refused::Full,
-        Refused::Unauthenticated,
-        Refused::Stream,
-    ];
+    const ALL: [Refused; 3] = [Refused::Account, Refused::Full, Refused::Stream];
 
     fn label(self) -> &'static str {
         match self {
             Refused::Account => "account",
             Refused::Full => "total",
-            Refused::Unauthenticated => "unauthenticated",
             Refused::Stream => "event_streams",
         }
     }
@@ -88,8 +79,8 @@ pub struct Open {
 /// The refusals' counters and log memory.
 #[derive(Debug, Default)]
 pub struct Reports {
-    unix: [AtomicU64; 4],
-    tcp: [AtomicU64; 4],
+    unix: [AtomicU64; 3],
+    tcp: [AtomicU64; 3],
     pushed_out: AtomicU64,
     /// When each caller's refusal was last logged.
     logged: Mutex<HashMap<LogKey, Instant>>,
