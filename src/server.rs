@@ -26,19 +26,10 @@ use tower::ServiceExt;
 
 use crate::accounts::UserId;
 use crate::api::{AppState, ClientAddr, Peer, conn_budget};
-use crate::budget::{Listener, Place, Quota, Ticket};
+use crate::budget::{Listener, Place, Quota, REFUSAL_WAIT, REFUSING_AT_ONCE, Ticket};
 
 /// How long shutdown waits for requests in flight.
 const DRAIN: Duration = Duration::from_secs(10);
-
-/// Refused connections answered at once per listener; past that, a refused
-/// connection is closed without an answer, so refusing never costs more
-/// descriptors than this.
-const REFUSING_AT_ONCE: usize = 16;
-
-/// How long a refused connection may take to send the request its refusal
-/// answers.
-const REFUSAL_WAIT: Duration = Duration::from_secs(2);
 
 /// What the kernel tells about a new connection.
 #[derive(Clone, Copy, Debug)]

@@ -12,10 +12,7 @@ use axum::response::{IntoResponse, Response};
 use super::extract::Peer;
 use super::identity::Checked;
 use super::{ApiError, AppState};
-use crate::budget::{Listener, Place, Quota, Refusal, Refused, Standing};
-
-/// How long a refused client is asked to wait before it retries.
-const RETRY_AFTER_SECS: u32 = 2;
+use crate::budget::{Listener, Place, Quota, RETRY_AFTER_SECS, Refusal, Refused, Standing};
 
 /// A refusal as the client is told it: a problem, `Retry-After`, and
 /// `Connection: close` (the connection has no place to stay).

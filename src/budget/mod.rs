@@ -16,9 +16,38 @@ pub use report::{Listener, Open, Refused, Reports};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::accounts::UserId;
 use crate::config::Connections;
+
+// The fixed constants of the budgets; what an admin may want to change is
+// in `[limits]` (config::Connections, docs/CONFIG.md).
+
+/// Descriptors kept for the daemon's own work (profile files, indexes,
+/// watches, agents' pipes, locks, the TCP lobby, refusals being answered):
+/// half the limit, at most this many.
+const OWN_DESCRIPTORS: u64 = 1024;
+
+/// Refused connections answered at once per listener; past that, a refused
+/// connection is closed without an answer, so refusing never costs more
+/// descriptors than this.
+pub const REFUSING_AT_ONCE: usize = 16;
+
+/// How long a refused connection may take to send the request its refusal
+/// answers.
+pub const REFUSAL_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a refused client is asked to wait before it retries
+/// (`Retry-After`, seconds).
+pub const RETRY_AFTER_SECS: u32 = 2;
+
+/// At most one log line per caller and reason this often.
+pub const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Callers whose last logged refusal is remembered; beyond this many, those
+/// logged more than [`LOG_EVERY`] ago are forgotten.
+const LOGGED_CALLERS: usize = 1024;
 
 /// What a caller may hold, from who it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,10 +241,6 @@ impl Budgets {
         })
     }
 }
-
-/// Descriptors kept for the daemon's own work (profile files, indexes,
-/// watches, agents' pipes, locks): half the limit, at most this many.
-const OWN_DESCRIPTORS: u64 = 1024;
 
 /// The most connections each of `listeners` may hold so that, all full,
 /// the daemon still has descriptors for its own work: the soft

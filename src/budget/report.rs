@@ -1,5 +1,5 @@
 //! What the budgets refused: one log line per caller and reason per
-//! [`LOG_EVERY`] (an attacker reconnecting in a loop must not flood the
+//! [`LOG_EVERY`](super::LOG_EVERY) (an attacker reconnecting in a loop must not flood the
 //! journal), and counters for `/v1/metrics` (no uid or name appears
 //! there: the metrics are public).
 
@@ -7,15 +7,10 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::{LOG_EVERY, LOGGED_CALLERS};
 use crate::accounts::UserId;
-
-/// At most one log line per caller and reason this often.
-pub const LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// Beyond this many remembered callers, the old ones are forgotten.
-const REMEMBERED: usize = 1024;
 
 /// Where a connection came in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,7 +99,7 @@ impl Reports {
         {
             return;
         }
-        if logged.len() >= REMEMBERED {
+        if logged.len() >= LOGGED_CALLERS {
             logged.retain(|_, t| now.saturating_duration_since(*t) < LOG_EVERY);
         }
         logged.insert(key, now);
