@@ -31,8 +31,9 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let user = TestUser::new("bench");
     user.set_password(PASSWORD);
+    // One account on 64 connections: above the default per-account budget.
     let d = Daemon::start(&format!(
-        "[limits.per_user.{}]\nrequests_per_second = 100000000\nrequest_burst = 100000000\n",
+        "[limits]\nconnections_per_account = 128\n\n[limits.per_user.{}]\nrequests_per_second = 100000000\nrequest_burst = 100000000\n",
         user.name
     ));
     for i in 0..100 {

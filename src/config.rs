@@ -149,6 +149,32 @@ pub struct Limits {
     pub rate: Rate,
     /// Per-account overrides of `rate`.
     pub rate_overrides: BTreeMap<String, Rate>,
+    /// Connection and event-stream budgets (rule 9).
+    pub connections: Connections,
+}
+
+/// How many connections and event streams each caller may hold at once,
+/// per listener (rule 9): one account cannot starve the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connections {
+    /// Open connections per account: per uid on the socket, per account a
+    /// token authenticated on TCP.
+    pub per_account: usize,
+    /// Open connections per uid on the socket for a uid that is neither
+    /// eligible nor an admin (system accounts, unknown uids).
+    pub per_ineligible_uid: usize,
+    /// Open connections per listener, all callers together.
+    pub total: usize,
+    /// The part of `total` only root and admins may use.
+    pub reserved: usize,
+    /// TCP connections that have not yet authenticated, all together; a
+    /// new one pushes out the longest idle of them when they are full.
+    pub unauthenticated: usize,
+    /// `/v1/events` streams per account, both listeners together.
+    pub event_streams_per_account: usize,
+    /// How long a connection may stay open without a request (between
+    /// keep-alive requests as before the first), headers included.
+    pub idle_timeout: Duration,
 }
 
 impl Limits {
@@ -329,6 +355,13 @@ struct RawLimits {
     request_burst: Option<NonZeroU64>,
     #[serde(default)]
     per_user: BTreeMap<String, RawRate>,
+    connections_per_account: Option<NonZeroU64>,
+    connections_per_ineligible_uid: Option<NonZeroU64>,
+    connections_total: Option<NonZeroU64>,
+    connections_reserved: Option<toml::Spanned<u64>>,
+    unauthenticated_connections: Option<NonZeroU64>,
+    event_streams_per_account: Option<NonZeroU64>,
+    idle_timeout: Option<HumanDuration>,
 }
 
 /// A path that must be absolute; relative ones are refused at parse time so
@@ -446,7 +479,7 @@ impl Config {
 
     /// Validates `text`, naming `file` in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Config, Error> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             invalid(file, text, span, e.message().to_owned())
         })?;
@@ -527,6 +560,7 @@ impl Config {
                 .unwrap_or_else(|| "profiled-admin".to_owned()),
         };
 
+        let connections = connections_of(&mut raw.limits, file, text)?;
         let mib = 1024 * 1024;
         let rate = |per_second: Option<NonZeroU64>, burst: Option<NonZeroU64>| Rate {
             per_second: u32_of(per_second, 50),
@@ -548,6 +582,7 @@ impl Config {
                     )
                 })
                 .collect(),
+            connections,
         };
         let default_listen = SocketAddr::from(([127, 0, 0, 1], 7733));
         let tcp = Tcp {
@@ -618,6 +653,43 @@ fn check_overlap(
             Place::new("paths.agents_dir", &p.agents_dir, agents),
         ],
     )
+}
+
+/// The `[limits]` connection keys, with their defaults; the reserve must
+/// leave room for everyone else.
+fn connections_of(l: &mut RawLimits, file: &Path, text: &str) -> Result<Connections, Error> {
+    let total = usize_of(l.connections_total, 1024);
+    let reserved = match l.connections_reserved.take() {
+        None => (total / 16).max(1),
+        Some(spanned) => {
+            let span = spanned.span();
+            let v = usize::try_from(spanned.into_inner()).unwrap_or(usize::MAX);
+            if v >= total {
+                return Err(invalid(
+                    file,
+                    text,
+                    span,
+                    format!(
+                        "connections_reserved ({v}) must be below connections_total ({total}), \
+                         or nobody but root and admins could connect"
+                    ),
+                ));
+            }
+            v
+        }
+    };
+    Ok(Connections {
+        per_account: usize_of(l.connections_per_account, 32),
+        per_ineligible_uid: usize_of(l.connections_per_ineligible_uid, 4),
+        total,
+        reserved,
+        unauthenticated: usize_of(l.unauthenticated_connections, 32),
+        event_streams_per_account: usize_of(l.event_streams_per_account, 8),
+        idle_timeout: l
+            .idle_timeout
+            .take()
+            .map_or(Duration::from_secs(30), |d| d.0),
+    })
 }
 
 fn agents_of(a: RawAgents) -> Agents {
@@ -777,6 +849,38 @@ mod tests {
         assert!(
             err.unwrap_or_default()
                 .contains("auth.session_max_lifetime")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn connection_budgets_parse_and_keep_room_outside_the_reserve() -> Result<(), Error> {
+        let c = parse("")?.limits.connections;
+        assert_eq!(
+            (c.per_account, c.per_ineligible_uid, c.total, c.reserved),
+            (32, 4, 1024, 64)
+        );
+        assert_eq!(
+            (
+                c.unauthenticated,
+                c.event_streams_per_account,
+                c.idle_timeout
+            ),
+            (32, 8, Duration::from_secs(30))
+        );
+        let c = parse(
+            "[limits]\nconnections_total = 100\nconnections_reserved = 0\nidle_timeout = \"5s\"\n",
+        )?
+        .limits
+        .connections;
+        assert_eq!((c.total, c.reserved, c.idle_timeout.as_secs()), (100, 0, 5));
+        let err = parse("[limits]\nconnections_total = 10\nconnections_reserved = 10\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains(":3: limits.connections_reserved:") && err.contains("below"),
+            "{err}"
         );
         Ok(())
     }

@@ -69,6 +69,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         None => None,
     };
     let knowledge = open_knowledge(&config)?;
+    raise_descriptor_limit();
     let state = Arc::new(AppState::new(config, root, tokens, knowledge));
     let watching = watch::start(state.clone()).map_err(|e| {
         setup(
@@ -80,6 +81,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
     let mut servers = vec![tokio::spawn(server::serve_unix(
         listener,
         api::router(state.clone()),
+        state.clone(),
         stop_rx.clone(),
     ))];
     tracing::info!("serving on {}", socket.display());
@@ -90,6 +92,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         servers.push(tokio::spawn(server::serve_tcp(
             tcp,
             api::tcp_router(state.clone(), addr.port()),
+            state.clone(),
             stop_rx.clone(),
         )));
         tracing::info!("serving on http://{addr}");
@@ -159,6 +162,23 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard one: connections are
+/// budgeted within it (src/budget), and systemd starts services with a
+/// soft limit of 1024 whatever the hard limit is.
+fn raise_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    limit.current = limit.maximum;
+    if let Err(e) = setrlimit(Resource::Nofile, limit) {
+        tracing::warn!(
+            "cannot raise the open-files limit to its hard limit ({e}); connections are budgeted within the current one"
+        );
+    }
 }
 
 /// How long a config change must be quiet before the file is read.

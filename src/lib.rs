@@ -8,6 +8,7 @@ pub mod agents;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod budget;
 pub mod builtin;
 pub mod client;
 pub mod config;

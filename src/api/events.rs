@@ -6,15 +6,19 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::watch;
 
-use super::extract::{ApiQuery, Caller, UserQuery};
-use super::{ApiError, AppState, blocking};
+use super::extract::{ApiQuery, Caller, ClientAddr, UserQuery};
+use super::{ApiError, AppState, blocking, conn_budget};
+use crate::accounts::UserId;
+use crate::budget::{Listener, Quota, Refused, Slot, Standing};
 use crate::watch::{Catchup, Event};
 
 /// Comment lines this often keep idle connections (and proxies) open.
@@ -24,7 +28,48 @@ pub(super) async fn stream(
     State(st): State<Arc<AppState>>,
     caller: Caller,
     ApiQuery(q): ApiQuery<UserQuery>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Response> {
+    // A stream holds its connection for as long as the client likes: each
+    // account may hold only so many (rule 9), counted against the caller,
+    // not the profile watched.
+    let uid = caller.account.uid;
+    let standing = if uid == UserId::ROOT {
+        Standing::Root
+    } else if caller.admin {
+        Standing::Admin
+    } else {
+        Standing::Member
+    };
+    let limits = st.config().limits.connections;
+    let slot = st
+        .budgets
+        .streams
+        .admit(uid, Quota::stream(&limits, standing))
+        .map_err(|_| {
+            let busy = conn_budget::stream_refused(limits.event_streams_per_account);
+            let listener = if client.is_some() {
+                Listener::Tcp
+            } else {
+                Listener::Unix
+            };
+            st.budgets
+                .reports
+                .refused(listener, Refused::Stream, Some(uid), &busy.error.detail);
+            busy.response()
+        })?;
+    open(st, caller, q, headers, slot)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+async fn open(
+    st: Arc<AppState>,
+    caller: Caller,
+    q: UserQuery,
+    headers: HeaderMap,
+    slot: Slot,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let last = match headers.get("last-event-id") {
         None => None,
@@ -59,6 +104,7 @@ pub(super) async fn stream(
         pending: VecDeque::new(),
         live: sub.live,
         closed: st.events.closed(),
+        _slot: slot,
     };
     feed.queue(sub.catchup);
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
@@ -77,6 +123,9 @@ struct Feed {
     pending: VecDeque<SseEvent>,
     live: broadcast::Receiver<Arc<Event>>,
     closed: watch::Receiver<bool>,
+    /// The stream's place in the caller's budget, given back when the
+    /// client goes (the stream is dropped).
+    _slot: Slot,
 }
 
 impl Feed {

@@ -41,7 +41,8 @@ use rustix::io::Errno;
 
 use super::extract::{Caller, identify};
 use super::problem::ApiError;
-use crate::accounts::{self, Account, Policy, UserId};
+use crate::accounts::{self, Account, Eligibility, Policy, UserId};
+use crate::budget::Standing;
 
 /// How long any answer is kept at most.
 pub const TTL: Duration = Duration::from_secs(1);
@@ -219,6 +220,9 @@ struct Answers {
     accounts: HashMap<UserId, Option<Account>>,
     blocked: HashMap<String, Option<String>>,
     callers: HashMap<UserId, (Policy, Caller)>,
+    /// Refusals included, unlike `callers`: a uid that may not use the API
+    /// is classified on every connection it opens.
+    standings: HashMap<UserId, (Policy, Standing)>,
 }
 
 /// The remembered answers.
@@ -252,6 +256,7 @@ impl Identities {
                 accounts: HashMap::new(),
                 blocked: HashMap::new(),
                 callers: HashMap::new(),
+                standings: HashMap::new(),
             }),
             profiles,
         }
@@ -297,6 +302,7 @@ impl Identities {
             a.accounts.clear();
             a.blocked.clear();
             a.callers.clear();
+            a.standings.clear();
             let seen = if a.watch.sees_profiles() {
                 a.generation
             } else {
@@ -390,6 +396,61 @@ impl Identities {
             a.callers.insert(uid, (policy.clone(), caller.clone()));
         });
         Ok(caller)
+    }
+}
+
+impl Identities {
+    /// The remembered standing of `uid` under `policy`, without asking NSS.
+    pub fn peek_standing(
+        &self,
+        checked: Checked,
+        uid: UserId,
+        policy: &Policy,
+    ) -> Option<Standing> {
+        if uid == UserId::ROOT {
+            return Some(Standing::Root);
+        }
+        self.as_of(checked)?
+            .standings
+            .get(&uid)
+            .filter(|(p, _)| p == policy)
+            .map(|(_, s)| *s)
+    }
+
+    /// What `uid` may hold open (rule 9); may block on NSS. A name service
+    /// that fails makes it an [`Standing::Outsider`], not remembered (fail
+    /// closed: the small budget, until it answers again).
+    pub fn standing(&self, uid: UserId, policy: &Policy) -> Standing {
+        if uid == UserId::ROOT {
+            return Standing::Root;
+        }
+        let generation = {
+            let (a, generation) = self.current();
+            if let Some((p, s)) = a.standings.get(&uid)
+                && p == policy
+            {
+                return *s;
+            }
+            generation
+        };
+        let Ok(decided) = self.account(uid).and_then(|account| {
+            let Some(account) = account else {
+                return Ok(Standing::Outsider);
+            };
+            if policy.is_admin(&account)? {
+                return Ok(Standing::Admin);
+            }
+            Ok(match policy.eligibility(&account)? {
+                Eligibility::Eligible => Standing::Member,
+                Eligibility::Ineligible(_) => Standing::Outsider,
+            })
+        }) else {
+            return Standing::Outsider;
+        };
+        self.remember(generation, |a| {
+            a.standings.insert(uid, (policy.clone(), decided));
+        });
+        decided
     }
 }
 

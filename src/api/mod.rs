@@ -11,6 +11,7 @@ mod accounting;
 mod admin;
 mod agents;
 mod auth;
+pub mod conn_budget;
 mod credentials;
 mod events;
 mod extract;
@@ -29,7 +30,7 @@ mod tasks;
 pub use admin::{Me, ProfileChange, ProfileRow};
 pub use auth::{NewToken, TokenInfo};
 pub use extract::{Caller, ClientAddr, Peer, identify};
-pub use identity::Identities;
+pub use identity::{Checked, Identities};
 pub use observe::document as openapi_document;
 pub use problem::ApiError;
 pub use settings::{ModelView, SettingsReport, SettingsView};
@@ -42,11 +43,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::{Router, middleware};
 use tokio::sync::Semaphore;
 
-use crate::accounts::{self, Eligibility};
+use crate::accounts::{self, Eligibility, UserId};
 use crate::audit::{self, Auditor, SystemLog};
 use crate::auth::ratelimit::RateLimiter;
 use crate::auth::throttle::Throttle;
 use crate::auth::tokens::TokenStore;
+use crate::budget::{self, Budgets, Standing};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::profile::{AdoptReport, ProfileDir, ProfilesRoot, Provenance};
@@ -54,6 +56,9 @@ use crate::store::{ProfileView, Store, Views};
 use crate::timefmt;
 use crate::usage::Usage;
 use crate::watch::EventHub;
+
+/// The listeners that share the descriptor limit: the socket and TCP.
+const LISTENERS: usize = 2;
 
 /// What every request shares.
 pub struct AppState {
@@ -74,6 +79,8 @@ pub struct AppState {
     pub knowledge: crate::store::KnowledgeHub,
     /// How the watcher watches (a reached inotify limit shows here).
     pub watch: Arc<crate::watch::Status>,
+    /// Connections and event streams each caller holds (rule 9).
+    pub budgets: Budgets,
 }
 
 /// The state of logins and request accounting.
@@ -126,7 +133,24 @@ impl AppState {
             settings: crate::store::SettingsInForce::default(),
             knowledge,
             watch,
+            budgets: Budgets::new(budget::descriptor_ceiling(LISTENERS)),
         }
+    }
+
+    /// What `uid` may hold open: from what the name service already told
+    /// when it can, asking it (off the async threads) otherwise.
+    pub async fn standing(self: &Arc<Self>, uid: UserId, checked: Option<Checked>) -> Standing {
+        let ids = &self.auth.identities;
+        let config = self.config();
+        let checked = checked.unwrap_or_else(|| ids.check());
+        if let Some(known) = ids.peek_standing(checked, uid, &config.policy) {
+            return known;
+        }
+        let st = self.clone();
+        tokio::task::spawn_blocking(move || st.auth.identities.standing(uid, &config.policy))
+            .await
+            // Fail closed: the small budget.
+            .unwrap_or(Standing::Outsider)
     }
 
     /// The profiles root.
@@ -321,10 +345,16 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// The router as served on loopback TCP listening on `port`: the same
 /// routes behind the Host, Origin and credential checks.
 pub fn tcp_router(state: Arc<AppState>, port: u16) -> Router {
-    router(state.clone()).layer(middleware::from_fn_with_state(
-        guard::TcpGuard { state, port },
-        guard::tcp_guard,
-    ))
+    router(state.clone())
+        // Inside the guard: it runs once the request is authenticated.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            conn_budget::bind,
+        ))
+        .layer(middleware::from_fn_with_state(
+            guard::TcpGuard { state, port },
+            guard::tcp_guard,
+        ))
 }
 
 async fn no_route(uri: Uri) -> ApiError {

@@ -17,10 +17,11 @@ pub(super) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let profiles = blocking(move || Ok(st2.root.list().map_or(0, |l| l.len())))
         .await
         .unwrap_or(0);
-    let body = st.auth.metrics.render(Gauges {
+    let mut body = st.auth.metrics.render(Gauges {
         sessions: st.auth.tokens.live_sessions(),
         profiles,
     });
+    body.push_str(&st.budgets.render_metrics());
     let mut resp = body.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
