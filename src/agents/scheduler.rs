@@ -34,13 +34,23 @@ type InForce = HashMap<String, Vec<Agent>>;
 
 async fn run(state: Arc<AppState>) {
     let config = state.config();
-    super::runner::become_subreaper();
     state.agents.start_guard();
+    {
+        let st = state.clone();
+        let runtime_dir = config.paths.runtime_dir.clone();
+        // Removing a previous life's cgroups may wait for their processes.
+        let _ = tokio::task::spawn_blocking(move || {
+            st.agents.setup(&runtime_dir);
+        })
+        .await;
+    }
     credsdir::remove_stale(&config.paths.runtime_dir.join("credentials"));
     let slots = Arc::new(Semaphore::new(config.agents.max_parallel_agents));
     let mut tasks = JoinSet::new();
     let mut events = state.events.subscribe("", None).live;
     let mut pending: HashMap<(String, String), (Instant, String)> = HashMap::new();
+    // Triggered runs that found their profile busy come back here.
+    let (retry, mut retries) = tokio::sync::mpsc::unbounded_channel::<Retry>();
     state.agents.refresh_admin(&config.paths.agents_dir);
     let mut in_force = refresh_all(&state).await;
     let mut tick = tokio::time::interval(TICK);
@@ -56,7 +66,12 @@ async fn run(state: Arc<AppState>) {
                 }
                 while tasks.try_join_next().is_some() {}
                 start_due_cycles(&state, &in_force, &slots, &mut tasks);
-                start_due_triggers(&state, &in_force, &slots, &mut tasks, &mut pending);
+                start_due_triggers(&state, &in_force, &slots, &mut tasks, &mut pending, &retry);
+            }
+            Some((agent, user, path)) = retries.recv() => {
+                let due = Instant::now() + state.config().agents.debounce;
+                // A newer change of the same agent and user supersedes it.
+                pending.entry((agent, user)).or_insert((due, path));
             }
             event = events.recv() => match event {
                 Ok(e) => {
@@ -177,12 +192,16 @@ fn start_due_cycles(
     }
 }
 
+/// A triggered run to try again: agent key, user, changed path.
+type Retry = (String, String, String);
+
 fn start_due_triggers(
     state: &Arc<AppState>,
     in_force: &InForce,
     slots: &Arc<Semaphore>,
     tasks: &mut JoinSet<()>,
     pending: &mut HashMap<(String, String), (Instant, String)>,
+    retry: &tokio::sync::mpsc::UnboundedSender<Retry>,
 ) {
     let now = Instant::now();
     let due: Vec<_> = pending
@@ -206,6 +225,7 @@ fn start_due_triggers(
             continue;
         };
         let st = state.clone();
+        let retry = retry.clone();
         tasks.spawn_blocking(move || {
             let _permit = permit;
             let Ok(Some(account)) = accounts::by_name(&user) else {
@@ -214,8 +234,14 @@ fn start_due_triggers(
             let Ok(Some(profile)) = st.root().open_owned(&account) else {
                 return;
             };
-            if let Err(e) = super::run_one_now(&st, &agent, &profile, &Trigger::Change(path)) {
-                tracing::warn!("agent {} for {user}: {e}", agent.key());
+            match super::try_run_now(&st, &agent, &profile, &Trigger::Change(path.clone())) {
+                Ok(Some(_)) => {}
+                // Her profile is busy: the slot is not held waiting for it;
+                // the trigger comes back after the debounce.
+                Ok(None) => {
+                    let _ = retry.send((agent.key(), user, path));
+                }
+                Err(e) => tracing::warn!("agent {} for {user}: {e}", agent.key()),
             }
         });
     }
