@@ -1107,15 +1107,12 @@ fn a_user_stopping_her_processes_freezes_no_agent_and_never_holds_the_daemons_me
         let bob_answers = bob_thread.join().expect("bob's thread");
         (bob_answers, shared, alice_runs)
     });
-    assert!(
-        shared.is_empty(),
-        "processes running as alice shared the daemon's memory: {shared:?}\n{}",
-        ps(&alice)
-    );
+    let shared: BTreeSet<u32> = shared.into_iter().collect();
     let refused: Vec<_> = bob_answers.iter().filter(|(s, _)| *s != 200).collect();
     assert!(
-        refused.is_empty(),
-        "bob's runs were refused while alice stopped her processes: {refused:?}"
+        shared.is_empty() && refused.is_empty(),
+        "processes running as alice shared the daemon's memory: {shared:?}\n{}\nbob's runs refused while alice stopped her processes: {refused:?}",
+        ps(&alice)
     );
     assert!(bob_answers.len() >= 3, "bob got answers: {bob_answers:?}");
     assert!(alice_runs >= 3, "alice's runs were triggered: {alice_runs}");

@@ -134,7 +134,7 @@ impl Tree {
             OFlags::WRONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| std::io::Error::from(e))
+        .map_err(std::io::Error::from)
         .map_err(err("cannot open cgroup.procs of", &dir));
         match procs {
             Ok(procs) => Ok(RunGroup { dir, procs }),
