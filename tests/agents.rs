@@ -1367,3 +1367,88 @@ fn a_users_agent_runs_no_longer_than_the_administrators_cap() {
         "{v}"
     );
 }
+
+/// The cgroup2 mount point of this host, from /proc/self/mountinfo.
+fn cgroup2_mount() -> Option<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let (mount, fs) = l.split_once(" - ")?;
+            (fs.split_whitespace().next()? == "cgroup2")
+                .then(|| mount.split_whitespace().nth(4).map(str::to_owned))?
+        })
+}
+
+/// Where cgroup v2 cannot be written (here: the daemon in a mount
+/// namespace of its own where the cgroup2 mount is read-only), runs fall
+/// back to process groups: `/v1/health` and the log say so and why, runs
+/// still work, and what an agent leaves in its process group is killed.
+#[test]
+fn without_a_writable_cgroup_runs_fall_back_to_process_groups_and_say_so() {
+    if !require_root() {
+        return;
+    }
+    let Some(mount) = cgroup2_mount() else {
+        eprintln!("skipped: no cgroup2 mount on this host");
+        return;
+    };
+    let alice = TestUser::new("alice");
+    let (d, agents_d) = daemon_with(&[], "", "");
+    let leave = script(
+        &d,
+        "leave.sh",
+        "sleep 1000 </dev/null >/dev/null 2>&1 &\necho left one in my group",
+    );
+    std::fs::write(
+        agents_d.join("leave.toml"),
+        format!(
+            "[agents.leave]\ncommand = [\"/bin/sh\", \"{}\"]\n",
+            leave.display()
+        ),
+    )
+    .expect("write leave.toml");
+    let mut d = d;
+    let remount = format!("mount -o remount,bind,ro {mount} && exec \"$0\" \"$@\"");
+    d.spawn_wrapped(&[
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "/bin/sh",
+        "-c",
+        &remount,
+    ])
+    .expect("the daemon starts");
+    d.ok(Some(&alice), &["status"]);
+    let (_, health) = d.api(Some(&alice), "GET", "/v1/health", None);
+    assert_eq!(health["agents"]["containment"], "process-group", "{health}");
+    assert!(
+        health["agents"]["detail"]
+            .as_str()
+            .is_some_and(|s| s.contains("Read-only") && s.contains("outlive its run")),
+        "{health}"
+    );
+    assert!(
+        d.log_text().contains("contained by process group only"),
+        "{}",
+        d.log_text()
+    );
+    let out = d.ok(None, &["agent", "run", "leave", "--all"]);
+    assert!(out.contains("ran (1 users)"), "{out}");
+    let logged = runs(&d, &alice, "leave");
+    assert_eq!(field(&logged[0], "status"), "ok", "{logged:?}");
+    assert!(
+        field(&logged[0], "output").contains("left one"),
+        "{logged:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while has_processes(&alice) {
+        assert!(
+            Instant::now() < deadline,
+            "what alice's agent left in its group outlived the run: {}",
+            ps(&alice)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

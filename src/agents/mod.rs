@@ -10,7 +10,6 @@ pub mod credsdir;
 pub mod cycle;
 pub mod decl;
 pub mod guard;
-pub mod helper;
 pub mod locks;
 pub mod plan;
 pub mod runlog;

@@ -1,5 +1,5 @@
 //! What the daemon tells the agent helper (`profiled-agent-exec`, see
-//! [`super::helper`]) and what the helper tells it back.
+//! src/bin/profiled-agent-exec) and what the helper tells it back.
 //!
 //! The plan (whom to become, what to exec, with which environment) travels
 //! in a memfd the daemon writes and the helper reads at descriptor

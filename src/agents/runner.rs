@@ -3,7 +3,7 @@
 //! The groups are computed by the caller in the parent (NSS after fork in a
 //! threaded process can deadlock). The run gets its own cgroup
 //! ([`super::cgroup`]) where the host has cgroup v2; [`spawn`] execs the
-//! root helper (`profiled-agent-exec`, [`super::helper`]) with the plan,
+//! root helper (`profiled-agent-exec`, src/bin/profiled-agent-exec) with the plan,
 //! and the helper drops to the account in its own address space and forks
 //! the agent into the cgroup. The daemon then waits on the helper (a root
 //! process the account cannot stop) through its pidfd, with the output

@@ -12,7 +12,7 @@
 //! That child never changes its uid: it stays root (a process no account
 //! may signal, stop or trace), puts the run's descriptors at the numbers
 //! of [`super::plan::fds`] and execs the helper (`profiled-agent-exec`,
-//! [`super::helper`]), which drops to the account in its own address
+//! src/bin/profiled-agent-exec), which drops to the account in its own address
 //! space. So no process shares the daemon's memory after its uid changes,
 //! and the calling thread waits only for an exec of a root-owned binary by
 //! a root process: no account can make that wait last.

@@ -1,10 +1,15 @@
-//! The agent helper, `profiled-agent-exec` (security rule 3): the small
+//! `profiled-agent-exec`, the agent helper (security rule 3): the small
 //! root program the daemon starts for every external agent run, so that no
 //! process ever shares the daemon's memory after its uid changes.
+//! Installed beside `profiled` and started only by it.
 //!
-//! The daemon's spawner ([`super::spawn`]) borrows the daemon's memory only
+//! It does not link the daemon's library (no PAM, no allocator of its
+//! own): only the plan's format (src/agents/plan.rs) is shared, so its exec
+//! stays cheap and little code runs as root in it.
+//!
+//! The daemon's spawner (src/agents/spawn.rs) borrows the daemon's memory only
 //! to exec this helper, still as root (a process no account may signal or
-//! trace), with the run's descriptors in place ([`super::plan::fds`]). The
+//! trace), with the run's descriptors in place (`plan::fds`). The
 //! helper then, in its own address space:
 //!
 //! 1. closes every other descriptor and reads the plan from its memfd;
@@ -39,7 +44,13 @@ use std::process::ExitCode;
 use nix::unistd::{Gid, Uid};
 use rustix::process::{Pid, Signal};
 
-use super::plan::{MAX_PLAN_BYTES, Plan, Report, Step, fds};
+// The daemon's half of the format (encoding the plan, decoding reports)
+// is not used here.
+#[allow(dead_code)]
+#[path = "../../agents/plan.rs"]
+mod plan;
+
+use plan::{MAX_PLAN_BYTES, Plan, Report, Step, fds};
 
 /// One of the descriptors the spawner put in place.
 fn fd(raw: RawFd) -> BorrowedFd<'static> {
@@ -58,8 +69,7 @@ fn errno_of(e: std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
-/// The helper's `main`.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     match supervise() {
         Ok(()) => ExitCode::SUCCESS,
         Err((step, errno)) => {
