@@ -1190,8 +1190,9 @@ fn a_detached_grandchild_is_gone_after_kill9_of_the_daemon() {
     while has_processes(&alice) {
         assert!(
             Instant::now() < deadline,
-            "alice's processes outlived the daemon: {}",
-            ps(&alice)
+            "alice's processes outlived the daemon: {}\n{}",
+            ps(&alice),
+            d.log_text()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -125,10 +125,25 @@ impl Tree {
         }
     }
 
+    /// Removes the tree if it is empty (at the daemon's stop; the agent
+    /// guard does it when the daemon was killed).
+    pub fn remove_if_empty(&self) {
+        remove_tree(&self.dir);
+    }
+
     /// Creates the cgroup of run `run_id`.
     pub fn create_run(&self, run_id: &str) -> Result<RunGroup, Error> {
         let dir = self.dir.join(run_id);
-        std::fs::create_dir(&dir).map_err(err("cannot create the run's cgroup", &dir))?;
+        let made = std::fs::create_dir(&dir).or_else(|e| {
+            // The guard of a previous life, killed just before this daemon
+            // started, may have removed the tree after it was opened.
+            if e.kind() == std::io::ErrorKind::NotFound {
+                std::fs::create_dir(&self.dir).and_then(|()| std::fs::create_dir(&dir))
+            } else {
+                Err(e)
+            }
+        });
+        made.map_err(err("cannot create the run's cgroup", &dir))?;
         let procs = rustix::fs::open(
             dir.join("cgroup.procs"),
             OFlags::WRONLY | OFlags::CLOEXEC,
@@ -221,10 +236,12 @@ impl RunGroup {
         }
     }
 
-    /// Kills every process in it (SIGKILL, through `cgroup.kill`).
+    /// Kills every process in it (SIGKILL, through `cgroup.kill`; should
+    /// that write fail, each process listed is sent SIGKILL instead).
     pub fn kill(&self) {
         if let Err(e) = kill(&self.dir) {
-            tracing::error!("{e}");
+            tracing::error!("{e}; killing its processes one by one");
+            self.signal(rustix::process::Signal::KILL);
         }
     }
 
@@ -236,6 +253,12 @@ impl RunGroup {
             tracing::error!("{e}");
         }
     }
+}
+
+/// Removes the tree at `dir` if no run is in it (a non-empty one stays:
+/// another life of the daemon is using it).
+pub fn remove_tree(dir: &Path) {
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn kill(dir: &Path) -> Result<(), Error> {

@@ -244,17 +244,19 @@ pub fn record_skipped(
     finish(state, agent, profile, run, Instant::now(), false)
 }
 
-fn record_error(
+/// Records a run of `agent` in `profile` that could not start: `e` says
+/// why.
+pub fn record_error(
     state: &AppState,
     agent: &Agent,
     profile: &ProfileDir,
     trigger: &Trigger,
     e: String,
-) {
+) -> Run {
     let mut run = new_run(agent, profile, trigger);
     run.status = "error".into();
     run.error = Some(e);
-    finish(state, agent, profile, run, Instant::now(), false);
+    finish(state, agent, profile, run, Instant::now(), false)
 }
 
 /// Runs `agent` for `profile`'s account under the user's lock (`_lock`,

@@ -6,9 +6,11 @@
 //! process; what the agent started in the background would survive the
 //! daemon. The daemon tells the guard each run's cgroup (`+cg PATH` /
 //! `-cg PATH` lines on the guard's stdin), or without cgroups its process
-//! group (`+pg PGID` / `-pg PGID`); when that pipe closes (the daemon is
-//! gone, however it ended), the guard kills every cgroup (`cgroup.kill`,
-//! then removes it) and process group still listed, and exits.
+//! group (`+pg PGID` / `-pg PGID`), and once the daemon's cgroup tree
+//! (`+tr PATH`); when that pipe closes (the daemon is gone, however it
+//! ended), the guard kills every cgroup (`cgroup.kill`, then removes it)
+//! and process group still listed, removes the tree if it is empty, and
+//! exits.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
@@ -27,6 +29,8 @@ pub enum Target {
     Cgroup(PathBuf),
     /// A run's process group (where there are no cgroups).
     Group(i32),
+    /// The daemon's cgroup tree, removed once empty.
+    Tree(PathBuf),
 }
 
 impl Target {
@@ -34,6 +38,7 @@ impl Target {
         match self {
             Target::Cgroup(p) => format!("{op}cg {}\n", p.display()),
             Target::Group(g) => format!("{op}pg {g}\n"),
+            Target::Tree(p) => format!("{op}tr {}\n", p.display()),
         }
     }
 
@@ -41,6 +46,7 @@ impl Target {
         match rest.split_once(' ')? {
             ("cg", path) if path.starts_with('/') => Some(Target::Cgroup(PathBuf::from(path))),
             ("pg", pgid) => pgid.parse().ok().map(Target::Group),
+            ("tr", path) if path.starts_with('/') => Some(Target::Tree(PathBuf::from(path))),
             _ => None,
         }
     }
@@ -118,6 +124,7 @@ pub fn run_guard() {
             _ => {}
         }
     }
+    let mut trees = Vec::new();
     for target in targets {
         match target {
             Target::Cgroup(dir) => {
@@ -130,6 +137,11 @@ pub fn run_guard() {
                     let _ = kill_process_group(pid, Signal::KILL);
                 }
             }
+            Target::Tree(dir) => trees.push(dir),
         }
+    }
+    // Last: the runs' cgroups are gone now.
+    for dir in trees {
+        cgroup::remove_tree(&dir);
     }
 }

@@ -111,6 +111,24 @@ impl Agents {
         self.setup.get_or_init(|| runner::Setup::new(runtime_dir))
     }
 
+    /// Tells the guard of the cgroup tree (it removes the tree if the
+    /// daemon is killed), or at the daemon's stop removes it: both only
+    /// once no run is in it.
+    pub fn tree_started(&self) {
+        if let (Some(g), Some(tree)) =
+            (self.guard(), self.setup.get().and_then(runner::Setup::tree))
+        {
+            g.watch(&guard::Target::Tree(tree.path().to_owned()));
+        }
+    }
+
+    /// Removes the cgroup tree at the daemon's stop (every run has ended).
+    pub fn tree_stopped(&self) {
+        if let Some(tree) = self.setup.get().and_then(runner::Setup::tree) {
+            tree.remove_if_empty();
+        }
+    }
+
     /// How runs are contained, once known (`None` before the scheduler
     /// started): the cgroup tree, or why process groups are used.
     pub fn containment(&self) -> Option<Result<&std::path::Path, &str>> {
@@ -272,19 +290,23 @@ pub fn run_cycle_now(state: &AppState, agent: &Agent) -> CycleOutcome {
 
 /// Runs `agent` for `profile`'s account now (someone asked): waits for
 /// the user's lock (at most `lock_wait`, holding nothing else, so only
-/// this user's request waits), then for the agent's lock (so runs of one
-/// agent never overlap; its holder is a cycle, which never waits on a
-/// user). A profile that stayed busy is recorded as a skipped run.
+/// this user's request waits). A profile that stayed busy is recorded as a
+/// skipped run.
+///
+/// A single run takes the user's lock only, not the agent's: two runs in
+/// one profile never overlap, while runs of one agent for different users
+/// may (each in its own profile). So no user's run, however long she makes
+/// it last, holds anything another user's run waits for.
 pub fn run_one_now(
     state: &AppState,
     agent: &Agent,
     profile: &ProfileDir,
     trigger: &Trigger,
-) -> Result<Run, String> {
+) -> Run {
     let wait = state.config().agents.lock_wait;
-    match cycle::wait_user_lock(state, profile.account(), wait)? {
-        Some(lock) => run_locked(state, agent, profile, trigger, lock),
-        None => Ok(cycle::record_skipped(
+    match cycle::wait_user_lock(state, profile.account(), wait) {
+        Ok(Some(lock)) => run_locked(state, agent, profile, trigger, lock),
+        Ok(None) => cycle::record_skipped(
             state,
             agent,
             profile,
@@ -293,23 +315,25 @@ pub fn run_one_now(
                 "another agent kept {}'s profile busy for {wait:?}; this run was skipped",
                 profile.account().name
             ),
-        )),
+        ),
+        Err(e) => cycle::record_error(state, agent, profile, trigger, e),
     }
 }
 
 /// Runs `agent` for `profile`'s account now if its profile is free (a
 /// triggered run, which holds a scheduler slot and so must not wait on the
-/// user); `Ok(None)` when another agent holds the profile: the caller
-/// tries again later.
+/// user); `None` when another agent holds the profile: the caller tries
+/// again later.
 pub fn try_run_now(
     state: &AppState,
     agent: &Agent,
     profile: &ProfileDir,
     trigger: &Trigger,
-) -> Result<Option<Run>, String> {
-    match cycle::try_user_lock(state, profile.account())? {
-        Some(lock) => run_locked(state, agent, profile, trigger, lock).map(Some),
-        None => Ok(None),
+) -> Option<Run> {
+    match cycle::try_user_lock(state, profile.account()) {
+        Ok(Some(lock)) => Some(run_locked(state, agent, profile, trigger, lock)),
+        Ok(None) => None,
+        Err(e) => Some(cycle::record_error(state, agent, profile, trigger, e)),
     }
 }
 
@@ -319,19 +343,8 @@ fn run_locked(
     profile: &ProfileDir,
     trigger: &Trigger,
     user_lock: locks::Held,
-) -> Result<Run, String> {
-    let config = state.config();
-    let lock_path = config
-        .paths
-        .lock_dir
-        .join(format!("agent-{}.lock", agent.key()));
-    let _held = locks::lock_within(&lock_path, config.agents.lock_wait)?.ok_or_else(|| {
-        format!(
-            "a cycle of {} has been running for more than {:?}; try again later",
-            agent.name, config.agents.lock_wait
-        )
-    })?;
-    Ok(cycle::run_user(
+) -> Run {
+    cycle::run_user(
         state,
         agent,
         profile,
@@ -339,5 +352,5 @@ fn run_locked(
         trigger,
         true,
         user_lock,
-    ))
+    )
 }

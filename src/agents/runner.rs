@@ -77,6 +77,11 @@ impl Setup {
         Setup { helper, cgroups }
     }
 
+    /// The cgroup tree, when runs are contained in cgroups.
+    pub fn tree(&self) -> Option<&Tree> {
+        self.cgroups.as_ref().ok()
+    }
+
     /// How runs are contained, for `/v1/health`: `Ok(tree)` or why only
     /// process groups are used.
     pub fn containment(&self) -> Result<&Path, &str> {

@@ -43,6 +43,7 @@ async fn run(state: Arc<AppState>) {
             st.agents.setup(&runtime_dir);
         })
         .await;
+        state.agents.tree_started();
     }
     credsdir::remove_stale(&config.paths.runtime_dir.join("credentials"));
     let slots = Arc::new(Semaphore::new(config.agents.max_parallel_agents));
@@ -103,6 +104,7 @@ async fn run(state: Arc<AppState>) {
     }
     tracing::info!("agents: waiting for {} run(s) in progress", tasks.len());
     while tasks.join_next().await.is_some() {}
+    state.agents.tree_stopped();
 }
 
 /// The agents in force for every eligible profile.
@@ -234,14 +236,10 @@ fn start_due_triggers(
             let Ok(Some(profile)) = st.root().open_owned(&account) else {
                 return;
             };
-            match super::try_run_now(&st, &agent, &profile, &Trigger::Change(path.clone())) {
-                Ok(Some(_)) => {}
-                // Her profile is busy: the slot is not held waiting for it;
-                // the trigger comes back after the debounce.
-                Ok(None) => {
-                    let _ = retry.send((agent.key(), user, path));
-                }
-                Err(e) => tracing::warn!("agent {} for {user}: {e}", agent.key()),
+            // Her profile is busy: the slot is not held waiting for it;
+            // the trigger comes back after the debounce.
+            if super::try_run_now(&st, &agent, &profile, &Trigger::Change(path.clone())).is_none() {
+                let _ = retry.send((agent.key(), user, path));
             }
         });
     }
