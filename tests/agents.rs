@@ -1453,3 +1453,74 @@ fn without_a_writable_cgroup_runs_fall_back_to_process_groups_and_say_so() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Item 8: when the guard is gone too (killed with the daemon), the
+/// restarted daemon kills and removes what its previous life left in its
+/// cgroups before it runs anything.
+#[test]
+fn a_restarted_daemon_kills_what_its_previous_life_left_running() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let (d, agents_d) = daemon_with(&[], "", "");
+    let hang = script(
+        &d,
+        "detach-and-hang.sh",
+        "( setsid sleep 1000 </dev/null >/dev/null 2>&1 & )\nsleep 1\necho $$ > out/pid\nsleep 1000",
+    );
+    std::fs::write(
+        agents_d.join("hang.toml"),
+        format!(
+            "[agents.hang]\ncommand = [\"/bin/sh\", \"{}\"]\ntimeout = \"1h\"\n",
+            hang.display()
+        ),
+    )
+    .expect("write hang.toml");
+    let mut d = start(d);
+    d.ok(Some(&alice), &["status"]);
+    let runner = run_in_background(&d, "hang", &alice);
+    let daemon = d.pid();
+    let guard: Vec<i32> = all_pids()
+        .into_iter()
+        .filter(|pid| state_and_parent(pid).is_some_and(|(_, ppid)| ppid == daemon))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("agent-guard"))
+        })
+        .filter_map(|pid| pid.parse().ok())
+        .collect();
+    assert_eq!(guard.len(), 1, "the daemon's guard: {guard:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(guard[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the guard");
+    d.kill9();
+    drop(runner);
+    // The parent-death signals end the helper and the agent's first
+    // process; the detached sleeper has no guard left to kill it.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        has_processes(&alice),
+        "the detached sleeper is still there before the restart: {}",
+        ps(&alice)
+    );
+    d.spawn().expect("the daemon restarts");
+    d.ok(Some(&alice), &["status"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while has_processes(&alice) {
+        assert!(
+            Instant::now() < deadline,
+            "what the previous daemon left outlived its restart: {}\n{}",
+            ps(&alice),
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        d.log_text().contains("a previous daemon left"),
+        "{}",
+        d.log_text()
+    );
+}

@@ -139,6 +139,7 @@ pub fn run_cycle(
                             account.name
                         ),
                     );
+                    last_profile = Some(profile);
                     continue;
                 }
                 Err(e) => {
