@@ -28,9 +28,9 @@ pub mod fds {
     pub const STATUS: i32 = 4;
     /// The checked profile directory: the agent's working directory.
     pub const WORKDIR: i32 = 5;
-    /// The run cgroup's `cgroup.procs`, opened for writing by the daemon
-    /// (only when the plan says the run is contained).
-    pub const CGROUP_PROCS: i32 = 6;
+    /// The run cgroup's directory, opened by the daemon (only when the
+    /// plan says the run is contained): the agent is cloned into it.
+    pub const CGROUP_DIR: i32 = 6;
     /// Everything from here up is closed by the helper first thing.
     pub const FIRST_UNUSED: u32 = 7;
 }
@@ -53,7 +53,7 @@ pub struct Plan {
     /// The daemon's pid: the helper's parent, checked after it asked for
     /// the parent-death signal.
     pub daemon_pid: i32,
-    /// Whether the run has a cgroup (`fds::CGROUP_PROCS` is open).
+    /// Whether the run has a cgroup (`fds::CGROUP_DIR` is open).
     pub contained: bool,
     /// The paths to try, in order, as execvp would.
     pub candidates: Vec<Vec<u8>>,
@@ -249,7 +249,7 @@ impl Step {
             Step::ReadPlan => "read the plan",
             Step::WatchDaemon => "watch the daemon (it may have just died)",
             Step::Supervise => "start the agent under its reaper",
-            Step::JoinCgroup => "join the run's cgroup",
+            Step::JoinCgroup => "start the agent in the run's cgroup",
             Step::ResetSignals => "reset the signals",
             Step::Session => "start a session",
             Step::Groups => "set the groups",

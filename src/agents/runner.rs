@@ -277,7 +277,7 @@ fn run_inner(l: &Launch<'_>) -> Result<Outcome, String> {
         workdir: l.workdir,
         stdin: devnull.as_fd(),
         output: writer.as_fd(),
-        cgroup_procs: group.as_ref().map(RunGroup::procs),
+        cgroup_dir: group.as_ref().map(RunGroup::handle),
     });
     // These live only in the helper now: the output and the reports end
     // when it and the agent do.

@@ -50,8 +50,8 @@ pub struct Spawn<'a> {
     pub stdin: BorrowedFd<'a>,
     /// The agent's standard output and error.
     pub output: BorrowedFd<'a>,
-    /// The run cgroup's `cgroup.procs`, when the run is contained.
-    pub cgroup_procs: Option<BorrowedFd<'a>>,
+    /// The run cgroup's directory, when the run is contained.
+    pub cgroup_dir: Option<BorrowedFd<'a>>,
 }
 
 /// A started helper, as a pidfd (from the clone itself, so it can never
@@ -95,8 +95,8 @@ pub fn spawn(s: &Spawn<'_>) -> Result<Started, String> {
         (high(s.status)?, fds::STATUS),
         (high(s.workdir)?, fds::WORKDIR),
     ];
-    if let Some(procs) = s.cgroup_procs {
-        sources.push((high(procs)?, fds::CGROUP_PROCS));
+    if let Some(dir) = s.cgroup_dir {
+        sources.push((high(dir)?, fds::CGROUP_DIR));
     }
     let mut moves = [(-1, -1); 7];
     for (slot, (fd, target)) in moves.iter_mut().zip(&sources) {

@@ -3,9 +3,10 @@
 //! process ever shares the daemon's memory after its uid changes.
 //! Installed beside `profiled` and started only by it.
 //!
-//! It does not link the daemon's library (no PAM, no allocator of its
-//! own): only the plan's format (src/agents/plan.rs) is shared, so its exec
-//! stays cheap and little code runs as root in it.
+//! It does not link the daemon's library (so neither libpam and the
+//! libraries it pulls in, nor mimalloc): only the plan's format
+//! (src/agents/plan.rs) is shared, so its exec stays cheap (it needs libc
+//! only) and little code runs as root in it.
 //!
 //! The daemon's spawner (src/agents/spawn.rs) borrows the daemon's memory only
 //! to exec this helper, still as root (a process no account may signal or
@@ -20,11 +21,13 @@
 //!    process of the run, however it detached (they are all re-parented
 //!    to it), so none is left as a zombie of anyone, and the account
 //!    cannot stop or kill it;
-//! 4. the agent's process, before exec: joins the run's cgroup (through
-//!    the daemon's `cgroup.procs` descriptor, while still root), resets
-//!    every signal, starts a session, sets the groups, gid and uid, proves
-//!    `setuid(0)` fails, asks for SIGKILL when the helper dies, enters the
-//!    profile and execs the agent with exactly the plan's environment;
+//! 4. the agent's process, cloned straight into the run's cgroup (through
+//!    the daemon's handle on it, while still root), before exec: resets
+//!    every signal, starts a session, sets the groups, gid and uid, makes
+//!    itself non-dumpable (the account cannot trace it before the exec,
+//!    even with `fs.suid_dumpable=1`), proves `setuid(0)` fails, asks for
+//!    SIGKILL when the helper dies, enters the profile and execs the agent
+//!    with exactly the plan's environment;
 //! 5. the helper reports the agent's pid, the step that failed (with its
 //!    errno) or the agent's wait status on the report pipe, then reaps
 //!    until it has no child left: in a contained run, the daemon kills the
@@ -88,8 +91,8 @@ fn supervise() -> Result<(), (Step, i32)> {
     unsafe {
         libc::syscall(libc::SYS_close_range, fds::FIRST_UNUSED, u32::MAX, 0);
     }
-    for n in [fds::PLAN, fds::STATUS, fds::WORKDIR, fds::CGROUP_PROCS] {
-        // CGROUP_PROCS is absent in an uncontained run: EBADF is fine.
+    for n in [fds::PLAN, fds::STATUS, fds::WORKDIR, fds::CGROUP_DIR] {
+        // CGROUP_DIR is absent in an uncontained run: EBADF is fine.
         let _ = rustix::io::fcntl_setfd(fd(n), rustix::io::FdFlags::CLOEXEC);
     }
     let plan = read_plan()?;
@@ -106,16 +109,13 @@ fn supervise() -> Result<(), (Step, i32)> {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .map_err(at(Step::Supervise))?;
     let helper = rustix::process::getpid();
-    // SAFETY: this process is single-threaded (nothing here starts a
-    // thread), so the child may do anything the parent could.
-    let child = match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => {
+    let child = match fork_agent(plan.contained)? {
+        Forked::Child => {
             let Err((step, errno)) = become_agent(&plan, helper);
             report(Report::Failed(step, errno));
             std::process::exit(127);
         }
-        Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
-        Err(e) => return Err((Step::Supervise, e as i32)),
+        Forked::Parent(child) => child,
     };
     report(Report::Started(child));
     let contained = plan.contained;
@@ -123,6 +123,75 @@ fn supervise() -> Result<(), (Step, i32)> {
     drop(plan);
     reap(child, contained);
     Ok(())
+}
+
+/// Which side of the fork this is.
+enum Forked {
+    Child,
+    Parent(i32),
+}
+
+/// Forks the agent's process: in a contained run straight into the run's
+/// cgroup (`clone3` with `CLONE_INTO_CGROUP` and the daemon's handle on
+/// it: the process is in the cgroup from its first instruction, before it
+/// could fork or detach, and no later move through `cgroup.procs` costs
+/// an RCU grace period); otherwise a plain fork.
+fn fork_agent(contained: bool) -> Result<Forked, (Step, i32)> {
+    if !contained {
+        // SAFETY: this process is single-threaded (nothing here starts a
+        // thread), so the child may do anything the parent could.
+        return match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => Ok(Forked::Child),
+            Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Forked::Parent(child.as_raw())),
+            Err(e) => Err((Step::Supervise, e as i32)),
+        };
+    }
+    // <linux/sched.h>; libc's constant has a type too narrow for it.
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    // The kernel's struct clone_args (version 2, with `cgroup`).
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: fds::CGROUP_DIR as u64,
+    };
+    // SAFETY: clone3 without CLONE_VM (nor any sharing flag) is a fork:
+    // the child gets a copy of this single-threaded process and returns
+    // here with 0 on a copy of this stack, so it may do anything the
+    // parent could; `args` is the kernel's layout and its size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match r {
+        0 => Ok(Forked::Child),
+        r if r > 0 => Ok(Forked::Parent(i32::try_from(r).unwrap_or(-1))),
+        _ => Err((Step::JoinCgroup, errno_of(std::io::Error::last_os_error()))),
+    }
 }
 
 fn read_plan() -> Result<Plan, (Step, i32)> {
@@ -162,7 +231,7 @@ fn reap(agent: i32, contained: bool) {
     // none); nothing borrows them any more.
     unsafe {
         libc::close(fds::WORKDIR);
-        libc::close(fds::CGROUP_PROCS);
+        libc::close(fds::CGROUP_DIR);
     }
     loop {
         match rustix::process::wait(rustix::process::WaitOptions::empty()) {
@@ -186,10 +255,6 @@ fn reap(agent: i32, contained: bool) {
 fn become_agent(plan: &Plan, helper: Pid) -> Result<Infallible, (Step, i32)> {
     let at = |step: Step| move |e: rustix::io::Errno| (step, e.raw_os_error());
     let nix_at = |step: Step| move |e: nix::errno::Errno| (step, e as i32);
-    if plan.contained {
-        // Root still: the daemon's descriptor, checked when it was opened.
-        rustix::io::write(fd(fds::CGROUP_PROCS), b"0").map_err(at(Step::JoinCgroup))?;
-    }
     reset_signals().map_err(|e| (Step::ResetSignals, e))?;
     nix::unistd::setsid().map_err(nix_at(Step::Session))?;
     let groups: Vec<Gid> = plan.groups.iter().copied().map(Gid::from_raw).collect();
