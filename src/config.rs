@@ -185,7 +185,8 @@ pub struct Knowledge {
 /// How agents run (`[agents]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Agents {
-    /// Cycles of different agents running at once.
+    /// Cycles of different agents running at once: admins' agents, and as
+    /// many again of users' own agents (a pool of their own).
     pub max_parallel_agents: usize,
     /// A run's limit when its declaration gives none.
     pub default_timeout: Duration,

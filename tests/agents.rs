@@ -1524,3 +1524,54 @@ fn a_restarted_daemon_kills_what_its_previous_life_left_running() {
         d.log_text()
     );
 }
+
+/// Rule 9 for the scheduler's slots: two users whose own scheduled agents
+/// run long (each holding a slot for as long as it runs) do not hold up
+/// an admin agent: bob's ticks over 10 s are as many as without them.
+#[test]
+fn users_long_own_agents_take_no_slot_from_the_admins_agents() {
+    if !require_root() {
+        return;
+    }
+    let (alice, bob, carol) = (
+        TestUser::new("alice"),
+        TestUser::new("bob"),
+        TestUser::new("carol"),
+    );
+    let (d, agents_d) = daemon_with(&[], "", "[agents]\nmax_parallel_agents = 2\n");
+    std::fs::write(
+        agents_d.join("tick.toml"),
+        "[agents.tick]\ncommand = [\"/bin/true\"]\nevery = \"2s\"\n",
+    )
+    .expect("write tick.toml");
+    let d = start(d);
+    for u in [&alice, &bob, &carol] {
+        d.ok(Some(u), &["status"]);
+    }
+    wait_for("bob's first tick", || !runs(&d, &bob, "tick").is_empty());
+    let window = 10;
+    let from = unix_now() + 2;
+    sleep_until(from + window + 3);
+    let quiet = slots_in(&d, &bob, "tick", from, from + window);
+
+    for u in [&alice, &carol] {
+        let settings = d.profile(u).join("profile.toml");
+        std::fs::write(
+            &settings,
+            "[agents.long]\ncommand = [\"/bin/sleep\", \"40\"]\nevery = \"1s\"\ntimeout = \"60s\"\n",
+        )
+        .expect("write the settings");
+        std::os::unix::fs::chown(&settings, Some(u.uid), Some(u.gid)).expect("chown");
+    }
+    wait_for("alice's and carol's long agents to run", || {
+        has_processes(&alice) && has_processes(&carol)
+    });
+    let from = unix_now() + 2;
+    sleep_until(from + window + 3);
+    let busy = slots_in(&d, &bob, "tick", from, from + window);
+    assert!(quiet.len() >= 4, "bob's ticks before: {quiet:?}");
+    assert!(
+        quiet.len().abs_diff(busy.len()) <= 1,
+        "bob's ticks: {quiet:?} before, {busy:?} while alice's and carol's own agents ran"
+    );
+}

@@ -1,8 +1,17 @@
 //! The scheduler: starts cycles at their slots (intervals aligned to the
 //! Unix epoch, or cron times, UTC, so daemons sharing a lock directory pick
-//! the same slots) and single runs when watched paths change (debounced),
-//! at most `max_parallel_agents` at a time. At shutdown it starts nothing
-//! more and waits for what runs (runs get `shutdown_grace`).
+//! the same slots) and single runs when watched paths change (debounced).
+//! At shutdown it starts nothing more and waits for what runs (runs get
+//! `shutdown_grace`).
+//!
+//! Runs hold slots: at most `max_parallel_agents` of the admins' agents at
+//! a time, and as many again of the users' own agents, from a pool of
+//! their own. A user's own agent may run up to `max_user_timeout` and
+//! every user may declare one, so from one shared pool a couple of users
+//! could keep every slot and hold up the admins' agents (rule 9: the
+//! admins keep theirs). Within the users' pool one user holds at most one
+//! slot for long: her agents all need her profile's lock, and a run that
+//! finds it busy gives its slot back at once.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -46,7 +55,10 @@ async fn run(state: Arc<AppState>) {
         state.agents.tree_started();
     }
     credsdir::remove_stale(&config.paths.runtime_dir.join("credentials"));
-    let slots = Arc::new(Semaphore::new(config.agents.max_parallel_agents));
+    let slots = Slots {
+        admin: Arc::new(Semaphore::new(config.agents.max_parallel_agents)),
+        users: Arc::new(Semaphore::new(config.agents.max_parallel_agents)),
+    };
     let mut tasks = JoinSet::new();
     let mut events = state.events.subscribe("", None).live;
     let mut pending: HashMap<(String, String), (Instant, String)> = HashMap::new();
@@ -107,6 +119,23 @@ async fn run(state: Arc<AppState>) {
     state.agents.tree_stopped();
 }
 
+/// The scheduler's slots: the admins' agents' and the users' own agents'.
+struct Slots {
+    admin: Arc<Semaphore>,
+    users: Arc<Semaphore>,
+}
+
+impl Slots {
+    /// A slot for a run of `agent`, from its owner's pool, if one is free.
+    fn try_take(&self, agent: &Agent) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let pool = match agent.owner {
+            Owner::Admin => &self.admin,
+            Owner::User(_) => &self.users,
+        };
+        pool.clone().try_acquire_owned().ok()
+    }
+}
+
 /// The agents in force for every eligible profile.
 async fn refresh_all(state: &Arc<AppState>) -> InForce {
     let st = state.clone();
@@ -147,7 +176,7 @@ fn scheduled(state: &AppState, in_force: &InForce) -> Vec<Agent> {
 fn start_due_cycles(
     state: &Arc<AppState>,
     in_force: &InForce,
-    slots: &Arc<Semaphore>,
+    slots: &Slots,
     tasks: &mut JoinSet<()>,
 ) {
     let now = now_secs();
@@ -164,7 +193,7 @@ fn start_due_cycles(
         if now < due {
             continue;
         }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let Some(permit) = slots.try_take(&agent) else {
             tracing::info!(
                 "agent {}: max_parallel_agents cycles are running; its cycle waits",
                 agent.key()
@@ -200,7 +229,7 @@ type Retry = (String, String, String);
 fn start_due_triggers(
     state: &Arc<AppState>,
     in_force: &InForce,
-    slots: &Arc<Semaphore>,
+    slots: &Slots,
     tasks: &mut JoinSet<()>,
     pending: &mut HashMap<(String, String), (Instant, String)>,
     retry: &tokio::sync::mpsc::UnboundedSender<Retry>,
@@ -212,20 +241,22 @@ fn start_due_triggers(
         .map(|(k, _)| k.clone())
         .collect();
     for key in due {
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            return;
+        let Some(agent) = in_force
+            .get(&key.1)
+            .and_then(|v| v.iter().find(|a| a.key() == key.0))
+            .cloned()
+        else {
+            pending.remove(&key);
+            continue;
+        };
+        // No free slot in its pool: it stays pending for the next tick.
+        let Some(permit) = slots.try_take(&agent) else {
+            continue;
         };
         let Some((_, path)) = pending.remove(&key) else {
             continue;
         };
-        let (agent_key, user) = key;
-        let Some(agent) = in_force
-            .get(&user)
-            .and_then(|v| v.iter().find(|a| a.key() == agent_key))
-            .cloned()
-        else {
-            continue;
-        };
+        let (_, user) = key;
         let st = state.clone();
         let retry = retry.clone();
         tasks.spawn_blocking(move || {
