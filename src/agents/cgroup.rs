@@ -87,21 +87,30 @@ impl Tree {
         let dir = mount
             .join(relative.trim_start_matches('/'))
             .join(format!("profiled-agents-{id}"));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
+        // The guard of a previous life, killed just before this start,
+        // may remove the (then empty) tree between these steps: try again.
+        let mut attempts = 0;
+        loop {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(Unavailable(format!(
+                        "cannot create {}: {e} (under systemd, give the unit Delegate=yes)",
+                        dir.display()
+                    )));
+                }
+            }
+            if dir.join("cgroup.kill").exists() {
+                break;
+            }
+            attempts += 1;
+            if dir.exists() || attempts >= 3 {
                 return Err(Unavailable(format!(
-                    "cannot create {}: {e} (under systemd, give the unit Delegate=yes)",
+                    "{} has no cgroup.kill (Linux 5.14 or later is needed)",
                     dir.display()
                 )));
             }
-        }
-        if !dir.join("cgroup.kill").exists() {
-            return Err(Unavailable(format!(
-                "{} has no cgroup.kill (Linux 5.14 or later is needed)",
-                dir.display()
-            )));
         }
         let tree = Tree { dir };
         tree.remove_leftovers();

@@ -44,6 +44,8 @@ type InForce = HashMap<String, Vec<Agent>>;
 async fn run(state: Arc<AppState>) {
     let config = state.config();
     state.agents.start_guard();
+    // The admins' agents first: the API answers for them from now on.
+    state.agents.refresh_admin(&config.paths.agents_dir);
     {
         let st = state.clone();
         let runtime_dir = config.paths.runtime_dir.clone();
@@ -64,7 +66,6 @@ async fn run(state: Arc<AppState>) {
     let mut pending: HashMap<(String, String), (Instant, String)> = HashMap::new();
     // Triggered runs that found their profile busy come back here.
     let (retry, mut retries) = tokio::sync::mpsc::unbounded_channel::<Retry>();
-    state.agents.refresh_admin(&config.paths.agents_dir);
     let mut in_force = refresh_all(&state).await;
     let mut tick = tokio::time::interval(TICK);
     loop {
