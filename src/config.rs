@@ -223,10 +223,15 @@ pub struct Knowledge {
 /// How agents run (`[agents]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Agents {
-    /// Cycles of different agents running at once.
+    /// Cycles of different agents running at once: admins' agents, and as
+    /// many again of users' own agents (a pool of their own).
     pub max_parallel_agents: usize,
     /// A run's limit when its declaration gives none.
     pub default_timeout: Duration,
+    /// The longest a user-declared agent may run (its own `timeout` and
+    /// `default_timeout` are capped to it): a user's agent holds her
+    /// profile's lock, and admin agents skip her while it runs.
+    pub max_user_timeout: Duration,
     /// Between SIGTERM and SIGKILL when a run times out.
     pub kill_grace: Duration,
     /// At shutdown, how long the run in progress may go on.
@@ -275,6 +280,7 @@ struct RawKnowledge {
 struct RawAgents {
     max_parallel_agents: Option<NonZeroU64>,
     default_timeout: Option<HumanDuration>,
+    max_user_timeout: Option<HumanDuration>,
     kill_grace: Option<HumanDuration>,
     shutdown_grace: Option<HumanDuration>,
     lock_wait: Option<HumanDuration>,
@@ -698,6 +704,7 @@ fn agents_of(a: RawAgents) -> Agents {
     Agents {
         max_parallel_agents: usize_of(a.max_parallel_agents, 2),
         default_timeout: dur(a.default_timeout, 15 * 60),
+        max_user_timeout: dur(a.max_user_timeout, 60 * 60),
         kill_grace: dur(a.kill_grace, 5),
         shutdown_grace: dur(a.shutdown_grace, 10),
         lock_wait: dur(a.lock_wait, 5 * 60),

@@ -1015,3 +1015,614 @@ fn an_agents_output_reaches_the_terminal_escaped() {
     let shown = d.ok(Some(&bob), &["agent", "logs", "loud"]);
     assert!(shown.contains("\\u001b]52;c;cm0gLXJmIH4="), "{shown}");
 }
+
+// ---- Issue 11: runs that a user cannot freeze, escape or make others wait on.
+
+/// The real uid of process `pid` (from /proc; zombies included).
+fn real_uid(pid: &str) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// (state, ppid) of process `pid` from /proc/<pid>/stat.
+fn state_and_parent(pid: &str) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+fn all_pids() -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .expect("list /proc")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .collect()
+}
+
+/// Whether processes `a` and `b` share one address space (kcmp KCMP_VM).
+fn same_memory(a: u32, b: u32) -> Option<bool> {
+    const KCMP_VM: libc::c_long = 1;
+    // SAFETY: kcmp takes integers only.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            a as libc::c_long,
+            b as libc::c_long,
+            KCMP_VM,
+            0,
+            0,
+        )
+    };
+    (r >= 0).then_some(r == 0)
+}
+
+/// Item 4: alice stops every process of hers the moment it exists (the
+/// race that used to freeze a vfork child after its setuid, holding the
+/// agent's lock, with the daemon's memory in her hands). Her runs are
+/// triggered again and again beside bob's: bob is never refused with
+/// agent_busy, and no process running as alice ever shares the daemon's
+/// address space.
+#[test]
+fn a_user_stopping_her_processes_freezes_no_agent_and_never_holds_the_daemons_memory() {
+    if !require_root() {
+        return;
+    }
+    let (alice, bob) = (TestUser::new("alice"), TestUser::new("bob"));
+    let (d, agents_d) = daemon_with(
+        &[],
+        "",
+        "[agents]\nkill_grace = \"1s\"\nlock_wait = \"10s\"\n",
+    );
+    std::fs::write(
+        agents_d.join("quick.toml"),
+        "[agents.quick]\ncommand = [\"/bin/true\"]\ntimeout = \"1s\"\n",
+    )
+    .expect("write quick.toml");
+    let d = start(d);
+    for u in [&alice, &bob] {
+        d.ok(Some(u), &["status"]);
+    }
+    let daemon = d.pid();
+    assert_eq!(same_memory(daemon, daemon), Some(true), "kcmp works here");
+    let _spinner = KillOnDrop(
+        alice
+            .command("/bin/sh")
+            .args(["-c", "while :; do kill -STOP -1 2>/dev/null; done"])
+            .spawn()
+            .expect("start alice's spinner"),
+    );
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (bob_answers, shared, alice_runs) = std::thread::scope(|s| {
+        // alice's runs, triggered by root one after another (a run that
+        // hangs is left behind after 5 s and another one is started).
+        let alice_thread = s.spawn(|| {
+            let mut started = 0;
+            let mut hung = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut run = KillOnDrop(
+                    Command::new(PROFILECTL)
+                        .arg("--socket")
+                        .arg(&d.socket)
+                        .args(["--user", &alice.name, "agent", "run", "quick"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("spawn profilectl"),
+                );
+                started += 1;
+                let given_up = Instant::now() + Duration::from_secs(5);
+                while run.0.try_wait().ok().flatten().is_none() && Instant::now() < given_up {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if run.0.try_wait().ok().flatten().is_none() {
+                    hung.push(run);
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            started
+        });
+        // bob's runs of the same agent.
+        let bob_thread = s.spawn(|| {
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, v) = d.api(Some(&bob), "POST", "/v1/agents/quick/run", None);
+                answers.push((status, v.to_string()));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            answers
+        });
+        // Meanwhile: any process of alice's sharing the daemon's memory?
+        let mut shared = Vec::new();
+        while Instant::now() < deadline {
+            for pid in all_pids() {
+                if real_uid(&pid) == Some(alice.uid)
+                    && let Ok(n) = pid.parse::<u32>()
+                    && same_memory(daemon, n) == Some(true)
+                {
+                    shared.push(n);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let alice_runs = alice_thread.join().expect("alice's thread");
+        let bob_answers = bob_thread.join().expect("bob's thread");
+        (bob_answers, shared, alice_runs)
+    });
+    let shared: BTreeSet<u32> = shared.into_iter().collect();
+    let refused: Vec<_> = bob_answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        shared.is_empty() && refused.is_empty(),
+        "processes running as alice shared the daemon's memory: {shared:?}\n{}\nbob's runs refused while alice stopped her processes: {refused:?}",
+        ps(&alice)
+    );
+    assert!(bob_answers.len() >= 3, "bob got answers: {bob_answers:?}");
+    assert!(alice_runs >= 3, "alice's runs were triggered: {alice_runs}");
+    // The daemon still answers at once.
+    let asked = Instant::now();
+    d.ok(Some(&bob), &["status"]);
+    assert!(asked.elapsed() < Duration::from_secs(5));
+}
+
+/// Item 8: an agent that double-forks and detaches (`setsid`) a sleeper;
+/// once the run has ended nothing of alice's is left.
+#[test]
+fn a_detached_grandchild_is_gone_when_the_run_ends() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let (d, agents_d) = daemon_with(&[], "", "");
+    let escape = script(
+        &d,
+        "escape.sh",
+        "( setsid sleep 1000 </dev/null >/dev/null 2>&1 & )\nsleep 0.5\necho left a sleeper",
+    );
+    std::fs::write(
+        agents_d.join("escape.toml"),
+        format!(
+            "[agents.escape]\ncommand = [\"/bin/sh\", \"{}\"]\n",
+            escape.display()
+        ),
+    )
+    .expect("write escape.toml");
+    let d = start(d);
+    d.ok(Some(&alice), &["status"]);
+    let out = d.ok(None, &["agent", "run", "escape", "--all"]);
+    assert!(out.contains("ran (1 users)"), "{out}");
+    let logged = runs(&d, &alice, "escape");
+    assert_eq!(field(&logged[0], "status"), "ok", "{logged:?}");
+    assert!(
+        !has_processes(&alice),
+        "alice's detached sleeper outlived the run: {}",
+        ps(&alice)
+    );
+    let (_, health) = d.api(Some(&alice), "GET", "/v1/health", None);
+    assert_eq!(health["agents"]["containment"], "cgroup", "{health}");
+}
+
+/// Item 8: the same after `kill -9` of the daemon: the guard kills the
+/// run's cgroup, detached processes included; a restarted daemon runs
+/// again.
+#[test]
+fn a_detached_grandchild_is_gone_after_kill9_of_the_daemon() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let (d, agents_d) = daemon_with(&[], "", "");
+    let hang = script(
+        &d,
+        "detach-and-hang.sh",
+        "( setsid sleep 1000 </dev/null >/dev/null 2>&1 & )\nsleep 1\necho $$ > out/pid\nsleep 1000",
+    );
+    std::fs::write(
+        agents_d.join("hang.toml"),
+        format!(
+            "[agents.hang]\ncommand = [\"/bin/sh\", \"{}\"]\ntimeout = \"1h\"\n",
+            hang.display()
+        ),
+    )
+    .expect("write hang.toml");
+    let mut d = start(d);
+    d.ok(Some(&alice), &["status"]);
+    let _runner = run_in_background(&d, "hang", &alice);
+    d.kill9();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while has_processes(&alice) {
+        assert!(
+            Instant::now() < deadline,
+            "alice's processes outlived the daemon: {}\n{}",
+            ps(&alice),
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Item 8: an agent that leaves 50 orphans which exit (each in a session
+/// of its own) leaves no zombie behind: none whose parent is the daemon,
+/// none of alice's at all.
+#[test]
+fn orphans_an_agent_leaves_are_reaped_not_left_as_zombies() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let (d, agents_d) = daemon_with(&[], "", "");
+    let orphans = script(
+        &d,
+        "orphans.sh",
+        "i=0\nwhile [ $i -lt 50 ]; do ( setsid true & ); i=$((i+1)); done\nsleep 1",
+    );
+    std::fs::write(
+        agents_d.join("orphans.toml"),
+        format!(
+            "[agents.orphans]\ncommand = [\"/bin/sh\", \"{}\"]\n",
+            orphans.display()
+        ),
+    )
+    .expect("write orphans.toml");
+    let d = start(d);
+    d.ok(Some(&alice), &["status"]);
+    let out = d.ok(None, &["agent", "run", "orphans", "--all"]);
+    assert!(out.contains("ran (1 users)"), "{out}");
+    let daemon = d.pid();
+    let zombies: Vec<(String, u32, Option<u32>)> = all_pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let (state, ppid) = state_and_parent(&pid)?;
+            let uid = real_uid(&pid);
+            (state == 'Z' && (ppid == daemon || uid == Some(alice.uid))).then_some((pid, ppid, uid))
+        })
+        .collect();
+    assert!(
+        zombies.is_empty(),
+        "{} zombies left (pid, ppid, uid), daemon {daemon}: {zombies:?}",
+        zombies.len()
+    );
+}
+
+/// The slots (Unix seconds) of `user`'s runs of `agent` in [from, to).
+fn slots_in(d: &Daemon, user: &TestUser, agent: &str, from: i64, to: i64) -> Vec<i64> {
+    runs(d, user, agent)
+        .iter()
+        .filter(|r| field(r, "status") == "ok")
+        .filter_map(|r| r["slot"].as_i64())
+        .filter(|s| (from..to).contains(s))
+        .collect()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// Sleeps until the wall clock reaches `t` (Unix seconds).
+fn sleep_until(t: i64) {
+    while unix_now() < t {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Item 7: alice's own long agent holds her profile's lock; an admin
+/// agent every 2 s skips her instead of waiting for her (recorded as
+/// skipped, with the reason), so bob's runs over 10 s are as many as
+/// without her hogging, within one.
+#[test]
+fn bobs_run_rate_is_unchanged_while_alice_hogs_her_profile_lock() {
+    if !require_root() {
+        return;
+    }
+    let (alice, bob) = (TestUser::new("alice"), TestUser::new("bob"));
+    let (d, agents_d) = daemon_with(&[], "", "[agents]\nlock_wait = \"20s\"\n");
+    std::fs::write(
+        agents_d.join("tick.toml"),
+        "[agents.tick]\ncommand = [\"/bin/true\"]\nevery = \"2s\"\n",
+    )
+    .expect("write tick.toml");
+    let d = start(d);
+    for u in [&alice, &bob] {
+        d.ok(Some(u), &["status"]);
+    }
+    let settings = d.profile(&alice).join("profile.toml");
+    std::fs::write(
+        &settings,
+        "[agents.hog]\ncommand = [\"/bin/sleep\", \"40\"]\ntimeout = \"60s\"\n",
+    )
+    .expect("write alice's settings");
+    std::os::unix::fs::chown(&settings, Some(alice.uid), Some(alice.gid)).expect("chown");
+    wait_for("bob's first tick", || !runs(&d, &bob, "tick").is_empty());
+
+    let window = 10;
+    let from = unix_now() + 2;
+    sleep_until(from + window + 3);
+    let quiet = slots_in(&d, &bob, "tick", from, from + window);
+
+    let _hog = KillOnDrop(
+        alice
+            .command(PROFILECTL)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["agent", "run", "hog"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start alice's hog"),
+    );
+    wait_for("alice's hog to run", || has_processes(&alice));
+    let from = unix_now() + 2;
+    sleep_until(from + window + 3);
+    let hogged = slots_in(&d, &bob, "tick", from, from + window);
+    assert!(quiet.len() >= 4, "bob's ticks without the hog: {quiet:?}");
+    assert!(
+        quiet.len().abs_diff(hogged.len()) <= 1,
+        "bob's ticks: {quiet:?} without alice hogging, {hogged:?} while she did"
+    );
+    let skipped: Vec<Value> = runs(&d, &alice, "tick")
+        .into_iter()
+        .filter(|r| field(r, "status") == "skipped")
+        .collect();
+    assert!(!skipped.is_empty(), "alice's skipped runs are recorded");
+    assert!(
+        field(&skipped[0], "error").contains("busy"),
+        "with the reason: {skipped:?}"
+    );
+}
+
+/// Item 7: the administrator's cap on users' own agents: a user's
+/// `timeout = "1h"` runs for `max_user_timeout` only, and her agent list
+/// says so.
+#[test]
+fn a_users_agent_runs_no_longer_than_the_administrators_cap() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let (d, _) = daemon_with(
+        &[],
+        "",
+        "[agents]\nmax_user_timeout = \"1s\"\nkill_grace = \"1s\"\n",
+    );
+    let d = start(d);
+    d.ok(Some(&alice), &["status"]);
+    let settings = d.profile(&alice).join("profile.toml");
+    std::fs::write(
+        &settings,
+        "[agents.long]\ncommand = [\"/bin/sleep\", \"30\"]\ntimeout = \"1h\"\n",
+    )
+    .expect("write alice's settings");
+    std::os::unix::fs::chown(&settings, Some(alice.uid), Some(alice.gid)).expect("chown");
+    let asked = Instant::now();
+    let _ = d.ctl(Some(&alice), &["agent", "run", "long"]);
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "the run was cut at the cap: {:?}",
+        asked.elapsed()
+    );
+    let logged = runs(&d, &alice, "long");
+    assert_eq!(field(&logged[0], "status"), "timeout", "{logged:?}");
+    let (_, v) = d.api(Some(&alice), "GET", "/v1/agents", None);
+    assert!(
+        v["problems"].to_string().contains("max_user_timeout"),
+        "{v}"
+    );
+}
+
+/// The cgroup2 mount point of this host, from /proc/self/mountinfo.
+fn cgroup2_mount() -> Option<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let (mount, fs) = l.split_once(" - ")?;
+            (fs.split_whitespace().next()? == "cgroup2")
+                .then(|| mount.split_whitespace().nth(4).map(str::to_owned))?
+        })
+}
+
+/// Where cgroup v2 cannot be written (here: the daemon in a mount
+/// namespace of its own where the cgroup2 mount is read-only), runs fall
+/// back to process groups: `/v1/health` and the log say so and why, runs
+/// still work, and what an agent leaves in its process group is killed.
+#[test]
+fn without_a_writable_cgroup_runs_fall_back_to_process_groups_and_say_so() {
+    if !require_root() {
+        return;
+    }
+    let Some(mount) = cgroup2_mount() else {
+        eprintln!("skipped: no cgroup2 mount on this host");
+        return;
+    };
+    let alice = TestUser::new("alice");
+    let (d, agents_d) = daemon_with(&[], "", "");
+    let leave = script(
+        &d,
+        "leave.sh",
+        "sleep 1000 </dev/null >/dev/null 2>&1 &\necho left one in my group",
+    );
+    std::fs::write(
+        agents_d.join("leave.toml"),
+        format!(
+            "[agents.leave]\ncommand = [\"/bin/sh\", \"{}\"]\n",
+            leave.display()
+        ),
+    )
+    .expect("write leave.toml");
+    let mut d = d;
+    let remount = format!("mount -o remount,bind,ro {mount} && exec \"$0\" \"$@\"");
+    d.spawn_wrapped(&[
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "/bin/sh",
+        "-c",
+        &remount,
+    ])
+    .expect("the daemon starts");
+    d.ok(Some(&alice), &["status"]);
+    let (_, health) = d.api(Some(&alice), "GET", "/v1/health", None);
+    assert_eq!(health["agents"]["containment"], "process-group", "{health}");
+    assert!(
+        health["agents"]["detail"]
+            .as_str()
+            .is_some_and(|s| s.contains("Read-only") && s.contains("outlive its run")),
+        "{health}"
+    );
+    assert!(
+        d.log_text().contains("contained by process group only"),
+        "{}",
+        d.log_text()
+    );
+    let out = d.ok(None, &["agent", "run", "leave", "--all"]);
+    assert!(out.contains("ran (1 users)"), "{out}");
+    let logged = runs(&d, &alice, "leave");
+    assert_eq!(field(&logged[0], "status"), "ok", "{logged:?}");
+    assert!(
+        field(&logged[0], "output").contains("left one"),
+        "{logged:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while has_processes(&alice) {
+        assert!(
+            Instant::now() < deadline,
+            "what alice's agent left in its group outlived the run: {}",
+            ps(&alice)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Item 8: when the guard is gone too (killed with the daemon), the
+/// restarted daemon kills and removes what its previous life left in its
+/// cgroups before it runs anything.
+#[test]
+fn a_restarted_daemon_kills_what_its_previous_life_left_running() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let (d, agents_d) = daemon_with(&[], "", "");
+    let hang = script(
+        &d,
+        "detach-and-hang.sh",
+        "( setsid sleep 1000 </dev/null >/dev/null 2>&1 & )\nsleep 1\necho $$ > out/pid\nsleep 1000",
+    );
+    std::fs::write(
+        agents_d.join("hang.toml"),
+        format!(
+            "[agents.hang]\ncommand = [\"/bin/sh\", \"{}\"]\ntimeout = \"1h\"\n",
+            hang.display()
+        ),
+    )
+    .expect("write hang.toml");
+    let mut d = start(d);
+    d.ok(Some(&alice), &["status"]);
+    let runner = run_in_background(&d, "hang", &alice);
+    let daemon = d.pid();
+    let guard: Vec<i32> = all_pids()
+        .into_iter()
+        .filter(|pid| state_and_parent(pid).is_some_and(|(_, ppid)| ppid == daemon))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("agent-guard"))
+        })
+        .filter_map(|pid| pid.parse().ok())
+        .collect();
+    assert_eq!(guard.len(), 1, "the daemon's guard: {guard:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(guard[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the guard");
+    d.kill9();
+    drop(runner);
+    // The parent-death signals end the helper and the agent's first
+    // process; the detached sleeper has no guard left to kill it.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        has_processes(&alice),
+        "the detached sleeper is still there before the restart: {}",
+        ps(&alice)
+    );
+    d.spawn().expect("the daemon restarts");
+    d.ok(Some(&alice), &["status"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while has_processes(&alice) {
+        assert!(
+            Instant::now() < deadline,
+            "what the previous daemon left outlived its restart: {}\n{}",
+            ps(&alice),
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        d.log_text().contains("a previous daemon left"),
+        "{}",
+        d.log_text()
+    );
+}
+
+/// Rule 9 for the scheduler's slots: two users whose own scheduled agents
+/// run long (each holding a slot for as long as it runs) do not hold up
+/// an admin agent: bob's ticks over 10 s are as many as without them.
+#[test]
+fn users_long_own_agents_take_no_slot_from_the_admins_agents() {
+    if !require_root() {
+        return;
+    }
+    let (alice, bob, carol) = (
+        TestUser::new("alice"),
+        TestUser::new("bob"),
+        TestUser::new("carol"),
+    );
+    let (d, agents_d) = daemon_with(&[], "", "[agents]\nmax_parallel_agents = 2\n");
+    std::fs::write(
+        agents_d.join("tick.toml"),
+        "[agents.tick]\ncommand = [\"/bin/true\"]\nevery = \"2s\"\n",
+    )
+    .expect("write tick.toml");
+    let d = start(d);
+    for u in [&alice, &bob, &carol] {
+        d.ok(Some(u), &["status"]);
+    }
+    wait_for("bob's first tick", || !runs(&d, &bob, "tick").is_empty());
+    let window = 10;
+    let from = unix_now() + 2;
+    sleep_until(from + window + 3);
+    let quiet = slots_in(&d, &bob, "tick", from, from + window);
+
+    for u in [&alice, &carol] {
+        let settings = d.profile(u).join("profile.toml");
+        std::fs::write(
+            &settings,
+            "[agents.long]\ncommand = [\"/bin/sleep\", \"40\"]\nevery = \"1s\"\ntimeout = \"60s\"\n",
+        )
+        .expect("write the settings");
+        std::os::unix::fs::chown(&settings, Some(u.uid), Some(u.gid)).expect("chown");
+    }
+    wait_for("alice's and carol's long agents to run", || {
+        has_processes(&alice) && has_processes(&carol)
+    });
+    let from = unix_now() + 2;
+    sleep_until(from + window + 3);
+    let busy = slots_in(&d, &bob, "tick", from, from + window);
+    assert!(quiet.len() >= 4, "bob's ticks before: {quiet:?}");
+    assert!(
+        quiet.len().abs_diff(busy.len()) <= 1,
+        "bob's ticks: {quiet:?} before, {busy:?} while alice's and carol's own agents ran"
+    );
+}

@@ -81,50 +81,120 @@ pub fn run_cycle(
     users.sort_by(|a, b| a.name.cmp(&b.name));
     let mut ran = 0;
     let mut last_profile = None;
-    for account in users {
-        if done.contains(&account.name) {
-            continue;
-        }
-        if state.agents.stopping() {
-            tracing::info!(
-                "agent {}: stopping; the cycle ends before {}",
-                agent.key(),
-                account.name
-            );
-            break;
-        }
-        let profile = match state.root().open_owned(&account) {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                tracing::info!(
-                    "agent {}: {}'s profile is gone or changed owner since the cycle began; skipped",
-                    agent.key(),
-                    account.name
-                );
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(
-                    "agent {}: cannot open {}'s profile: {e}",
-                    agent.key(),
-                    account.name
-                );
-                continue;
-            }
+    // A user whose profile is busy (another agent holds her lock) is not
+    // waited for: the cycle holds the agent's lock and a scheduler slot,
+    // and waiting at one user would delay everyone after her. She is tried
+    // again once the others are done, then recorded as skipped.
+    let mut deferred = Vec::new();
+    for (pass, list) in [(Pass::First, users), (Pass::Again, Vec::new())] {
+        let list = match pass {
+            Pass::First => list,
+            Pass::Again => std::mem::take(&mut deferred),
         };
-        run_user(state, agent, &profile, accounts, trigger, false);
-        ran += 1;
-        if trigger.slot().is_some()
-            && let Err(e) = held.done(&account.name)
-        {
-            tracing::error!("agent {}: {e}", agent.key());
+        for account in list {
+            if done.contains(&account.name) {
+                continue;
+            }
+            if state.agents.stopping() {
+                tracing::info!(
+                    "agent {}: stopping; the cycle ends before {}",
+                    agent.key(),
+                    account.name
+                );
+                break;
+            }
+            let profile = match state.root().open_owned(&account) {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    tracing::info!(
+                        "agent {}: {}'s profile is gone or changed owner since the cycle began; skipped",
+                        agent.key(),
+                        account.name
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "agent {}: cannot open {}'s profile: {e}",
+                        agent.key(),
+                        account.name
+                    );
+                    continue;
+                }
+            };
+            let lock = match try_user_lock(state, &account) {
+                Ok(Some(lock)) => lock,
+                Ok(None) if pass == Pass::First => {
+                    deferred.push(account);
+                    continue;
+                }
+                Ok(None) => {
+                    record_skipped(
+                        state,
+                        agent,
+                        &profile,
+                        trigger,
+                        format!(
+                            "another agent kept {}'s profile busy during the whole cycle (tried at her turn and again after the other users); this run was skipped, the next cycle tries again",
+                            account.name
+                        ),
+                    );
+                    last_profile = Some(profile);
+                    continue;
+                }
+                Err(e) => {
+                    record_error(state, agent, &profile, trigger, e);
+                    continue;
+                }
+            };
+            run_user(state, agent, &profile, accounts, trigger, false, lock);
+            ran += 1;
+            if trigger.slot().is_some()
+                && let Err(e) = held.done(&account.name)
+            {
+                tracing::error!("agent {}: {e}", agent.key());
+            }
+            last_profile = Some(profile);
         }
-        last_profile = Some(profile);
     }
     if let Some(profile) = &last_profile {
         runlog::sync_all(profile);
     }
     CycleOutcome::Ran(ran)
+}
+
+/// A cycle's first pass over its users, or its second over those whose
+/// profile was busy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    First,
+    Again,
+}
+
+/// The lock of `account`'s profile (one agent at a time in a profile).
+fn user_lock_path(state: &AppState, account: &Account) -> std::path::PathBuf {
+    state
+        .config()
+        .paths
+        .lock_dir
+        .join(format!("user-{}.lock", account.name))
+}
+
+/// Takes `account`'s profile lock if it is free; `Ok(None)` when another
+/// agent holds it.
+pub fn try_user_lock(state: &AppState, account: &Account) -> Result<Option<Held>, String> {
+    locks::try_lock(&user_lock_path(state, account))
+}
+
+/// Takes `account`'s profile lock, waiting at most `bound`. Only for a
+/// caller that holds no agent lock and no scheduler slot (a manual run),
+/// so the wait delays that user's own request only.
+pub fn wait_user_lock(
+    state: &AppState,
+    account: &Account,
+    bound: std::time::Duration,
+) -> Result<Option<Held>, String> {
+    locks::lock_within(&user_lock_path(state, account), bound)
 }
 
 /// The users already done in `slot`, starting its stamp if it is new;
@@ -140,30 +210,15 @@ fn stamped(held: &mut Held, slot: i64) -> Result<Option<BTreeSet<String>>, Strin
     }
 }
 
-/// Runs `agent` for `profile`'s account under the user's lock, records the
-/// run in the profile's log (synced now when `durable`; a cycle syncs once
-/// at its end) and the status, and tells the user's event stream. The
-/// account's groups come from `accounts`.
-pub fn run_user(
-    state: &AppState,
-    agent: &Agent,
-    profile: &ProfileDir,
-    accounts: &Snapshot,
-    trigger: &Trigger,
-    durable: bool,
-) -> Run {
-    let account = profile.account();
-    let config = state.config();
-    let run_id = ulid::Ulid::generate().to_string();
-    let started = Instant::now();
-    let start = runlog::precise_now();
-    let mut run = Run {
-        run_id: run_id.clone(),
+/// A run record for `agent` in `profile`, not started yet.
+fn new_run(agent: &Agent, profile: &ProfileDir, trigger: &Trigger) -> Run {
+    Run {
+        run_id: ulid::Ulid::generate().to_string(),
         agent: agent.name.clone(),
-        user: account.name.clone(),
+        user: profile.account().name.clone(),
         trigger: trigger.label(),
         slot: trigger.slot(),
-        start,
+        start: runlog::precise_now(),
         end: String::new(),
         duration_ms: 0,
         status: String::new(),
@@ -173,46 +228,89 @@ pub fn run_user(
         output: String::new(),
         notes: Vec::new(),
         daemon_pid: std::process::id(),
-    };
-    let user_lock = config
-        .paths
-        .lock_dir
-        .join(format!("user-{}.lock", account.name));
-    match locks::lock_within(&user_lock, config.agents.lock_wait) {
-        Ok(Some(_held)) => {
-            state.events.publish_other(
-                &account.name,
-                "agent.started",
-                object(json!({"agent": agent.name, "run_id": run_id, "trigger": run.trigger})),
-            );
-            match &agent.spec.action {
-                Action::Command(argv) => {
-                    external(state, agent, profile, accounts, argv, &mut run);
-                }
-                Action::Builtin(which) => match builtin::run(state, *which, profile) {
-                    Ok(summary) => {
-                        run.status = "ok".into();
-                        run.output = summary;
-                    }
-                    Err(e) => {
-                        run.status = "error".into();
-                        run.error = Some(e);
-                    }
-                },
-            }
-        }
-        Ok(None) => {
-            run.status = "skipped".into();
-            run.error = Some(format!(
-                "another agent kept {}'s profile busy for {:?}; this run was skipped",
-                account.name, config.agents.lock_wait
-            ));
-        }
-        Err(e) => {
-            run.status = "error".into();
-            run.error = Some(e);
-        }
     }
+}
+
+/// Records a run of `agent` in `profile` that did not happen because the
+/// profile was busy; `reason` says so in the run list.
+pub fn record_skipped(
+    state: &AppState,
+    agent: &Agent,
+    profile: &ProfileDir,
+    trigger: &Trigger,
+    reason: String,
+) -> Run {
+    let mut run = new_run(agent, profile, trigger);
+    run.status = "skipped".into();
+    run.error = Some(reason);
+    finish(state, agent, profile, run, Instant::now(), false)
+}
+
+/// Records a run of `agent` in `profile` that could not start: `e` says
+/// why.
+pub fn record_error(
+    state: &AppState,
+    agent: &Agent,
+    profile: &ProfileDir,
+    trigger: &Trigger,
+    e: String,
+) -> Run {
+    let mut run = new_run(agent, profile, trigger);
+    run.status = "error".into();
+    run.error = Some(e);
+    finish(state, agent, profile, run, Instant::now(), false)
+}
+
+/// Runs `agent` for `profile`'s account under the user's lock (`_lock`,
+/// taken by the caller), records the run in the profile's log (synced now
+/// when `durable`; a cycle syncs once at its end) and the status, and
+/// tells the user's event stream. The account's groups come from
+/// `accounts`.
+pub fn run_user(
+    state: &AppState,
+    agent: &Agent,
+    profile: &ProfileDir,
+    accounts: &Snapshot,
+    trigger: &Trigger,
+    durable: bool,
+    _lock: Held,
+) -> Run {
+    let account = profile.account();
+    let started = Instant::now();
+    let mut run = new_run(agent, profile, trigger);
+    state.events.publish_other(
+        &account.name,
+        "agent.started",
+        object(json!({"agent": agent.name, "run_id": run.run_id, "trigger": run.trigger})),
+    );
+    match &agent.spec.action {
+        Action::Command(argv) => {
+            external(state, agent, profile, accounts, argv, &mut run);
+        }
+        Action::Builtin(which) => match builtin::run(state, *which, profile) {
+            Ok(summary) => {
+                run.status = "ok".into();
+                run.output = summary;
+            }
+            Err(e) => {
+                run.status = "error".into();
+                run.error = Some(e);
+            }
+        },
+    }
+    finish(state, agent, profile, run, started, durable)
+}
+
+/// Ends `run`: its end time, the log line, the event and the status.
+fn finish(
+    state: &AppState,
+    agent: &Agent,
+    profile: &ProfileDir,
+    mut run: Run,
+    started: Instant,
+    durable: bool,
+) -> Run {
+    let account = profile.account();
     run.end = runlog::precise_now();
     run.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if let Err(e) = runlog::append(profile, &run, durable) {
@@ -304,18 +402,21 @@ fn external(
         }
         Some(creds)
     };
+    let timeout = super::timeout_of(agent, &config.agents);
     let outcome = runner::run(&Launch {
         argv,
         account,
         groups: &groups,
         workdir: profile.dir_fd(),
         env: &env,
-        timeout: spec.timeout.unwrap_or(config.agents.default_timeout),
+        run_id: &run.run_id,
+        timeout,
         kill_grace: config.agents.kill_grace,
         output_limit: config.agents.output_limit,
         stop: state.agents.stop_flag(),
         guard: state.agents.guard(),
         shutdown_grace: config.agents.shutdown_grace,
+        setup: state.agents.setup(&config.paths.runtime_dir),
     });
     // The secrets in the environment die with `env`; zero them first.
     for (_, value) in &mut env {
@@ -338,8 +439,7 @@ fn external(
         Exit::TimedOut => {
             run.status = "timeout".into();
             run.error = Some(format!(
-                "ran past its timeout of {:?}; its process group was killed",
-                spec.timeout.unwrap_or(config.agents.default_timeout)
+                "ran past its timeout of {timeout:?}; all its processes were killed"
             ));
         }
         Exit::Stopped => {

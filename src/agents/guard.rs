@@ -1,19 +1,56 @@
 //! The agent guard: a small root process (`profiled agent-guard`, started
 //! by the daemon) that outlives a daemon killed with SIGKILL just long
-//! enough to kill the process groups of the runs it had in flight.
+//! enough to kill the runs it had in flight.
 //!
-//! The parent-death signal reaches only an agent's first process; what it
-//! started in the background would survive the daemon. The daemon tells
-//! the guard each run's process group (`+PGID` / `-PGID` lines on the
-//! guard's stdin); when that pipe closes (the daemon is gone, however it
-//! ended), the guard kills every group still listed and exits.
+//! The parent-death signal reaches only the helper and the agent's first
+//! process; what the agent started in the background would survive the
+//! daemon. The daemon tells the guard each run's cgroup (`+cg PATH` /
+//! `-cg PATH` lines on the guard's stdin), or without cgroups its process
+//! group (`+pg PGID` / `-pg PGID`), and once the daemon's cgroup tree
+//! (`+tr PATH`); when that pipe closes (the daemon is gone, however it
+//! ended), the guard kills every cgroup (`cgroup.kill`, then removes it)
+//! and process group still listed, removes the tree if it is empty, and
+//! exits.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::Mutex;
 
 use rustix::process::{Pid, Signal, kill_process_group};
+
+use super::cgroup;
+
+/// What the guard kills if the daemon dies.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    /// A run's cgroup directory.
+    Cgroup(PathBuf),
+    /// A run's process group (where there are no cgroups).
+    Group(i32),
+    /// The daemon's cgroup tree, removed once empty.
+    Tree(PathBuf),
+}
+
+impl Target {
+    fn line(&self, op: char) -> String {
+        match self {
+            Target::Cgroup(p) => format!("{op}cg {}\n", p.display()),
+            Target::Group(g) => format!("{op}pg {g}\n"),
+            Target::Tree(p) => format!("{op}tr {}\n", p.display()),
+        }
+    }
+
+    fn parse(rest: &str) -> Option<Target> {
+        match rest.split_once(' ')? {
+            ("cg", path) if path.starts_with('/') => Some(Target::Cgroup(PathBuf::from(path))),
+            ("pg", pgid) => pgid.parse().ok().map(Target::Group),
+            ("tr", path) if path.starts_with('/') => Some(Target::Tree(PathBuf::from(path))),
+            _ => None,
+        }
+    }
+}
 
 /// The daemon's end of the guard.
 pub struct Guard {
@@ -57,39 +94,54 @@ impl Guard {
         }
     }
 
-    /// Registers the process group of a run that started.
-    pub fn watch(&self, pgid: i32) {
-        self.send(&format!("+{pgid}\n"));
+    /// Registers a run that started.
+    pub fn watch(&self, target: &Target) {
+        self.send(&target.line('+'));
     }
 
-    /// Forgets the group of a run that ended.
-    pub fn release(&self, pgid: i32) {
-        self.send(&format!("-{pgid}\n"));
+    /// Forgets a run that ended.
+    pub fn release(&self, target: &Target) {
+        self.send(&target.line('-'));
     }
 }
 
 /// The guard's body: follows stdin, then kills what is left.
 pub fn run_guard() {
-    let mut groups = BTreeSet::new();
+    let mut targets = BTreeSet::new();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
-        let (op, pgid) = line.split_at(line.len().min(1));
-        let Ok(pgid) = pgid.parse::<i32>() else {
+        let (op, rest) = line.split_at(line.len().min(1));
+        let Some(target) = Target::parse(rest) else {
             continue;
         };
         match op {
             "+" => {
-                groups.insert(pgid);
+                targets.insert(target);
             }
             "-" => {
-                groups.remove(&pgid);
+                targets.remove(&target);
             }
             _ => {}
         }
     }
-    for pgid in groups {
-        if let Some(pid) = Pid::from_raw(pgid) {
-            let _ = kill_process_group(pid, Signal::KILL);
+    let mut trees = Vec::new();
+    for target in targets {
+        match target {
+            Target::Cgroup(dir) => {
+                if let Err(e) = cgroup::kill_and_remove(&dir, cgroup::EMPTY_WAIT) {
+                    eprintln!("profiled agent-guard: {e}");
+                }
+            }
+            Target::Group(pgid) => {
+                if let Some(pid) = Pid::from_raw(pgid) {
+                    let _ = kill_process_group(pid, Signal::KILL);
+                }
+            }
+            Target::Tree(dir) => trees.push(dir),
         }
+    }
+    // Last: the runs' cgroups are gone now.
+    for dir in trees {
+        cgroup::remove_tree(&dir);
     }
 }

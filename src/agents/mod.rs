@@ -5,11 +5,13 @@
 
 pub mod builtin;
 pub mod catalog;
+pub mod cgroup;
 pub mod credsdir;
 pub mod cycle;
 pub mod decl;
 pub mod guard;
 pub mod locks;
+pub mod plan;
 pub mod runlog;
 pub mod runner;
 mod scheduler;
@@ -69,6 +71,7 @@ pub struct Agents {
     next: Mutex<HashMap<String, i64>>,
     stop: AtomicBool,
     guard: std::sync::OnceLock<Option<guard::Guard>>,
+    setup: std::sync::OnceLock<runner::Setup>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -100,6 +103,36 @@ impl Agents {
 
     fn guard(&self) -> Option<&guard::Guard> {
         self.guard.get().and_then(Option::as_ref)
+    }
+
+    /// The helper and the cgroup tree, found (and the tree cleaned of a
+    /// previous life's runs) on first use; the scheduler asks at start-up.
+    pub fn setup(&self, runtime_dir: &std::path::Path) -> &runner::Setup {
+        self.setup.get_or_init(|| runner::Setup::new(runtime_dir))
+    }
+
+    /// Tells the guard of the cgroup tree (it removes the tree if the
+    /// daemon is killed), or at the daemon's stop removes it: both only
+    /// once no run is in it.
+    pub fn tree_started(&self) {
+        if let (Some(g), Some(tree)) =
+            (self.guard(), self.setup.get().and_then(runner::Setup::tree))
+        {
+            g.watch(&guard::Target::Tree(tree.path().to_owned()));
+        }
+    }
+
+    /// Removes the cgroup tree at the daemon's stop (every run has ended).
+    pub fn tree_stopped(&self) {
+        if let Some(tree) = self.setup.get().and_then(runner::Setup::tree) {
+            tree.remove_if_empty();
+        }
+    }
+
+    /// How runs are contained, once known (`None` before the scheduler
+    /// started): the cgroup tree, or why process groups are used.
+    pub fn containment(&self) -> Option<Result<&std::path::Path, &str>> {
+        self.setup.get().map(runner::Setup::containment)
     }
 
     /// Re-reads agents.d where it changed.
@@ -152,7 +185,28 @@ pub fn agents_for(state: &AppState, profile: &ProfileDir) -> (Vec<Agent>, Vec<St
     );
     let (agents, mut problems) = catalog::for_user(&state.agents.admin_agents(), &user, &own);
     problems.extend(problem);
+    let limits = &state.config().agents;
+    for agent in &agents {
+        if let (Owner::User(_), Some(asked)) = (&agent.owner, agent.spec.timeout)
+            && asked > limits.max_user_timeout
+        {
+            problems.push(format!(
+                "profile.toml: agents.{}: timeout = {asked:?} is above the administrator's limit ([agents] max_user_timeout = {:?}); its runs are stopped after {:?}",
+                agent.name, limits.max_user_timeout, limits.max_user_timeout
+            ));
+        }
+    }
     (agents, problems)
+}
+
+/// How long a run of `agent` may last: its declared timeout or the
+/// default, and for a user's own agent at most `max_user_timeout`.
+pub fn timeout_of(agent: &Agent, limits: &crate::config::Agents) -> std::time::Duration {
+    let asked = agent.spec.timeout.unwrap_or(limits.default_timeout);
+    match agent.owner {
+        Owner::User(_) => asked.min(limits.max_user_timeout),
+        Owner::Admin => asked,
+    }
 }
 
 /// Every eligible account whose profile directory it owns, by name, as the
@@ -234,31 +288,69 @@ pub fn run_cycle_now(state: &AppState, agent: &Agent) -> CycleOutcome {
     outcome
 }
 
-/// Runs `agent` for `profile`'s account now, under the agent's lock (so
-/// runs of one agent never overlap) and the user's.
+/// Runs `agent` for `profile`'s account now (someone asked): waits for
+/// the user's lock (at most `lock_wait`, holding nothing else, so only
+/// this user's request waits). A profile that stayed busy is recorded as a
+/// skipped run.
+///
+/// A single run takes the user's lock only, not the agent's: two runs in
+/// one profile never overlap, while runs of one agent for different users
+/// may (each in its own profile). So no user's run, however long she makes
+/// it last, holds anything another user's run waits for.
 pub fn run_one_now(
     state: &AppState,
     agent: &Agent,
     profile: &ProfileDir,
     trigger: &Trigger,
-) -> Result<Run, String> {
-    let config = state.config();
-    let lock_path = config
-        .paths
-        .lock_dir
-        .join(format!("agent-{}.lock", agent.key()));
-    let _held = locks::lock_within(&lock_path, config.agents.lock_wait)?.ok_or_else(|| {
-        format!(
-            "a cycle of {} has been running for more than {:?}; try again later",
-            agent.name, config.agents.lock_wait
-        )
-    })?;
-    Ok(cycle::run_user(
+) -> Run {
+    let wait = state.config().agents.lock_wait;
+    match cycle::wait_user_lock(state, profile.account(), wait) {
+        Ok(Some(lock)) => run_locked(state, agent, profile, trigger, lock),
+        Ok(None) => cycle::record_skipped(
+            state,
+            agent,
+            profile,
+            trigger,
+            format!(
+                "another agent kept {}'s profile busy for {wait:?}; this run was skipped",
+                profile.account().name
+            ),
+        ),
+        Err(e) => cycle::record_error(state, agent, profile, trigger, e),
+    }
+}
+
+/// Runs `agent` for `profile`'s account now if its profile is free (a
+/// triggered run, which holds a scheduler slot and so must not wait on the
+/// user); `None` when another agent holds the profile: the caller tries
+/// again later.
+pub fn try_run_now(
+    state: &AppState,
+    agent: &Agent,
+    profile: &ProfileDir,
+    trigger: &Trigger,
+) -> Option<Run> {
+    match cycle::try_user_lock(state, profile.account()) {
+        Ok(Some(lock)) => Some(run_locked(state, agent, profile, trigger, lock)),
+        Ok(None) => None,
+        Err(e) => Some(cycle::record_error(state, agent, profile, trigger, e)),
+    }
+}
+
+fn run_locked(
+    state: &AppState,
+    agent: &Agent,
+    profile: &ProfileDir,
+    trigger: &Trigger,
+    user_lock: locks::Held,
+) -> Run {
+    cycle::run_user(
         state,
         agent,
         profile,
         &Snapshot::new(),
         trigger,
         true,
-    ))
+        user_lock,
+    )
 }

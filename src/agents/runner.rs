@@ -1,35 +1,123 @@
 //! Runs one external agent process as its account (security rule 3).
 //!
 //! The groups are computed by the caller in the parent (NSS after fork in a
-//! threaded process can deadlock); [`spawn`] then starts the process
-//! without copying the daemon, and its child, in one place before exec,
-//! starts a new session (its own process group), drops to the account
-//! (setgroups, setgid, setuid), proves root cannot be taken back, asks for
-//! SIGKILL when the daemon dies, and enters the profile through its
-//! checked directory handle. The run is waited on through a pidfd, so a
-//! normal exit is seen at once; timeouts and shutdown signal the whole
-//! group.
+//! threaded process can deadlock). The run gets its own cgroup
+//! ([`super::cgroup`]) where the host has cgroup v2; [`spawn`] execs the
+//! root helper (`profiled-agent-exec`, src/bin/profiled-agent-exec) with the plan,
+//! and the helper drops to the account in its own address space and forks
+//! the agent into the cgroup. The daemon then waits on the helper (a root
+//! process the account cannot stop) through its pidfd, with the output
+//! and the helper's reports polled beside it, so the wait is bounded by
+//! the run's timeout whatever the agent does. When the agent's first
+//! process ends, whatever it left behind (double-forked, `setsid`) is
+//! killed with `cgroup.kill`; the helper, their subreaper, reaps them all
+//! and exits; the cgroup is removed. Timeouts send SIGTERM to every
+//! process of the cgroup, then SIGKILL after `kill_grace`.
 //!
-//! A run must be waited on by the thread that spawned it: the parent-death
-//! signal fires when that *thread* ends.
+//! Without a usable cgroup v2 (see [`Setup`]) runs are contained by their
+//! process group only, and a process that leaves it outlives the run: the
+//! daemon says so in its log and `/v1/health`.
+//!
+//! A run must be waited on by the thread that spawned it: the helper's
+//! parent-death signal fires when that *thread* ends.
 
+use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, kill_process_group, waitid};
 
-use super::guard::Guard;
+use super::cgroup::{RunGroup, Tree};
+use super::guard::{Guard, Target};
+use super::plan::{Plan, REPORT_BYTES, Report, Step};
 use super::spawn::{self, Spawn, Started};
 use crate::accounts::{Account, GroupId};
 
 /// The PATH agents get: system directories only, none a user can write.
 pub const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// The helper's file name, beside the daemon's executable.
+pub const HELPER_NAME: &str = "profiled-agent-exec";
+
 /// How often a waiting run looks at the shutdown flag.
 const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// What every run needs from the host, found once: the helper and the
+/// cgroup tree (or why there is none).
+#[derive(Debug)]
+pub struct Setup {
+    helper: Result<CString, String>,
+    cgroups: Result<Tree, String>,
+}
+
+impl Setup {
+    /// Finds the helper beside this executable and opens the cgroup tree
+    /// of the daemon whose runtime directory is `runtime_dir` (removing
+    /// what a previous life left there); logs how runs are contained.
+    pub fn new(runtime_dir: &Path) -> Setup {
+        let helper = find_helper();
+        if let Err(e) = &helper {
+            tracing::error!("{e}; external agents cannot run");
+        }
+        let cgroups = Tree::open(runtime_dir).map_err(|e| e.to_string());
+        match &cgroups {
+            Ok(tree) => tracing::info!(
+                "agent runs are contained in cgroups under {}",
+                tree.path().display()
+            ),
+            Err(e) => tracing::warn!(
+                "agent runs are contained by process group only ({e}): a process an agent detaches with setsid can outlive its run"
+            ),
+        }
+        Setup { helper, cgroups }
+    }
+
+    /// The cgroup tree, when runs are contained in cgroups.
+    pub fn tree(&self) -> Option<&Tree> {
+        self.cgroups.as_ref().ok()
+    }
+
+    /// How runs are contained, for `/v1/health`: `Ok(tree)` or why only
+    /// process groups are used.
+    pub fn containment(&self) -> Result<&Path, &str> {
+        match &self.cgroups {
+            Ok(tree) => Ok(tree.path()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The helper beside the daemon's executable, checked to be root's and
+/// writable by root only (it runs as root).
+fn find_helper() -> Result<CString, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the daemon's executable: {e}"))?;
+    let path: PathBuf = exe.with_file_name(HELPER_NAME);
+    for (what, p) in [
+        ("the agent helper", path.as_path()),
+        ("its directory", path.parent().unwrap_or(Path::new("/"))),
+    ] {
+        let md = std::fs::metadata(p).map_err(|e| {
+            format!(
+                "{what} {}: {e}; install {HELPER_NAME} beside profiled",
+                p.display()
+            )
+        })?;
+        if md.uid() != 0 || md.mode() & 0o022 != 0 {
+            return Err(format!(
+                "{what} {} must be owned by root and writable by root only (fix: chown root {0}; chmod go-w {0})",
+                p.display()
+            ));
+        }
+    }
+    CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{} contains a NUL byte", path.display()))
+}
 
 /// What to run and how.
 pub struct Launch<'a> {
@@ -43,6 +131,8 @@ pub struct Launch<'a> {
     pub workdir: BorrowedFd<'a>,
     /// The whole environment (nothing is inherited).
     pub env: &'a [(String, String)],
+    /// The run's id (its cgroup's name).
+    pub run_id: &'a str,
     /// How long it may run.
     pub timeout: Duration,
     /// Between SIGTERM and SIGKILL.
@@ -53,8 +143,11 @@ pub struct Launch<'a> {
     pub stop: &'a AtomicBool,
     /// How long a run may go on once `stop` is set.
     pub shutdown_grace: Duration,
-    /// Told of the run's process group, to kill it if the daemon dies.
+    /// Told of the run's cgroup (or process group), to kill it if the
+    /// daemon dies.
     pub guard: Option<&'a Guard>,
+    /// The helper and the cgroup tree.
+    pub setup: &'a Setup,
 }
 
 /// How a run ended.
@@ -64,7 +157,7 @@ pub enum Exit {
     Code(i32),
     /// A signal ended it (not one of ours).
     Signal(i32),
-    /// It ran past its timeout and its group was killed.
+    /// It ran past its timeout and was killed.
     TimedOut,
     /// The daemon stopped and the grace period ran out.
     Stopped,
@@ -93,56 +186,222 @@ pub fn run(l: &Launch<'_>) -> Outcome {
     }
 }
 
+/// The plan's memfd: the plan written, its buffer zeroed (it may hold
+/// keys).
+fn plan_fd(l: &Launch<'_>, program: &str) -> Result<OwnedFd, String> {
+    let candidates: Vec<Vec<u8>> = if program.contains('/') {
+        vec![program.as_bytes().to_vec()]
+    } else {
+        SAFE_PATH
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| format!("{d}/{program}").into_bytes())
+            .collect()
+    };
+    for (what, list) in [
+        ("argument", l.argv),
+        ("program", std::slice::from_ref(&program.to_owned())),
+    ] {
+        if let Some(a) = list.iter().find(|a| a.contains('\0')) {
+            return Err(format!("the {what} {a:?} contains a NUL byte"));
+        }
+    }
+    if let Some((k, _)) = l
+        .env
+        .iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        return Err(format!("the environment variable {k} contains a NUL byte"));
+    }
+    let mut plan = Plan {
+        uid: l.account.uid.0,
+        gid: l.account.gid.0,
+        groups: l.groups.iter().map(|g| g.0).collect(),
+        daemon_pid: rustix::process::getpid().as_raw_nonzero().get(),
+        contained: l.setup.cgroups.is_ok(),
+        candidates,
+        argv: l.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        env: l
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}").into_bytes())
+            .collect(),
+    };
+    let bytes = zeroize::Zeroizing::new(plan.encode());
+    for entry in &mut plan.env {
+        zeroize::Zeroize::zeroize(entry);
+    }
+    let fd = rustix::fs::memfd_create("profiled-agent-plan", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| format!("cannot make the agent's plan: {e}"))?;
+    let mut written = 0;
+    while written < bytes.len() {
+        match rustix::io::write(&fd, &bytes[written..]) {
+            Ok(n) => written += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(format!("cannot write the agent's plan: {e}")),
+        }
+    }
+    Ok(fd)
+}
+
 fn run_inner(l: &Launch<'_>) -> Result<Outcome, String> {
     let Some(program) = l.argv.first() else {
         return Err("the command is empty".into());
     };
+    let helper = l.setup.helper.as_ref().map_err(Clone::clone)?;
+    let plan = plan_fd(l, program)?;
     let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| format!("cannot make a pipe: {e}"))?;
+    // Non-blocking: the reports are read only when poll says so, and once
+    // more, to the end, after the helper exited.
+    let (reports, report_writer) = rustix::pipe::pipe_with(
+        rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+    )
+    .map_err(|e| format!("cannot make a pipe: {e}"))?;
     let devnull = rustix::fs::open(
         "/dev/null",
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| format!("cannot open /dev/null: {e}"))?;
-    let groups: Vec<u32> = l.groups.iter().map(|g| g.0).collect();
+    // With cgroups available, a run that cannot get one does not run
+    // uncontained.
+    let group = match &l.setup.cgroups {
+        Ok(tree) => Some(tree.create_run(l.run_id).map_err(|e| e.to_string())?),
+        Err(_) => None,
+    };
     let started = spawn::spawn(&Spawn {
-        program,
-        argv: l.argv,
-        env: l.env,
-        path: SAFE_PATH,
-        uid: l.account.uid.0,
-        gid: l.account.gid.0,
-        groups: &groups,
+        helper,
+        plan: plan.as_fd(),
+        status: report_writer.as_fd(),
         workdir: l.workdir,
         stdin: devnull.as_fd(),
         output: writer.as_fd(),
-    })?;
-    // The writer lives only in the child now: the output ends when it does.
-    drop(writer);
-    let pgid = started.pid.as_raw_nonzero().get();
-    if let Some(g) = l.guard {
-        g.watch(pgid);
+        cgroup_dir: group.as_ref().map(RunGroup::handle),
+    });
+    // These live only in the helper now: the output and the reports end
+    // when it and the agent do.
+    drop((writer, report_writer, plan));
+    let started = match started {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(g) = group {
+                g.remove();
+            }
+            return Err(e);
+        }
+    };
+    let target = group.as_ref().map(|g| Target::Cgroup(g.path().to_owned()));
+    if let (Some(g), Some(t)) = (l.guard, &target) {
+        g.watch(t);
     }
-    let outcome = wait(l, &started, &reader);
+    let mut run = Running {
+        group: group.as_ref(),
+        agent: None,
+        exited: None,
+        failed: None,
+        reports: Vec::new(),
+    };
+    let outcome = wait(l, &started, &reader, &reports, &mut run, program);
     if let Some(g) = l.guard {
-        g.release(pgid);
+        if let Some(t) = &target {
+            g.release(t);
+        } else if let Some(pid) = run.agent {
+            g.release(&Target::Group(pid.as_raw_nonzero().get()));
+        }
+    }
+    if let Some(g) = group {
+        g.remove();
     }
     Ok(outcome)
 }
 
-/// Waits for the run to end, signalling its group on timeout or shutdown,
-/// collecting its output; then kills and reaps whatever is left of its
-/// group (the daemon is their subreaper).
-fn wait(l: &Launch<'_>, started: &Started, reader: &OwnedFd) -> Outcome {
-    let (pid, pidfd) = (started.pid, &started.pidfd);
+/// What the daemon knows of a run in progress.
+struct Running<'a> {
+    group: Option<&'a RunGroup>,
+    /// The agent's first process (its process group), once reported.
+    agent: Option<Pid>,
+    /// Its wait status, once it ended.
+    exited: Option<i32>,
+    /// The helper's step that failed.
+    failed: Option<(Step, i32)>,
+    /// Report bytes not yet decoded.
+    reports: Vec<u8>,
+}
+
+impl Running<'_> {
+    /// Signals every process of the run: the cgroup, or without one the
+    /// agent's process group.
+    fn signal(&self, sig: Signal) {
+        match (self.group, self.agent) {
+            (Some(g), _) if sig == Signal::KILL => g.kill(),
+            (Some(g), _) => g.signal(sig),
+            (None, Some(pid)) => {
+                let _ = kill_process_group(pid, sig);
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Reads the helper's reports that arrived (the pipe does not block);
+    /// false at end of file.
+    fn read_reports(&mut self, fd: &OwnedFd, guard: Option<&Guard>) -> bool {
+        let mut buf = [0u8; REPORT_BYTES * 4];
+        let open = loop {
+            match rustix::io::read(fd, &mut buf) {
+                Ok(0) => break false,
+                Ok(n) => self.reports.extend_from_slice(&buf[..n]),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => break true,
+                Err(_) => break false,
+            }
+        };
+        while self.reports.len() >= REPORT_BYTES {
+            let mut one = [0u8; REPORT_BYTES];
+            one.copy_from_slice(&self.reports[..REPORT_BYTES]);
+            self.reports.drain(..REPORT_BYTES);
+            match Report::decode(&one) {
+                Some(Report::Started(pid)) => {
+                    self.agent = Pid::from_raw(pid);
+                    if self.group.is_none()
+                        && let Some(g) = guard
+                    {
+                        g.watch(&Target::Group(pid));
+                    }
+                }
+                Some(Report::Failed(step, errno)) => self.failed = Some((step, errno)),
+                Some(Report::Exited(status)) => {
+                    self.exited = Some(status);
+                    // Whatever the agent left behind ends with it.
+                    self.signal(Signal::KILL);
+                }
+                None => tracing::error!("the agent helper sent a report this daemon cannot read"),
+            }
+        }
+        open
+    }
+}
+
+/// Waits for the helper to end (the agent ended and everything it left was
+/// killed and reaped), signalling the run on timeout or shutdown and
+/// collecting its output.
+fn wait(
+    l: &Launch<'_>,
+    started: &Started,
+    reader: &OwnedFd,
+    reports: &OwnedFd,
+    run: &mut Running<'_>,
+    program: &str,
+) -> Outcome {
+    let pidfd = &started.pidfd;
     let mut output = Tail::new(l.output_limit);
-    let started = Instant::now();
+    let began = Instant::now();
     let mut timed_out = false;
     let mut stopped = false;
     let mut term_sent: Option<Instant> = None;
     let mut stop_at: Option<Instant> = None;
     let mut reader_open = true;
+    let mut reports_open = true;
     loop {
         let now = Instant::now();
         if stop_at.is_none() && l.stop.load(Ordering::Relaxed) {
@@ -150,35 +409,45 @@ fn wait(l: &Launch<'_>, started: &Started, reader: &OwnedFd) -> Outcome {
         }
         if stop_at.is_some_and(|t| now >= t) && !stopped {
             stopped = true;
-            let _ = kill_process_group(pid, Signal::KILL);
+            run.signal(Signal::KILL);
         }
         match term_sent {
-            None if now >= started + l.timeout => {
+            None if now >= began + l.timeout => {
                 timed_out = true;
-                let _ = kill_process_group(pid, Signal::TERM);
+                run.signal(Signal::TERM);
                 term_sent = Some(now);
             }
-            Some(t) if now >= t + l.kill_grace => {
-                let _ = kill_process_group(pid, Signal::KILL);
-            }
+            Some(t) if now >= t + l.kill_grace => run.signal(Signal::KILL),
             _ => {}
         }
-        if let Ok(Some(status)) = waitid(
+        if let Ok(Some(helper)) = waitid(
             WaitId::PidFd(pidfd.as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
         ) {
-            // Whatever the agent left behind in its group ends with it.
-            let _ = kill_process_group(pid, Signal::KILL);
-            reap_group(pid);
+            if reports_open {
+                run.read_reports(reports, l.guard);
+            }
             drain(reader, &mut output);
-            let exit = if stopped {
+            let exit = if let Some((step, errno)) = run.failed {
+                Exit::NotStarted(format!(
+                    "cannot start {program:?}: {}: {}",
+                    step.as_str(),
+                    std::io::Error::from_raw_os_error(errno)
+                ))
+            } else if stopped {
                 Exit::Stopped
             } else if timed_out {
                 Exit::TimedOut
-            } else if let Some(code) = status.exit_status() {
-                Exit::Code(code)
+            } else if let Some(status) = run.exited {
+                if libc::WIFEXITED(status) {
+                    Exit::Code(libc::WEXITSTATUS(status))
+                } else {
+                    Exit::Signal(libc::WTERMSIG(status))
+                }
             } else {
-                Exit::Signal(status.terminating_signal().unwrap_or(0))
+                Exit::NotStarted(format!(
+                    "the agent helper ended without a report ({helper:?})"
+                ))
             };
             return Outcome {
                 exit,
@@ -186,7 +455,7 @@ fn wait(l: &Launch<'_>, started: &Started, reader: &OwnedFd) -> Outcome {
             };
         }
         let next = [
-            Some(started + l.timeout),
+            Some(began + l.timeout),
             term_sent.map(|t| t + l.kill_grace),
             stop_at,
         ]
@@ -200,46 +469,30 @@ fn wait(l: &Launch<'_>, started: &Started, reader: &OwnedFd) -> Outcome {
             tv_sec: 0,
             tv_nsec: 100_000_000,
         });
-        let mut fds = Vec::with_capacity(2);
+        let mut fds = Vec::with_capacity(3);
         fds.push(PollFd::new(pidfd, PollFlags::IN));
         if reader_open {
             fds.push(PollFd::new(reader, PollFlags::IN));
         }
+        if reports_open {
+            fds.push(PollFd::new(reports, PollFlags::IN));
+        }
         let _ = rustix::event::poll(&mut fds, Some(&wait));
-        let readable = reader_open && fds.last().is_some_and(|f| !f.revents().is_empty());
-        if readable && !read_some(reader, &mut output) {
-            reader_open = false;
-        }
-    }
-}
-
-/// Reaps the members of the group `pgid` that became the daemon's
-/// children when their parent died (the daemon is a subreaper), after they
-/// were sent SIGKILL; returns when none is left.
-fn reap_group(pgid: Pid) {
-    loop {
-        // SAFETY: waitpid on a process group id with a null status pointer;
-        // it touches no memory of ours.
-        let r = unsafe { libc::waitpid(-pgid.as_raw_nonzero().get(), std::ptr::null_mut(), 0) };
-        if r < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
+        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        drop(fds);
+        let mut i = 1;
+        if reader_open {
+            if ready.get(i).copied().unwrap_or(false) && !read_some(reader, &mut output) {
+                reader_open = false;
             }
-            return;
+            i += 1;
         }
-    }
-}
-
-/// Makes the daemon the subreaper of its descendants, so what an agent
-/// leaves behind is reparented to the daemon (and reaped by
-/// [`reap_group`]) instead of to init.
-pub fn become_subreaper() {
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        tracing::warn!(
-            "cannot become a subreaper: {}; processes agents leave behind are reaped by init",
-            std::io::Error::last_os_error()
-        );
+        if reports_open
+            && ready.get(i).copied().unwrap_or(false)
+            && !run.read_reports(reports, l.guard)
+        {
+            reports_open = false;
+        }
     }
 }
 

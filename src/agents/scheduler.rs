@@ -1,8 +1,17 @@
 //! The scheduler: starts cycles at their slots (intervals aligned to the
 //! Unix epoch, or cron times, UTC, so daemons sharing a lock directory pick
-//! the same slots) and single runs when watched paths change (debounced),
-//! at most `max_parallel_agents` at a time. At shutdown it starts nothing
-//! more and waits for what runs (runs get `shutdown_grace`).
+//! the same slots) and single runs when watched paths change (debounced).
+//! At shutdown it starts nothing more and waits for what runs (runs get
+//! `shutdown_grace`).
+//!
+//! Runs hold slots: at most `max_parallel_agents` of the admins' agents at
+//! a time, and as many again of the users' own agents, from a pool of
+//! their own. A user's own agent may run up to `max_user_timeout` and
+//! every user may declare one, so from one shared pool a couple of users
+//! could keep every slot and hold up the admins' agents (rule 9: the
+//! admins keep theirs). Within the users' pool one user holds at most one
+//! slot for long: her agents all need her profile's lock, and a run that
+//! finds it busy gives its slot back at once.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -34,14 +43,29 @@ type InForce = HashMap<String, Vec<Agent>>;
 
 async fn run(state: Arc<AppState>) {
     let config = state.config();
-    super::runner::become_subreaper();
     state.agents.start_guard();
+    // The admins' agents first: the API answers for them from now on.
+    state.agents.refresh_admin(&config.paths.agents_dir);
+    {
+        let st = state.clone();
+        let runtime_dir = config.paths.runtime_dir.clone();
+        // Removing a previous life's cgroups may wait for their processes.
+        let _ = tokio::task::spawn_blocking(move || {
+            st.agents.setup(&runtime_dir);
+        })
+        .await;
+        state.agents.tree_started();
+    }
     credsdir::remove_stale(&config.paths.runtime_dir.join("credentials"));
-    let slots = Arc::new(Semaphore::new(config.agents.max_parallel_agents));
+    let slots = Slots {
+        admin: Arc::new(Semaphore::new(config.agents.max_parallel_agents)),
+        users: Arc::new(Semaphore::new(config.agents.max_parallel_agents)),
+    };
     let mut tasks = JoinSet::new();
     let mut events = state.events.subscribe("", None).live;
     let mut pending: HashMap<(String, String), (Instant, String)> = HashMap::new();
-    state.agents.refresh_admin(&config.paths.agents_dir);
+    // Triggered runs that found their profile busy come back here.
+    let (retry, mut retries) = tokio::sync::mpsc::unbounded_channel::<Retry>();
     let mut in_force = refresh_all(&state).await;
     let mut tick = tokio::time::interval(TICK);
     loop {
@@ -56,7 +80,12 @@ async fn run(state: Arc<AppState>) {
                 }
                 while tasks.try_join_next().is_some() {}
                 start_due_cycles(&state, &in_force, &slots, &mut tasks);
-                start_due_triggers(&state, &in_force, &slots, &mut tasks, &mut pending);
+                start_due_triggers(&state, &in_force, &slots, &mut tasks, &mut pending, &retry);
+            }
+            Some((agent, user, path)) = retries.recv() => {
+                let due = Instant::now() + state.config().agents.debounce;
+                // A newer change of the same agent and user supersedes it.
+                pending.entry((agent, user)).or_insert((due, path));
             }
             event = events.recv() => match event {
                 Ok(e) => {
@@ -88,6 +117,24 @@ async fn run(state: Arc<AppState>) {
     }
     tracing::info!("agents: waiting for {} run(s) in progress", tasks.len());
     while tasks.join_next().await.is_some() {}
+    state.agents.tree_stopped();
+}
+
+/// The scheduler's slots: the admins' agents' and the users' own agents'.
+struct Slots {
+    admin: Arc<Semaphore>,
+    users: Arc<Semaphore>,
+}
+
+impl Slots {
+    /// A slot for a run of `agent`, from its owner's pool, if one is free.
+    fn try_take(&self, agent: &Agent) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let pool = match agent.owner {
+            Owner::Admin => &self.admin,
+            Owner::User(_) => &self.users,
+        };
+        pool.clone().try_acquire_owned().ok()
+    }
 }
 
 /// The agents in force for every eligible profile.
@@ -130,7 +177,7 @@ fn scheduled(state: &AppState, in_force: &InForce) -> Vec<Agent> {
 fn start_due_cycles(
     state: &Arc<AppState>,
     in_force: &InForce,
-    slots: &Arc<Semaphore>,
+    slots: &Slots,
     tasks: &mut JoinSet<()>,
 ) {
     let now = now_secs();
@@ -147,7 +194,7 @@ fn start_due_cycles(
         if now < due {
             continue;
         }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let Some(permit) = slots.try_take(&agent) else {
             tracing::info!(
                 "agent {}: max_parallel_agents cycles are running; its cycle waits",
                 agent.key()
@@ -177,12 +224,16 @@ fn start_due_cycles(
     }
 }
 
+/// A triggered run to try again: agent key, user, changed path.
+type Retry = (String, String, String);
+
 fn start_due_triggers(
     state: &Arc<AppState>,
     in_force: &InForce,
-    slots: &Arc<Semaphore>,
+    slots: &Slots,
     tasks: &mut JoinSet<()>,
     pending: &mut HashMap<(String, String), (Instant, String)>,
+    retry: &tokio::sync::mpsc::UnboundedSender<Retry>,
 ) {
     let now = Instant::now();
     let due: Vec<_> = pending
@@ -191,21 +242,24 @@ fn start_due_triggers(
         .map(|(k, _)| k.clone())
         .collect();
     for key in due {
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            return;
+        let Some(agent) = in_force
+            .get(&key.1)
+            .and_then(|v| v.iter().find(|a| a.key() == key.0))
+            .cloned()
+        else {
+            pending.remove(&key);
+            continue;
+        };
+        // No free slot in its pool: it stays pending for the next tick.
+        let Some(permit) = slots.try_take(&agent) else {
+            continue;
         };
         let Some((_, path)) = pending.remove(&key) else {
             continue;
         };
-        let (agent_key, user) = key;
-        let Some(agent) = in_force
-            .get(&user)
-            .and_then(|v| v.iter().find(|a| a.key() == agent_key))
-            .cloned()
-        else {
-            continue;
-        };
+        let (_, user) = key;
         let st = state.clone();
+        let retry = retry.clone();
         tasks.spawn_blocking(move || {
             let _permit = permit;
             let Ok(Some(account)) = accounts::by_name(&user) else {
@@ -214,8 +268,10 @@ fn start_due_triggers(
             let Ok(Some(profile)) = st.root().open_owned(&account) else {
                 return;
             };
-            if let Err(e) = super::run_one_now(&st, &agent, &profile, &Trigger::Change(path)) {
-                tracing::warn!("agent {} for {user}: {e}", agent.key());
+            // Her profile is busy: the slot is not held waiting for it;
+            // the trigger comes back after the debounce.
+            if super::try_run_now(&st, &agent, &profile, &Trigger::Change(path.clone())).is_none() {
+                let _ = retry.send((agent.key(), user, path));
             }
         });
     }

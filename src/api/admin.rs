@@ -19,13 +19,42 @@ pub(super) struct Health {
     version: &'static str,
     /// How changes are watched; a reached inotify limit shows here.
     watch: crate::watch::StatusReport,
+    /// How agent runs are contained.
+    agents: AgentsHealth,
+}
+
+/// How agent runs are contained: `cgroup` (every process a run starts is
+/// killed at its end), `process-group` (a process that leaves the group
+/// can outlive its run; `detail` says why there are no cgroups), or
+/// `starting`.
+#[derive(Serialize)]
+struct AgentsHealth {
+    containment: &'static str,
+    detail: String,
 }
 
 pub(super) async fn health(State(st): State<Arc<AppState>>) -> Json<Health> {
+    let agents = match st.agents.containment() {
+        Some(Ok(tree)) => AgentsHealth {
+            containment: "cgroup",
+            detail: tree.display().to_string(),
+        },
+        Some(Err(why)) => AgentsHealth {
+            containment: "process-group",
+            detail: format!(
+                "{why}; a process an agent detaches from its process group can outlive its run"
+            ),
+        },
+        None => AgentsHealth {
+            containment: "starting",
+            detail: String::new(),
+        },
+    };
     Json(Health {
         status: "ok",
         version: env!("CARGO_PKG_VERSION"),
         watch: st.watch.report(),
+        agents,
     })
 }
 

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::extract::{ApiPath, ApiQuery, Caller};
@@ -172,8 +171,7 @@ pub(super) async fn run(
         st.with_store(&caller, q.user.as_deref(), |s| {
             let agent = find(agents::agents_for(&st, s.dir()).0, &name)?;
             s.audit_access("agent.run", &name);
-            let run = agents::run_one_now(&st, &agent, s.dir(), &Trigger::Manual)
-                .map_err(|e| ApiError::new(StatusCode::CONFLICT, "agent_busy", e))?;
+            let run = agents::run_one_now(&st, &agent, s.dir(), &Trigger::Manual);
             serde_json::to_value(run)
                 .map(Json)
                 .map_err(ApiError::internal)

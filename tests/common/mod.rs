@@ -273,12 +273,27 @@ impl Daemon {
 
     /// Starts the daemon process; `Err` with its output if it exits early.
     pub fn spawn(&mut self) -> Result<(), String> {
+        self.spawn_wrapped(&[])
+    }
+
+    /// As [`Daemon::spawn`], through `wrapper` (a program and its
+    /// arguments that ends by exec'ing the daemon's command line, given
+    /// after them), e.g. to start it in a mount namespace of its own.
+    pub fn spawn_wrapped(&mut self, wrapper: &[&str]) -> Result<(), String> {
         let log = File::options()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("open daemon log");
-        let child = Command::new(PROFILED)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(PROFILED);
+                c
+            }
+            None => Command::new(PROFILED),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .stdout(log.try_clone().expect("dup log"))
