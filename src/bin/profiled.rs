@@ -46,15 +46,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PROFILED_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never in the journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    profiled::logging::init();
     match args.command.unwrap_or(Command::Run) {
         Command::CheckConfig => match Config::load_or_default(args.config.as_deref()) {
             Ok(c) => {

@@ -265,12 +265,28 @@ impl Daemon {
 
     /// Starts the daemon process; `Err` with its output if it exits early.
     pub fn spawn(&mut self) -> Result<(), String> {
+        self.spawn_with(&[], &[])
+    }
+
+    /// As [`Daemon::spawn`], through `wrapper` (a command that execs the
+    /// rest of its arguments, such as `prlimit --nofile=…`) and with `env`
+    /// added to the daemon's environment.
+    pub fn spawn_with(&mut self, wrapper: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
         let log = File::options()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("open daemon log");
-        let child = Command::new(PROFILED)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(PROFILED);
+                c
+            }
+            None => Command::new(PROFILED),
+        };
+        let child = cmd
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&self.config)
             .stdout(log.try_clone().expect("dup log"))
@@ -298,6 +314,11 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The daemon's log file (its standard output and error).
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// The daemon's stderr so far.
