@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use profiled::config::Config;
 
 // Every API answer allocates and frees many small buffers on the async
@@ -38,6 +38,9 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
     },
+    /// Print the profiled(8) manual page (roff), for packaging.
+    #[command(hide = true)]
+    ManPage,
     /// Started by the daemon itself: kills the agents' process groups
     /// still running when the daemon dies (see src/agents/guard.rs).
     #[command(hide = true)]
@@ -62,6 +65,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::ManPage => {
+            let mut out = Vec::new();
+            let rendered = clap_mangen::Man::new(Args::command())
+                .section("8")
+                .render(&mut out)
+                .and_then(|()| std::io::Write::write_all(&mut std::io::stdout(), &out));
+            match rendered {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("profiled: cannot write the manual page: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::AgentGuard => {
             profiled::agents::guard::run_guard();
             ExitCode::SUCCESS

@@ -86,6 +86,15 @@ pub enum Command {
         #[arg(long, value_name = "ID")]
         last_event_id: Option<u64>,
     },
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell), e.g. `source <(profilectl completions bash)`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the profilectl(1) manual page (roff), for packaging.
+    #[command(hide = true)]
+    ManPage,
     /// Send a raw request, e.g. `profilectl api GET /v1/me`; prints the body,
     /// exits 1 on an error status.
     Api {
