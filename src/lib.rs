@@ -15,6 +15,7 @@ pub mod creds;
 pub mod daemon;
 pub mod fdlimit;
 pub mod logging;
+pub mod manpages;
 pub mod metrics;
 pub mod organize;
 pub mod profile;

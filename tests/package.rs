@@ -209,11 +209,21 @@ fn the_package_installs_runs_sandboxed_under_systemd_and_purges_keeping_profiles
     );
 
     // The manual pages render without a warning.
+    let pages = c.ok("dpkg -L profiled | grep '^/usr/share/man/man./.*\\.gz$'");
+    let pages: Vec<&str> = pages.lines().collect();
     for page in [
         "/usr/share/man/man8/profiled.8.gz",
+        "/usr/share/man/man8/profiled-check-config.8.gz",
         "/usr/share/man/man1/profilectl.1.gz",
+        "/usr/share/man/man1/profilectl-capture.1.gz",
         "/usr/share/man/man5/profiled.toml.5.gz",
     ] {
+        assert!(
+            pages.contains(&page),
+            "{page} is not in the package: {pages:?}"
+        );
+    }
+    for page in &pages {
         let warnings = c.ok(&format!("MANWIDTH=80 man -l {page} 2>&1 >/dev/null"));
         // groff says when a long table cell cannot be justified at 80
         // columns: layout, not an error in the page.

@@ -14,7 +14,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Per-account AI-assistant profiles on a shared Linux host.
 #[derive(Parser)]
-#[command(version)]
+#[command(
+    version,
+    long_about = "profiled gives every eligible Linux account a profile directory, \
+        profiles/<user>/ (0700, owned by the account), and serves a local HTTP API on a \
+        Unix socket (the kernel says who is calling) and on loopback TCP (PAM logins, \
+        bearer tokens). It runs agents over every profile as each user. It runs as root \
+        under systemd (profiled.service); profilectl(1) is its client.",
+    after_long_help = "Files: /etc/profiled/profiled.toml (profiled.toml(5)), \
+        /etc/profiled/agents.d/*.toml, /etc/pam.d/profiled, /var/lib/profiled (state and \
+        profiles), /run/profiled/api.sock.\n\
+        Signals: SIGTERM and SIGINT stop, SIGHUP reloads the config.\n\
+        Logs: standard error, or the journal (journalctl -u profiled); PROFILED_LOG sets \
+        the filter.\n\
+        More: /usr/share/doc/profiled/ (OPERATIONS.md, CONFIG.md, API.md, AUTH.md)."
+)]
 struct Args {
     /// The system config (default /etc/profiled/profiled.toml, or the
     /// built-in defaults when that file does not exist).
@@ -38,9 +52,12 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
     },
-    /// Print the profiled(8) manual page (roff), for packaging.
+    /// Write profiled(8) and a page per subcommand into DIR, for packaging.
     #[command(hide = true)]
-    ManPage,
+    ManPages {
+        /// Where to write them.
+        dir: PathBuf,
+    },
     /// Started by the daemon itself: kills the agents' process groups
     /// still running when the daemon dies (see src/agents/guard.rs).
     #[command(hide = true)]
@@ -65,20 +82,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::ManPage => {
-            let mut out = Vec::new();
-            let rendered = clap_mangen::Man::new(Args::command())
-                .section("8")
-                .render(&mut out)
-                .and_then(|()| std::io::Write::write_all(&mut std::io::stdout(), &out));
-            match rendered {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("profiled: cannot write the manual page: {e}");
-                    ExitCode::FAILURE
-                }
+        Command::ManPages { dir } => match profiled::manpages::write(Args::command(), "8", &dir) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "profiled: cannot write the manual pages into {}: {e}",
+                    dir.display()
+                );
+                ExitCode::FAILURE
             }
-        }
+        },
         Command::AgentGuard => {
             profiled::agents::guard::run_guard();
             ExitCode::SUCCESS

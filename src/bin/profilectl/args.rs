@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand};
 /// profilectl: your profiled profile from the shell. The daemon knows who
 /// you are from the socket; no password is needed.
 #[derive(Parser)]
-#[command(version)]
+// The package's name is profiled; the command's is not.
+#[command(name = "profilectl", version)]
 pub struct Args {
     /// The daemon's socket.
     #[arg(long, global = true, env = "PROFILED_SOCKET", default_value = profiled::client::DEFAULT_SOCKET)]
@@ -92,9 +93,13 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the profilectl(1) manual page (roff), for packaging.
+    /// Write profilectl(1) and a page per subcommand into DIR, for
+    /// packaging.
     #[command(hide = true)]
-    ManPage,
+    ManPages {
+        /// Where to write them.
+        dir: PathBuf,
+    },
     /// Send a raw request, e.g. `profilectl api GET /v1/me`; prints the body,
     /// exits 1 on an error status.
     Api {

@@ -194,7 +194,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         Command::Knowledge(cmd) => knowledge::run(&client, args.user.as_deref(), &out, cmd).await?,
         Command::Settings => knowledge::settings(&client, &out).await?,
         Command::Completions { shell } => manual::completions(shell)?,
-        Command::ManPage => manual::man_page()?,
+        Command::ManPages { dir } => manual::man_pages(&dir)?,
         Command::Api { method, path, body } => {
             // clap allows only the five methods the API uses.
             let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())

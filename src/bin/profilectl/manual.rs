@@ -1,7 +1,9 @@
-//! `profilectl completions SHELL` and the hidden `profilectl man-page`:
+//! `profilectl completions SHELL` and the hidden `profilectl man-pages DIR`:
 //! both are generated from the clap definitions in args.rs, so they cannot
 //! drift from the commands. packaging/build-deb writes them into the
 //! package.
+
+use std::path::Path;
 
 use clap::CommandFactory;
 
@@ -15,14 +17,16 @@ pub fn completions(shell: clap_complete::Shell) -> Result<(), Failure> {
     write_stdout(&out)
 }
 
-/// Prints profilectl(1).
-pub fn man_page() -> Result<(), Failure> {
-    let mut out = Vec::new();
-    clap_mangen::Man::new(Args::command())
-        .section("1")
-        .render(&mut out)
-        .map_err(|e| Failure::Failed(format!("cannot render the manual page: {e}")))?;
-    write_stdout(&out)
+/// Writes profilectl(1) and a page per subcommand into `dir`.
+pub fn man_pages(dir: &Path) -> Result<(), Failure> {
+    profiled::manpages::write(Args::command(), "1", dir)
+        .map(drop)
+        .map_err(|e| {
+            Failure::Failed(format!(
+                "cannot write the manual pages into {}: {e}",
+                dir.display()
+            ))
+        })
 }
 
 fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
