@@ -30,14 +30,29 @@ fn the_package_installs_runs_sandboxed_under_systemd_and_purges_keeping_profiles
     if !require_root() {
         return;
     }
+    if !require_programs(common::container::NEEDS)
+        || !require_programs(&[
+            (
+                "cargo-deb",
+                "cargo install cargo-deb --version 3.8.0 --locked",
+            ),
+            ("pandoc", "apt-get install pandoc"),
+            ("zsh", "apt-get install zsh"),
+            ("fish", "apt-get install fish"),
+            ("man", "apt-get install man-db"),
+        ])
+    {
+        return;
+    }
+    if !std::path::Path::new("/usr/share/bash-completion/bash_completion").exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "bash-completion is missing; .ci/run must install it"
+        );
+        eprintln!("skipped: missing bash-completion (install: apt-get install bash-completion)");
+        return;
+    }
     let started = Instant::now();
-    require_programs(&[
-        (
-            "cargo-deb",
-            "cargo-deb (cargo install cargo-deb --version 3.8.0 --locked)",
-        ),
-        ("pandoc", "pandoc"),
-    ]);
     let deb = build_deb();
     let built = started.elapsed();
 
@@ -131,6 +146,19 @@ fn the_package_installs_runs_sandboxed_under_systemd_and_purges_keeping_profiles
     std::fs::write(c.path("/etc/profiled/profiled.toml"), &good).expect("fix the config");
     c.ok("systemctl reload profiled");
     assert_eq!(c.ok("systemctl is-active profiled").trim(), "active");
+
+    // An upgrade (the same package again) keeps the edited conffile and
+    // restarts the daemon.
+    let pid = |c: &Container| c.ok("systemctl show -p MainPID --value profiled");
+    let before = pid(&c);
+    c.ok("dpkg -i --force-confold /var/tmp/profiled.deb");
+    assert_ne!(pid(&c), before, "not restarted by the upgrade");
+    assert_eq!(c.ok("systemctl is-active profiled").trim(), "active");
+    assert_eq!(
+        std::fs::read_to_string(c.path("/etc/profiled/profiled.toml")).expect("config"),
+        good,
+        "the upgrade replaced the edited config"
+    );
 
     // A person with a password.
     let user = format!("pft{}u", tag());
