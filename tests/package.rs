@@ -113,12 +113,22 @@ fn the_package_installs_runs_sandboxed_under_systemd_and_purges_keeping_profiles
             .parse::<u64>()
             .expect("a monotonic timestamp")
     };
+    // A restart also moves it: the same process must still be serving
+    // after three watchdog intervals.
+    let main_pid = c.ok("systemctl show -p MainPID -p NRestarts profiled");
     let first = ping();
     let deadline = Instant::now() + Duration::from_secs(20);
     while ping() <= first && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(ping() > first, "no watchdog ping after {first}");
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        c.ok("systemctl show -p MainPID -p NRestarts profiled"),
+        main_pid,
+        "the watchdog killed the daemon: {}",
+        c.ok("journalctl -u profiled --no-pager | tail -n 20")
+    );
 
     // Reload: a good config reloads; a bad one is refused by ExecReload's
     // check before any signal, and the daemon keeps running.

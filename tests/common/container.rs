@@ -126,7 +126,7 @@ impl Container {
         // `--wait` returns once start-up is over: running, or degraded when
         // some unit of this OS copy fails in a container.
         loop {
-            let out = c.sh("systemctl is-system-running --wait");
+            let out = c.sh("timeout 120 systemctl is-system-running --wait");
             let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             if state == "running" || state == "degraded" {
                 break;
@@ -157,10 +157,13 @@ impl Container {
     }
 
     /// Runs `script` with /bin/sh inside the container, as root, in all of
-    /// its namespaces.
+    /// its namespaces; killed after 5 minutes, so a container that hangs
+    /// (a boot stuck for want of inotify watches, say) fails the test
+    /// instead of stalling it.
     pub fn sh(&self, script: &str) -> Output {
         let pid1 = self.pid1.expect("the container is booted");
-        Command::new("nsenter")
+        Command::new("timeout")
+            .args(["--kill-after=10s", "300s", "nsenter"])
             .args(["--target", &pid1.to_string(), "--all", "--"])
             .args(["/bin/sh", "-c", script])
             .env_clear()
