@@ -14,6 +14,7 @@ use crate::auth::tokens::TokenStore;
 use crate::config::{self, Config};
 use crate::profile::{self, ProfilesRoot};
 use crate::server;
+use crate::service;
 use crate::usage;
 use crate::watch;
 
@@ -46,6 +47,13 @@ fn setup(path: &Path, reason: impl Into<String>) -> Error {
 /// Runs the daemon with the config at `config_path` (or the default) until
 /// SIGTERM or SIGINT.
 pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
+    match crate::fdlimit::raise_to_hard() {
+        Ok(r) if r.before != r.now => {
+            tracing::info!("open-file limit raised from {} to {}", r.before, r.now)
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("{e}"),
+    }
     let config = Config::load_or_default(config_path.as_deref())?;
     // Reload re-reads the file the daemon started from; if that file goes
     // away, a reload fails loudly instead of falling back to defaults.
@@ -69,7 +77,6 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         None => None,
     };
     let knowledge = open_knowledge(&config)?;
-    raise_descriptor_limit();
     let state = Arc::new(AppState::new(config, root, tokens, knowledge));
     let watching = watch::start(state.clone()).map_err(|e| {
         setup(
@@ -97,11 +104,10 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         )));
         tracing::info!("serving on http://{addr}");
     }
-    let flusher = tokio::spawn(flush_usage_every(state.clone(), stop_rx));
+    let flusher = tokio::spawn(flush_usage_every(state.clone(), stop_rx.clone()));
     let agents = crate::agents::start(state.clone());
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        tracing::warn!("could not notify systemd of readiness: {e}");
-    }
+    let watchdog = service::start_watchdog(stop_rx.clone());
+    service::ready();
 
     let sig = |kind| signal(kind).map_err(|e| setup(Path::new("signals"), e.to_string()));
     let mut term = sig(SignalKind::terminate())?;
@@ -144,7 +150,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
     if let Err(e) = agents.await {
         tracing::error!("the agent scheduler failed: {e}");
     }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    service::stopping();
     let _ = stop_tx.send(true);
     // Event streams never end by themselves: end them so shutdown is not
     // held up by idle clients.
@@ -157,28 +163,16 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
     if let Err(e) = flusher.await {
         tracing::error!("the usage flusher failed: {e}");
     }
+    if let Some(w) = watchdog
+        && let Err(e) = w.await
+    {
+        tracing::error!("the watchdog task failed: {e}");
+    }
     if let Err(e) = tokio::task::spawn_blocking(move || watching.stop()).await {
         tracing::error!("stopping the watcher failed: {e}");
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())
-}
-
-/// Raises the soft limit of open files to the hard one: connections are
-/// budgeted within it (src/budget), and systemd starts services with a
-/// soft limit of 1024 whatever the hard limit is.
-fn raise_descriptor_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current == limit.maximum {
-        return;
-    }
-    limit.current = limit.maximum;
-    if let Err(e) = setrlimit(Resource::Nofile, limit) {
-        tracing::warn!(
-            "cannot raise the open-files limit to its hard limit ({e}); connections are budgeted within the current one"
-        );
-    }
 }
 
 /// How long a config change must be quiet before the file is read.
@@ -232,8 +226,15 @@ async fn flush_usage_every(state: Arc<AppState>, mut stop: signal_watch::Receive
     }
 }
 
-/// Re-reads the config; a bad one is refused and the old one stays.
+/// Re-reads the config; a bad one is refused and the old one stays. systemd
+/// hears of the reload and of its end either way.
 fn reload(state: &AppState, path: Option<&Path>) {
+    service::reloading();
+    apply_reload(state, path);
+    service::ready();
+}
+
+fn apply_reload(state: &AppState, path: Option<&Path>) {
     let loaded = match path {
         Some(p) => Config::load(p),
         None => Config::load_or_default(None),

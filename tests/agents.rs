@@ -1462,7 +1462,7 @@ fn without_a_writable_cgroup_runs_fall_back_to_process_groups_and_say_so() {
     .expect("write leave.toml");
     let mut d = d;
     let remount = format!("mount -o remount,bind,ro {mount} && exec \"$0\" \"$@\"");
-    d.spawn_wrapped(&[
+    d.spawn_with(&[
         "unshare",
         "--mount",
         "--propagation",
@@ -1470,7 +1470,9 @@ fn without_a_writable_cgroup_runs_fall_back_to_process_groups_and_say_so() {
         "/bin/sh",
         "-c",
         &remount,
-    ])
+        ],
+        &[],
+    )
     .expect("the daemon starts");
     d.ok(Some(&alice), &["status"]);
     let (_, health) = d.api(Some(&alice), "GET", "/v1/health", None);

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use profiled::config::Config;
 
 // Every API answer allocates and frees many small buffers on the async
@@ -14,7 +14,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Per-account AI-assistant profiles on a shared Linux host.
 #[derive(Parser)]
-#[command(version)]
+#[command(
+    version,
+    long_about = "profiled gives every eligible Linux account a profile directory, \
+        profiles/<user>/ (0700, owned by the account), and serves a local HTTP API on a \
+        Unix socket (the kernel says who is calling) and on loopback TCP (PAM logins, \
+        bearer tokens). It runs agents over every profile as each user. It runs as root \
+        under systemd (profiled.service); profilectl(1) is its client.",
+    after_long_help = "Files: /etc/profiled/profiled.toml (profiled.toml(5)), \
+        /etc/profiled/agents.d/*.toml, /etc/pam.d/profiled, /var/lib/profiled (state and \
+        profiles), /run/profiled/api.sock.\n\
+        Signals: SIGTERM and SIGINT stop, SIGHUP reloads the config.\n\
+        Logs: standard error, or the journal (journalctl -u profiled); PROFILED_LOG sets \
+        the filter.\n\
+        More: /usr/share/doc/profiled/ (OPERATIONS.md, CONFIG.md, API.md, AUTH.md)."
+)]
 struct Args {
     /// The system config (default /etc/profiled/profiled.toml, or the
     /// built-in defaults when that file does not exist).
@@ -38,6 +52,12 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
     },
+    /// Write profiled(8) and a page per subcommand into DIR, for packaging.
+    #[command(hide = true)]
+    ManPages {
+        /// Where to write them.
+        dir: PathBuf,
+    },
     /// Started by the daemon itself: kills the agents' process groups
     /// still running when the daemon dies (see src/agents/guard.rs).
     #[command(hide = true)]
@@ -46,15 +66,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PROFILED_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never in the journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    profiled::logging::init();
     match args.command.unwrap_or(Command::Run) {
         Command::CheckConfig => match Config::load_or_default(args.config.as_deref()) {
             Ok(c) => {
@@ -67,6 +79,16 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("profiled: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::ManPages { dir } => match profiled::manpages::write(Args::command(), "8", &dir) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "profiled: cannot write the manual pages into {}: {e}",
+                    dir.display()
+                );
                 ExitCode::FAILURE
             }
         },

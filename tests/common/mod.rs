@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod model;
+pub mod container;
 pub mod stream;
 
 use std::fs::File;
@@ -273,13 +274,13 @@ impl Daemon {
 
     /// Starts the daemon process; `Err` with its output if it exits early.
     pub fn spawn(&mut self) -> Result<(), String> {
-        self.spawn_wrapped(&[])
+        self.spawn_with(&[], &[])
     }
 
-    /// As [`Daemon::spawn`], through `wrapper` (a program and its
-    /// arguments that ends by exec'ing the daemon's command line, given
-    /// after them), e.g. to start it in a mount namespace of its own.
-    pub fn spawn_wrapped(&mut self, wrapper: &[&str]) -> Result<(), String> {
+    /// As [`Daemon::spawn`], through `wrapper` (a command that execs the
+    /// rest of its arguments, such as `prlimit --nofile=…`) and with `env`
+    /// added to the daemon's environment.
+    pub fn spawn_with(&mut self, wrapper: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
         let log = File::options()
             .create(true)
             .append(true)
@@ -294,6 +295,7 @@ impl Daemon {
             None => Command::new(PROFILED),
         };
         let child = cmd
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&self.config)
             .stdout(log.try_clone().expect("dup log"))
@@ -321,6 +323,11 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The daemon's log file (its standard output and error).
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// The daemon's stderr so far.
@@ -476,41 +483,7 @@ impl Daemon {
         headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> HttpReply {
-        use std::io::Read;
-        let mut stream =
-            std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect over TCP");
-        let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-            req.push_str(&format!("Host: 127.0.0.1:{}\r\n", self.port));
-        }
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        let body = body.unwrap_or("");
-        if !body.is_empty() {
-            req.push_str("Content-Type: application/json\r\n");
-        }
-        req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-        stream.write_all(req.as_bytes()).expect("send request");
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).expect("read reply");
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-            .collect();
-        HttpReply {
-            status,
-            headers,
-            body: body.to_owned(),
-        }
+        http_request(self.port, method, path, headers, body)
     }
 
     /// Logs `name` in over TCP with `password` from a process of `client`
@@ -551,6 +524,50 @@ impl Daemon {
     pub fn login(&self, user: &str, password: &str) -> HttpReply {
         let body = serde_json::json!({"username": user, "password": password}).to_string();
         self.http("POST", "/v1/auth/login", &[], Some(&body))
+    }
+}
+
+/// [`Daemon::http`] to any loopback port (a daemon the test did not start).
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> HttpReply {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect over TCP");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(req.as_bytes()).expect("send request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read reply");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    HttpReply {
+        status,
+        headers,
+        body: body.to_owned(),
     }
 }
 

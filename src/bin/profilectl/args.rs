@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand};
 /// profilectl: your profiled profile from the shell. The daemon knows who
 /// you are from the socket; no password is needed.
 #[derive(Parser)]
-#[command(version)]
+// The package's name is profiled; the command's is not.
+#[command(name = "profilectl", version)]
 pub struct Args {
     /// The daemon's socket.
     #[arg(long, global = true, env = "PROFILED_SOCKET", default_value = profiled::client::DEFAULT_SOCKET)]
@@ -85,6 +86,19 @@ pub enum Command {
         /// Start after this event id (what a previous run printed last).
         #[arg(long, value_name = "ID")]
         last_event_id: Option<u64>,
+    },
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell), e.g. `source <(profilectl completions bash)`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write profilectl(1) and a page per subcommand into DIR, for
+    /// packaging.
+    #[command(hide = true)]
+    ManPages {
+        /// Where to write them.
+        dir: PathBuf,
     },
     /// Send a raw request, e.g. `profilectl api GET /v1/me`; prints the body,
     /// exits 1 on an error status.

@@ -13,6 +13,7 @@ mod args;
 mod creds;
 mod events;
 mod knowledge;
+mod manual;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -196,6 +197,8 @@ async fn run(args: Args) -> Result<(), Failure> {
         Command::Events { last_event_id } => events::follow(&client, &out, last_event_id).await?,
         Command::Knowledge(cmd) => knowledge::run(&client, args.user.as_deref(), &out, cmd).await?,
         Command::Settings => knowledge::settings(&client, &out).await?,
+        Command::Completions { shell } => manual::completions(shell)?,
+        Command::ManPages { dir } => manual::man_pages(&dir)?,
         Command::Api { method, path, body } => {
             // clap allows only the five methods the API uses.
             let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
