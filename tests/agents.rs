@@ -1462,14 +1462,15 @@ fn without_a_writable_cgroup_runs_fall_back_to_process_groups_and_say_so() {
     .expect("write leave.toml");
     let mut d = d;
     let remount = format!("mount -o remount,bind,ro {mount} && exec \"$0\" \"$@\"");
-    d.spawn_with(&[
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "/bin/sh",
-        "-c",
-        &remount,
+    d.spawn_with(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "/bin/sh",
+            "-c",
+            &remount,
         ],
         &[],
     )

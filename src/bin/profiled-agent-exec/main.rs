@@ -138,14 +138,48 @@ enum Forked {
 /// an RCU grace period); otherwise a plain fork.
 fn fork_agent(contained: bool) -> Result<Forked, (Step, i32)> {
     if !contained {
-        // SAFETY: this process is single-threaded (nothing here starts a
-        // thread), so the child may do anything the parent could.
-        return match unsafe { nix::unistd::fork() } {
-            Ok(nix::unistd::ForkResult::Child) => Ok(Forked::Child),
-            Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Forked::Parent(child.as_raw())),
-            Err(e) => Err((Step::Supervise, e as i32)),
-        };
+        return plain_fork();
     }
+    match clone_into_cgroup() {
+        // systemd's seccomp filter answers clone3 with ENOSYS under
+        // `RestrictNamespaces=` (it cannot inspect clone3's flags), as do
+        // kernels before 5.7: fork, and the child moves itself into the
+        // cgroup before it does anything else (still root, so the agent
+        // never runs outside it).
+        Err((_, libc::ENOSYS)) => match plain_fork()? {
+            Forked::Child => {
+                join_cgroup().map_err(|e| (Step::JoinCgroup, e.raw_os_error()))?;
+                Ok(Forked::Child)
+            }
+            parent => Ok(parent),
+        },
+        other => other,
+    }
+}
+
+fn plain_fork() -> Result<Forked, (Step, i32)> {
+    // SAFETY: this process is single-threaded (nothing here starts a
+    // thread), so the child may do anything the parent could.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => Ok(Forked::Child),
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Forked::Parent(child.as_raw())),
+        Err(e) => Err((Step::Supervise, e as i32)),
+    }
+}
+
+/// Moves this process into the run's cgroup (`0` names the writer).
+fn join_cgroup() -> Result<(), rustix::io::Errno> {
+    let procs = rustix::fs::openat(
+        fd(fds::CGROUP_DIR),
+        "cgroup.procs",
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOFOLLOW,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::io::write(&procs, b"0\n").map(|_| ())
+}
+
+/// `clone3(CLONE_INTO_CGROUP)`: the child starts inside the run's cgroup.
+fn clone_into_cgroup() -> Result<Forked, (Step, i32)> {
     // <linux/sched.h>; libc's constant has a type too narrow for it.
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     // The kernel's struct clone_args (version 2, with `cgroup`).
