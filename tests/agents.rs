@@ -1462,14 +1462,15 @@ fn without_a_writable_cgroup_runs_fall_back_to_process_groups_and_say_so() {
     .expect("write leave.toml");
     let mut d = d;
     let remount = format!("mount -o remount,bind,ro {mount} && exec \"$0\" \"$@\"");
-    d.spawn_with(&[
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "/bin/sh",
-        "-c",
-        &remount,
+    d.spawn_with(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "/bin/sh",
+            "-c",
+            &remount,
         ],
         &[],
     )
@@ -1627,4 +1628,143 @@ fn users_long_own_agents_take_no_slot_from_the_admins_agents() {
         quiet.len().abs_diff(busy.len()) <= 1,
         "bob's ticks: {quiet:?} before, {busy:?} while alice's and carol's own agents ran"
     );
+}
+
+/// A daemon whose scratch directory may hold the `t/t/t…` chains
+/// (thousands deep) the F1 tests build under each directory of
+/// `<scratch>/run/credentials`: they are removed one level at a time
+/// before the scratch directory's recursive removal, which would overflow
+/// the test's stack.
+struct WithDeepTrees(Daemon);
+
+impl Drop for WithDeepTrees {
+    fn drop(&mut self) {
+        self.0.kill9();
+        let Ok(entries) = std::fs::read_dir(self.0.scratch.path.join("run/credentials")) else {
+            return;
+        };
+        for dir in entries.flatten().map(|e| e.path()) {
+            let (t, n) = (dir.join("t"), dir.join("n"));
+            while t.join("t").is_dir() {
+                let _ = std::fs::rename(t.join("t"), &n);
+                let _ = std::fs::remove_dir(&t);
+                let _ = std::fs::rename(&n, &t);
+            }
+            let _ = std::fs::remove_dir(&t);
+        }
+    }
+}
+
+/// F1: the agent cannot write in `$CREDENTIALS_DIRECTORY`, so it cannot
+/// build there the tree thousands of levels deep (by rename: no path gets
+/// long) that crashed the daemon's recursive removal as root, and again at
+/// every restart. The run ends, the daemon answers, and restarts cleanly.
+#[test]
+fn an_agent_cannot_build_a_deep_tree_in_its_credentials_directory() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let (d, agents_d) = daemon_with(&[], "", "");
+    let deep = d.scratch.path.join("deep.py");
+    std::fs::write(
+        &deep,
+        r#"import os
+os.chdir(os.environ["CREDENTIALS_DIRECTORY"])
+try:
+    os.mkdir("t")
+except OSError as e:
+    print("mkdir refused: errno=%d" % e.errno)
+    raise SystemExit(0)
+for i in range(20000):
+    os.mkdir("n"); os.rename("t", "n/t"); os.rename("n", "t")
+print("built a tree 20000 deep")
+"#,
+    )
+    .expect("write deep.py");
+    std::fs::write(
+        agents_d.join("deep.toml"),
+        format!(
+            "[agents.deep]\ncommand = [\"/usr/bin/python3\", \"{}\"]\ncredentials = [\"openai\"]\ntimeout = \"120s\"\n",
+            deep.display()
+        ),
+    )
+    .expect("write deep.toml");
+    let mut guard = WithDeepTrees(d);
+    let d = &mut guard.0;
+    d.spawn().expect("the daemon starts");
+    d.ok(Some(&alice), &["status"]);
+    set_key(d, &alice, "openai", "sk-openai-alice");
+    let out = d.ctl(None, &["agent", "run", "deep", "--all"]);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.contains("ran (1 users)"),
+        "the daemon answered the run: {out}\n{}",
+        d.log_text()
+    );
+    let logged = runs(d, &alice, "deep");
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    let output = field(&logged[0], "output");
+    assert!(
+        output.contains("mkdir refused: errno=13") || output.contains("mkdir refused: errno=1\n"),
+        "the agent could write in its credentials directory: {logged:?}"
+    );
+    let (status, _) = d.api(Some(&alice), "GET", "/v1/health", None);
+    assert_eq!(status, 200, "the daemon is alive");
+    let credentials = d.scratch.path.join("run/credentials");
+    let left: Vec<_> = std::fs::read_dir(&credentials)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "the run's directory is gone: {left:?}");
+    let status = d.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status}: {}", d.log_text());
+    d.spawn().expect("the daemon restarts");
+    d.ok(Some(&alice), &["status"]);
+}
+
+/// F1: a stale run directory an older version left with a tree thousands
+/// of levels deep in it (the agent could write there) neither crashes the
+/// start-up nor is walked: it is reported and left, and the daemon runs.
+#[test]
+fn a_stale_credentials_directory_with_a_deep_tree_is_reported_not_walked() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let (d, _) = daemon_with(&[], "", "");
+    let credentials = d.scratch.path.join("run/credentials");
+    let stale = credentials.join("stale-run");
+    std::fs::create_dir_all(&stale).expect("create the stale run directory");
+    std::fs::write(stale.join("openai"), "sk-old").expect("write a stale key");
+    let made = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import os\nos.chdir(os.environ['DIR'])\nos.mkdir('t')\n\
+             for i in range(20000):\n    os.mkdir('n'); os.rename('t', 'n/t'); os.rename('n', 't')\n",
+        )
+        .env("DIR", &stale)
+        .status()
+        .expect("run python3");
+    let mut guard = WithDeepTrees(d);
+    assert!(made.success(), "built the deep tree");
+    let d = &mut guard.0;
+    d.spawn().expect("the daemon starts");
+    d.ok(Some(&alice), &["status"]);
+    let (status, _) = d.api(Some(&alice), "GET", "/v1/health", None);
+    assert_eq!(status, 200, "the daemon is alive");
+    let log = d.log_text();
+    assert!(
+        log.contains("left the stale credentials directory") && log.contains("stale-run"),
+        "the stale directory is reported: {log}"
+    );
+    assert!(
+        !stale.join("openai").exists(),
+        "the stale key file is removed"
+    );
+    let status = d.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status}: {}", d.log_text());
 }
