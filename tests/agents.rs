@@ -1768,3 +1768,122 @@ fn a_stale_credentials_directory_with_a_deep_tree_is_reported_not_walked() {
     let status = d.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
     assert!(status.success(), "{status}: {}", d.log_text());
 }
+
+/// Starts, as `user`, a tracer outside the run that `PTRACE_SEIZE`s `pid`
+/// and never waits for it: once killed, that process is a zombie only the
+/// tracer can release. Dropping the result kills the tracer.
+fn seize(user: &TestUser, pid: &str) -> KillOnDrop {
+    use std::io::BufRead;
+    let mut tracer = KillOnDrop(
+        user.command("/usr/bin/python3")
+            .arg("-c")
+            .arg(
+                "import ctypes, sys, time\n\
+                 libc = ctypes.CDLL(None, use_errno=True)\n\
+                 libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]\n\
+                 if libc.ptrace(0x4206, int(sys.argv[1]), None, None) != 0:\n    \
+                     print('seize failed: errno=%d' % ctypes.get_errno(), flush=True)\n    sys.exit(1)\n\
+                 print('seized', flush=True)\n\
+                 while True:\n    time.sleep(1)\n",
+            )
+            .arg(pid)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the tracer"),
+    );
+    let mut line = String::new();
+    let stdout = tracer.0.stdout.take().expect("the tracer's stdout");
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the tracer");
+    assert_eq!(line.trim(), "seized", "the tracer seized {pid}");
+    tracer
+}
+
+/// Whether the process `pid` has ended (gone, or a zombie waiting for its
+/// parent).
+fn ended(pid: u32) -> bool {
+    state_and_parent(&pid.to_string()).is_none_or(|(state, _)| state == 'Z')
+}
+
+/// F3: alice's tracer (outside the run, same uid) seizes her run's process
+/// and never waits for it, so the helper could never reap it. The run is
+/// still recorded as a timeout within a bound, bob's run in the same cycle
+/// happens, and a SIGTERM during such a held run stops the daemon within a
+/// bound.
+#[test]
+fn a_users_tracer_holds_up_no_cycle_and_no_stop() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let bob = TestUser::new("bob");
+    let (d, agents_d) = daemon_with(
+        &[],
+        "",
+        "[agents]\nkill_grace = \"1s\"\nshutdown_grace = \"1s\"\n",
+    );
+    let body = "case \"$USER\" in\n  *alice) echo $$ > out/pid; exec sleep 1000 ;;\nesac\necho \"done for $USER\"";
+    let held = script(&d, "held.sh", body);
+    for (name, timeout) in [("traced", "2s"), ("held", "1h")] {
+        std::fs::write(
+            agents_d.join(format!("{name}.toml")),
+            format!(
+                "[agents.{name}]\ncommand = [\"/bin/sh\", \"{}\"]\ntimeout = \"{timeout}\"\n",
+                held.display()
+            ),
+        )
+        .expect("write an agents.d file");
+    }
+    let mut d = start(d);
+    d.ok(Some(&alice), &["status"]);
+    d.ok(Some(&bob), &["status"]);
+    let pid_file = d.profile(&alice).join("out/pid");
+
+    let runner = run_in_background(&d, "traced", &alice);
+    let pid = std::fs::read_to_string(&pid_file).expect("read the pid");
+    let seized = Instant::now();
+    let tracer = seize(&alice, pid.trim());
+    let deadline = seized + Duration::from_secs(30);
+    while runs(&d, &bob, "traced").is_empty() || runs(&d, &alice, "traced").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the cycle is held up by alice's tracer: alice {:?}, bob {:?}\n{}\n{}",
+            runs(&d, &alice, "traced"),
+            runs(&d, &bob, "traced"),
+            ps(&alice),
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let alices = runs(&d, &alice, "traced");
+    assert_eq!(field(&alices[0], "status"), "timeout", "{alices:?}");
+    assert!(
+        alices[0]["notes"].to_string().contains("tracer"),
+        "the run says what was left behind: {alices:?}"
+    );
+    assert_eq!(field(&runs(&d, &bob, "traced")[0], "status"), "ok");
+    drop((runner, tracer));
+
+    std::fs::remove_file(&pid_file).expect("remove the pid file");
+    let runner = run_in_background(&d, "held", &alice);
+    let pid = std::fs::read_to_string(&pid_file).expect("read the pid");
+    let _tracer = seize(&alice, pid.trim());
+    let daemon = d.pid();
+    let stopping = Instant::now();
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    while !ended(daemon) {
+        assert!(
+            stopping.elapsed() < Duration::from_secs(40),
+            "SIGTERM waits for the held run: {}\n{}",
+            ps(&alice),
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = d.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status}: {}", d.log_text());
+    drop(runner);
+    let logged = runs(&d, &alice, "held");
+    assert_eq!(field(&logged[0], "status"), "stopped", "{logged:?}");
+}

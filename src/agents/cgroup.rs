@@ -260,6 +260,12 @@ impl RunGroup {
         }
     }
 
+    /// Whether a live process is still in it (zombies are not: the
+    /// kernel takes a process out of its cgroup when it exits).
+    pub fn populated(&self) -> bool {
+        populated(&self.dir)
+    }
+
     /// Kills what is left, waits (at most [`EMPTY_WAIT`]) for it to empty
     /// and removes it; a cgroup that would not empty is left for the next
     /// start-up and logged.
