@@ -260,10 +260,13 @@ impl RunGroup {
         }
     }
 
-    /// Whether a live process is still in it (zombies are not: the
-    /// kernel takes a process out of its cgroup when it exits).
-    pub fn populated(&self) -> bool {
-        populated(&self.dir)
+    /// Whether the kernel says no live process is in it (zombies are
+    /// not: a process leaves its cgroup when it exits). False when
+    /// `cgroup.events` cannot be read: an end is never concluded from an
+    /// error.
+    pub fn is_empty(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("cgroup.events"))
+            .is_ok_and(|t| t.lines().any(|l| l == "populated 0"))
     }
 
     /// Kills what is left, waits (at most [`EMPTY_WAIT`]) for it to empty

@@ -464,7 +464,7 @@ fn wait(
             && let Some(group) = run.group
         {
             looked_at_cgroup = now;
-            if !group.populated() {
+            if group.is_empty() {
                 empty_since = Some(now);
             }
         }
