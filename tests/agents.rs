@@ -1629,3 +1629,261 @@ fn users_long_own_agents_take_no_slot_from_the_admins_agents() {
         "bob's ticks: {quiet:?} before, {busy:?} while alice's and carol's own agents ran"
     );
 }
+
+/// A daemon whose scratch directory may hold the `t/t/t…` chains
+/// (thousands deep) the F1 tests build under each directory of
+/// `<scratch>/run/credentials`: they are removed one level at a time
+/// before the scratch directory's recursive removal, which would overflow
+/// the test's stack.
+struct WithDeepTrees(Daemon);
+
+impl Drop for WithDeepTrees {
+    fn drop(&mut self) {
+        self.0.kill9();
+        let Ok(entries) = std::fs::read_dir(self.0.scratch.path.join("run/credentials")) else {
+            return;
+        };
+        for dir in entries.flatten().map(|e| e.path()) {
+            let (t, n) = (dir.join("t"), dir.join("n"));
+            while t.join("t").is_dir() {
+                let _ = std::fs::rename(t.join("t"), &n);
+                let _ = std::fs::remove_dir(&t);
+                let _ = std::fs::rename(&n, &t);
+            }
+            let _ = std::fs::remove_dir(&t);
+        }
+    }
+}
+
+/// F1: the agent cannot write in `$CREDENTIALS_DIRECTORY`, so it cannot
+/// build there the tree thousands of levels deep (by rename: no path gets
+/// long) that crashed the daemon's recursive removal as root, and again at
+/// every restart. The run ends, the daemon answers, and restarts cleanly.
+#[test]
+fn an_agent_cannot_build_a_deep_tree_in_its_credentials_directory() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let (d, agents_d) = daemon_with(&[], "", "");
+    let deep = d.scratch.path.join("deep.py");
+    std::fs::write(
+        &deep,
+        r#"import os
+os.chdir(os.environ["CREDENTIALS_DIRECTORY"])
+try:
+    os.mkdir("t")
+except OSError as e:
+    print("mkdir refused: errno=%d" % e.errno)
+    raise SystemExit(0)
+for i in range(20000):
+    os.mkdir("n"); os.rename("t", "n/t"); os.rename("n", "t")
+print("built a tree 20000 deep")
+"#,
+    )
+    .expect("write deep.py");
+    std::fs::write(
+        agents_d.join("deep.toml"),
+        format!(
+            "[agents.deep]\ncommand = [\"/usr/bin/python3\", \"{}\"]\ncredentials = [\"openai\"]\ntimeout = \"120s\"\n",
+            deep.display()
+        ),
+    )
+    .expect("write deep.toml");
+    let mut guard = WithDeepTrees(d);
+    let d = &mut guard.0;
+    d.spawn().expect("the daemon starts");
+    d.ok(Some(&alice), &["status"]);
+    set_key(d, &alice, "openai", "sk-openai-alice");
+    let out = d.ctl(None, &["agent", "run", "deep", "--all"]);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.contains("ran (1 users)"),
+        "the daemon answered the run: {out}\n{}",
+        d.log_text()
+    );
+    let logged = runs(d, &alice, "deep");
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    let output = field(&logged[0], "output");
+    assert!(
+        output.contains("mkdir refused: errno=13") || output.contains("mkdir refused: errno=1\n"),
+        "the agent could write in its credentials directory: {logged:?}"
+    );
+    let (status, _) = d.api(Some(&alice), "GET", "/v1/health", None);
+    assert_eq!(status, 200, "the daemon is alive");
+    let credentials = d.scratch.path.join("run/credentials");
+    let left: Vec<_> = std::fs::read_dir(&credentials)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "the run's directory is gone: {left:?}");
+    let status = d.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status}: {}", d.log_text());
+    d.spawn().expect("the daemon restarts");
+    d.ok(Some(&alice), &["status"]);
+}
+
+/// F1: a stale run directory an older version left with a tree thousands
+/// of levels deep in it (the agent could write there) neither crashes the
+/// start-up nor is walked: it is reported and left, and the daemon runs.
+#[test]
+fn a_stale_credentials_directory_with_a_deep_tree_is_reported_not_walked() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let (d, _) = daemon_with(&[], "", "");
+    let credentials = d.scratch.path.join("run/credentials");
+    let stale = credentials.join("stale-run");
+    std::fs::create_dir_all(&stale).expect("create the stale run directory");
+    std::fs::write(stale.join("openai"), "sk-old").expect("write a stale key");
+    let made = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import os\nos.chdir(os.environ['DIR'])\nos.mkdir('t')\n\
+             for i in range(20000):\n    os.mkdir('n'); os.rename('t', 'n/t'); os.rename('n', 't')\n",
+        )
+        .env("DIR", &stale)
+        .status()
+        .expect("run python3");
+    let mut guard = WithDeepTrees(d);
+    assert!(made.success(), "built the deep tree");
+    let d = &mut guard.0;
+    d.spawn().expect("the daemon starts");
+    d.ok(Some(&alice), &["status"]);
+    let (status, _) = d.api(Some(&alice), "GET", "/v1/health", None);
+    assert_eq!(status, 200, "the daemon is alive");
+    let log = d.log_text();
+    assert!(
+        log.contains("left the stale credentials directory") && log.contains("stale-run"),
+        "the stale directory is reported: {log}"
+    );
+    assert!(
+        !stale.join("openai").exists(),
+        "the stale key file is removed"
+    );
+    let status = d.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status}: {}", d.log_text());
+}
+
+/// Starts, as `user`, a tracer outside the run that `PTRACE_SEIZE`s `pid`
+/// and never waits for it: once killed, that process is a zombie only the
+/// tracer can release. Dropping the result kills the tracer.
+fn seize(user: &TestUser, pid: &str) -> KillOnDrop {
+    use std::io::BufRead;
+    let mut tracer = KillOnDrop(
+        user.command("/usr/bin/python3")
+            .arg("-c")
+            .arg(
+                "import ctypes, sys, time\n\
+                 libc = ctypes.CDLL(None, use_errno=True)\n\
+                 libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]\n\
+                 if libc.ptrace(0x4206, int(sys.argv[1]), None, None) != 0:\n    \
+                     print('seize failed: errno=%d' % ctypes.get_errno(), flush=True)\n    sys.exit(1)\n\
+                 print('seized', flush=True)\n\
+                 while True:\n    time.sleep(1)\n",
+            )
+            .arg(pid)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the tracer"),
+    );
+    let mut line = String::new();
+    let stdout = tracer.0.stdout.take().expect("the tracer's stdout");
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the tracer");
+    assert_eq!(line.trim(), "seized", "the tracer seized {pid}");
+    tracer
+}
+
+/// Whether the process `pid` has ended (gone, or a zombie waiting for its
+/// parent).
+fn ended(pid: u32) -> bool {
+    state_and_parent(&pid.to_string()).is_none_or(|(state, _)| state == 'Z')
+}
+
+/// F3: alice's tracer (outside the run, same uid) seizes her run's process
+/// and never waits for it, so the helper could never reap it. The run is
+/// still recorded as a timeout within a bound, bob's run in the same cycle
+/// happens, and a SIGTERM during such a held run stops the daemon within a
+/// bound.
+#[test]
+fn a_users_tracer_holds_up_no_cycle_and_no_stop() {
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let bob = TestUser::new("bob");
+    let (d, agents_d) = daemon_with(
+        &[],
+        "",
+        "[agents]\nkill_grace = \"1s\"\nshutdown_grace = \"1s\"\n",
+    );
+    let body = "case \"$USER\" in\n  *alice) echo $$ > out/pid; exec sleep 1000 ;;\nesac\necho \"done for $USER\"";
+    let held = script(&d, "held.sh", body);
+    for (name, timeout) in [("traced", "2s"), ("held", "1h")] {
+        std::fs::write(
+            agents_d.join(format!("{name}.toml")),
+            format!(
+                "[agents.{name}]\ncommand = [\"/bin/sh\", \"{}\"]\ntimeout = \"{timeout}\"\n",
+                held.display()
+            ),
+        )
+        .expect("write an agents.d file");
+    }
+    let mut d = start(d);
+    d.ok(Some(&alice), &["status"]);
+    d.ok(Some(&bob), &["status"]);
+    let pid_file = d.profile(&alice).join("out/pid");
+
+    let runner = run_in_background(&d, "traced", &alice);
+    let pid = std::fs::read_to_string(&pid_file).expect("read the pid");
+    let seized = Instant::now();
+    let tracer = seize(&alice, pid.trim());
+    let deadline = seized + Duration::from_secs(30);
+    while runs(&d, &bob, "traced").is_empty() || runs(&d, &alice, "traced").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the cycle is held up by alice's tracer: alice {:?}, bob {:?}\n{}\n{}",
+            runs(&d, &alice, "traced"),
+            runs(&d, &bob, "traced"),
+            ps(&alice),
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let alices = runs(&d, &alice, "traced");
+    assert_eq!(field(&alices[0], "status"), "timeout", "{alices:?}");
+    assert!(
+        alices[0]["notes"].to_string().contains("tracer"),
+        "the run says what was left behind: {alices:?}"
+    );
+    assert_eq!(field(&runs(&d, &bob, "traced")[0], "status"), "ok");
+    drop((runner, tracer));
+
+    std::fs::remove_file(&pid_file).expect("remove the pid file");
+    let runner = run_in_background(&d, "held", &alice);
+    let pid = std::fs::read_to_string(&pid_file).expect("read the pid");
+    let _tracer = seize(&alice, pid.trim());
+    let daemon = d.pid();
+    let stopping = Instant::now();
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    while !ended(daemon) {
+        assert!(
+            stopping.elapsed() < Duration::from_secs(40),
+            "SIGTERM waits for the held run: {}\n{}",
+            ps(&alice),
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = d.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status}: {}", d.log_text());
+    drop(runner);
+    let logged = runs(&d, &alice, "held");
+    assert_eq!(field(&logged[0], "status"), "stopped", "{logged:?}");
+}

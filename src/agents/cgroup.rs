@@ -260,6 +260,15 @@ impl RunGroup {
         }
     }
 
+    /// Whether the kernel says no live process is in it (zombies are
+    /// not: a process leaves its cgroup when it exits). False when
+    /// `cgroup.events` cannot be read: an end is never concluded from an
+    /// error.
+    pub fn is_empty(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("cgroup.events"))
+            .is_ok_and(|t| t.lines().any(|l| l == "populated 0"))
+    }
+
     /// Kills what is left, waits (at most [`EMPTY_WAIT`]) for it to empty
     /// and removes it; a cgroup that would not empty is left for the next
     /// start-up and logged.

@@ -423,6 +423,7 @@ fn external(
         zeroize::Zeroize::zeroize(value);
     }
     run.output = outcome.output;
+    run.notes.extend(outcome.abandoned);
     match outcome.exit {
         Exit::Code(0) => {
             run.status = "ok".into();
@@ -448,5 +449,12 @@ fn external(
                 Some("the daemon stopped; the run was killed after the grace period".into());
         }
         Exit::NotStarted(e) => fail(run, e),
+        Exit::Unknown => {
+            run.status = "failed".into();
+            run.error = Some(
+                "how the agent ended is unknown: the daemon stopped waiting for it (see notes)"
+                    .into(),
+            );
+        }
     }
 }

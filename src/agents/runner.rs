@@ -12,7 +12,9 @@
 //! process ends, whatever it left behind (double-forked, `setsid`) is
 //! killed with `cgroup.kill`; the helper, their subreaper, reaps them all
 //! and exits; the cgroup is removed. Timeouts send SIGTERM to every
-//! process of the cgroup, then SIGKILL after `kill_grace`.
+//! process of the cgroup, then SIGKILL after `kill_grace`. Every wait has
+//! a hard limit (see [`wait`]): a helper that cannot reap a process held
+//! by a tracer outside the run is killed, and the run ends.
 //!
 //! Without a usable cgroup v2 (see [`Setup`]) runs are contained by their
 //! process group only, and a process that leaves it outlives the run: the
@@ -32,7 +34,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, kill_process_group, waitid};
 
-use super::cgroup::{RunGroup, Tree};
+use super::cgroup::{EMPTY_WAIT, RunGroup, Tree};
 use super::guard::{Guard, Target};
 use super::plan::{Plan, REPORT_BYTES, Report, Step};
 use super::spawn::{self, Spawn, Started};
@@ -44,8 +46,20 @@ pub const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// The helper's file name, beside the daemon's executable.
 pub const HELPER_NAME: &str = "profiled-agent-exec";
 
-/// How often a waiting run looks at the shutdown flag.
+/// How often a waiting run looks at the shutdown flag and its cgroup.
 const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// How long the helper may take to end once every process of a contained
+/// run is gone (it only has to reap them and exit: milliseconds), before
+/// the daemon kills it. A helper still there is waiting for a zombie held
+/// by a tracer outside the run (same uid, `PTRACE_SEIZE`), which only the
+/// tracer can release.
+const HELPER_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the daemon waits for its own helper to die of SIGKILL before
+/// it stops waiting (the helper is root's: nothing the account does can
+/// hold it, so this is a bound, not an expected wait).
+const HELPER_REAP: Duration = Duration::from_secs(5);
 
 /// What every run needs from the host, found once: the helper and the
 /// cgroup tree (or why there is none).
@@ -163,6 +177,9 @@ pub enum Exit {
     Stopped,
     /// It could not be started.
     NotStarted(String),
+    /// Its processes are gone but how its first one ended is unknown: the
+    /// daemon stopped waiting for it (see [`Outcome::abandoned`]).
+    Unknown,
 }
 
 /// What a run produced.
@@ -172,6 +189,9 @@ pub struct Outcome {
     pub exit: Exit,
     /// The end of its stdout and stderr (interleaved as written).
     pub output: String,
+    /// Set when the daemon stopped waiting for the helper (see
+    /// [`HELPER_GRACE`]): what was left behind, for the run's notes.
+    pub abandoned: Option<String>,
 }
 
 /// Runs `l` to its end and returns how it went. Never fails: a run that
@@ -182,6 +202,7 @@ pub fn run(l: &Launch<'_>) -> Outcome {
         Err(reason) => Outcome {
             exit: Exit::NotStarted(reason),
             output: String::new(),
+            abandoned: None,
         },
     }
 }
@@ -297,6 +318,7 @@ fn run_inner(l: &Launch<'_>) -> Result<Outcome, String> {
     }
     let mut run = Running {
         group: group.as_ref(),
+        killed_at: None,
         agent: None,
         exited: None,
         failed: None,
@@ -319,6 +341,8 @@ fn run_inner(l: &Launch<'_>) -> Result<Outcome, String> {
 /// What the daemon knows of a run in progress.
 struct Running<'a> {
     group: Option<&'a RunGroup>,
+    /// When every process of the run was first sent SIGKILL.
+    killed_at: Option<Instant>,
     /// The agent's first process (its process group), once reported.
     agent: Option<Pid>,
     /// Its wait status, once it ended.
@@ -332,7 +356,10 @@ struct Running<'a> {
 impl Running<'_> {
     /// Signals every process of the run: the cgroup, or without one the
     /// agent's process group.
-    fn signal(&self, sig: Signal) {
+    fn signal(&mut self, sig: Signal) {
+        if sig == Signal::KILL && self.killed_at.is_none() {
+            self.killed_at = Some(Instant::now());
+        }
         match (self.group, self.agent) {
             (Some(g), _) if sig == Signal::KILL => g.kill(),
             (Some(g), _) => g.signal(sig),
@@ -385,6 +412,15 @@ impl Running<'_> {
 /// Waits for the helper to end (the agent ended and everything it left was
 /// killed and reaped), signalling the run on timeout or shutdown and
 /// collecting its output.
+///
+/// Every wait has a hard limit. The end of a contained run is its
+/// cgroup's: once the agent started and no process is left in it, the
+/// helper gets [`HELPER_GRACE`] to reap and exit; once the run was sent
+/// SIGKILL, it gets [`super::cgroup::EMPTY_WAIT`] and that grace in any
+/// case (without a cgroup too). Past either, the daemon kills its helper
+/// and stops waiting: a process of the run held as a zombie by a tracer
+/// outside the run (which only that tracer can release) then goes to
+/// init, and holds no slot nor lock of the daemon's.
 fn wait(
     l: &Launch<'_>,
     started: &Started,
@@ -400,6 +436,8 @@ fn wait(
     let mut stopped = false;
     let mut term_sent: Option<Instant> = None;
     let mut stop_at: Option<Instant> = None;
+    let mut empty_since: Option<Instant> = None;
+    let mut looked_at_cgroup = began;
     let mut reader_open = true;
     let mut reports_open = true;
     loop {
@@ -420,10 +458,37 @@ fn wait(
             Some(t) if now >= t + l.kill_grace => run.signal(Signal::KILL),
             _ => {}
         }
-        if let Ok(Some(helper)) = waitid(
+        if empty_since.is_none()
+            && run.agent.is_some()
+            && now >= looked_at_cgroup + STOP_CHECK
+            && let Some(group) = run.group
+        {
+            looked_at_cgroup = now;
+            if group.is_empty() {
+                empty_since = Some(now);
+            }
+        }
+        let give_up = [
+            empty_since.map(|t| t + HELPER_GRACE),
+            run.killed_at.map(|t| t + EMPTY_WAIT + HELPER_GRACE),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let helper = waitid(
             WaitId::PidFd(pidfd.as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-        ) {
+        );
+        let ended = match helper {
+            Ok(Some(status)) => Some((format!("{status:?}"), None)),
+            _ if give_up.is_some_and(|t| now >= t) => {
+                let note = abandon(pidfd, empty_since.is_some());
+                tracing::error!("agent run {}: {note}", l.run_id);
+                Some(("killed by the daemon".to_owned(), Some(note)))
+            }
+            _ => None,
+        };
+        if let Some((helper, abandoned)) = ended {
             if reports_open {
                 run.read_reports(reports, l.guard);
             }
@@ -444,20 +509,24 @@ fn wait(
                 } else {
                     Exit::Signal(libc::WTERMSIG(status))
                 }
+            } else if abandoned.is_some() {
+                Exit::Unknown
             } else {
                 Exit::NotStarted(format!(
-                    "the agent helper ended without a report ({helper:?})"
+                    "the agent helper ended without a report ({helper})"
                 ))
             };
             return Outcome {
                 exit,
                 output: output.into_string(),
+                abandoned,
             };
         }
         let next = [
             Some(began + l.timeout),
             term_sent.map(|t| t + l.kill_grace),
             stop_at,
+            give_up,
         ]
         .into_iter()
         .flatten()
@@ -493,6 +562,49 @@ fn wait(
         {
             reports_open = false;
         }
+    }
+}
+
+/// Kills the daemon's own helper (its direct child, through the pidfd, so
+/// never another process) and reaps it, waiting at most [`HELPER_REAP`];
+/// returns what to note about the run. What the helper had not reaped
+/// goes to init.
+fn abandon(pidfd: &OwnedFd, run_empty: bool) -> String {
+    let why = if run_empty {
+        format!(
+            "the agent helper had not ended {HELPER_GRACE:?} after every process of the run was gone"
+        )
+    } else {
+        format!(
+            "the run's processes were not all gone {:?} after SIGKILL",
+            EMPTY_WAIT + HELPER_GRACE
+        )
+    };
+    let mut note = format!(
+        "{why}: a process of the run is likely held as a zombie by a tracer outside the run          (a debugger or strace of the same account, which only that tracer can release); the          daemon killed its helper and stopped waiting, and what was left goes to init"
+    );
+    let _ = rustix::process::pidfd_send_signal(pidfd, Signal::KILL);
+    let deadline = Instant::now() + HELPER_REAP;
+    loop {
+        if let Ok(Some(_)) = waitid(
+            WaitId::PidFd(pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            return note;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            note.push_str(&format!(
+                "; the helper itself did not end within {HELPER_REAP:?} of SIGKILL and was not reaped"
+            ));
+            return note;
+        }
+        let pause = Timespec::try_from(left.min(STOP_CHECK)).unwrap_or(Timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        });
+        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+        let _ = rustix::event::poll(&mut fds, Some(&pause));
     }
 }
 

@@ -31,6 +31,12 @@ use crate::watch::Body;
 /// How often the scheduler looks at the clock and agents.d.
 const TICK: Duration = Duration::from_millis(200);
 
+/// How long past `shutdown_grace` a stop waits for the runs in progress:
+/// more than a run's own limits after its kill (the cgroup's empty-wait,
+/// the helper's grace and reaping, the cgroup's removal), so it only
+/// matters if something other than the run itself is stuck.
+const JOIN_SLACK: Duration = Duration::from_secs(45);
+
 /// Starts the scheduler; the handle ends once a stop was requested
 /// ([`super::Agents::request_stop`]) and every run has ended.
 pub fn start(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
@@ -116,7 +122,19 @@ async fn run(state: Arc<AppState>) {
         }
     }
     tracing::info!("agents: waiting for {} run(s) in progress", tasks.len());
-    while tasks.join_next().await.is_some() {}
+    // Each run ends within its own hard limits (runner.rs); this one bounds
+    // the wait whatever else a cycle might be stuck on, so a stop always
+    // ends.
+    let limit = state.config().agents.shutdown_grace + JOIN_SLACK;
+    let joined =
+        tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} }).await;
+    if joined.is_err() {
+        tracing::error!(
+            "agents: {} run(s) had not ended {limit:?} after the stop was requested; the daemon stops without them (the agent guard kills their cgroups when it exits)",
+            tasks.len()
+        );
+        tasks.detach_all();
+    }
     state.agents.tree_stopped();
 }
 

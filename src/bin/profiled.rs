@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 use profiled::config::Config;
 
+/// How long a stopping daemon waits for blocking tasks still running once
+/// its own shutdown is done (the agent scheduler bounded its wait already).
+const RUNTIME_STOP: std::time::Duration = std::time::Duration::from_secs(5);
+
 // Every API answer allocates and frees many small buffers on the async
 // threads; mimalloc's per-thread free lists make that cheaper than glibc's
 // arenas (docs/BENCHMARKS.md, "Requests").
@@ -110,7 +114,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(profiled::daemon::run(args.config)) {
+            let result = runtime.block_on(profiled::daemon::run(args.config));
+            // Dropping the runtime would wait for every blocking task
+            // without limit; the daemon has already waited for its runs
+            // as long as it should.
+            runtime.shutdown_timeout(RUNTIME_STOP);
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("profiled: {e}");

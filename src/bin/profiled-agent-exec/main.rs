@@ -34,6 +34,12 @@
 //!    cgroup once the agent's first process ended, so that wait is short;
 //!    without a cgroup it kills the agent's process group itself and exits
 //!    (what left the group goes to init, as `docs/OPERATIONS.md` warns).
+//!    That wait is not bounded here: a process of the run held as a zombie
+//!    by a tracer outside the run (same uid, `PTRACE_SEIZE`) cannot be
+//!    reaped until that tracer lets go. The daemon bounds it instead: it
+//!    kills this helper (its own child, through a pidfd) once the run's
+//!    cgroup is empty and a short grace passed, or at the latest a fixed
+//!    time after the run's SIGKILL (src/agents/runner.rs).
 //!
 //! The extra fork costs a small process's fork (the helper is a few
 //! hundred kilobytes of mapped memory), not the daemon's.
