@@ -186,17 +186,6 @@ pub fn try_user_lock(state: &AppState, account: &Account) -> Result<Option<Held>
     locks::try_lock(&user_lock_path(state, account))
 }
 
-/// Takes `account`'s profile lock, waiting at most `bound`. Only for a
-/// caller that holds no agent lock and no scheduler slot (a manual run),
-/// so the wait delays that user's own request only.
-pub fn wait_user_lock(
-    state: &AppState,
-    account: &Account,
-    bound: std::time::Duration,
-) -> Result<Option<Held>, String> {
-    locks::lock_within(&user_lock_path(state, account), bound)
-}
-
 /// The users already done in `slot`, starting its stamp if it is new;
 /// `None` when a later slot was stamped already.
 fn stamped(held: &mut Held, slot: i64) -> Result<Option<BTreeSet<String>>, String> {

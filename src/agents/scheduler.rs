@@ -117,6 +117,8 @@ async fn run(state: Arc<AppState>) {
     }
     tracing::info!("agents: waiting for {} run(s) in progress", tasks.len());
     while tasks.join_next().await.is_some() {}
+    // Manual runs live in the same cgroup tree.
+    state.agents.manual.ended().await;
     state.agents.tree_stopped();
 }
 

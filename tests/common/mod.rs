@@ -4,8 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-pub mod model;
 pub mod container;
+pub mod model;
 pub mod stream;
 
 use std::fs::File;
