@@ -291,7 +291,14 @@ fn failures_and_timeouts_are_recorded_and_the_cycle_goes_on() {
         .into_iter()
         .map(TestUser::new)
         .collect();
-    let (d, _) = daemon_with(&[], "", "[agents]\nkill_grace = \"1s\"\n");
+    // One user at a time, so the runs never overlap (with the default
+    // `cycle_parallel` they run side by side: see
+    // a_user_stopping_her_run_does_not_hold_up_the_others_in_a_cycle).
+    let (d, _) = daemon_with(
+        &[],
+        "",
+        "[agents]\nkill_grace = \"1s\"\ncycle_parallel = 1\n",
+    );
     let body = r#"case "$USER" in
   *bob) echo "bob fails"; exit 1 ;;
   *carol) sleep 1000 & echo $! > out/child; sleep 1000 ;;
@@ -1767,5 +1774,73 @@ fn a_flood_of_manual_runs_neither_piles_up_threads_nor_starves_anyone() {
             .iter()
             .all(|a| a.starts_with("HTTP/1.1 409") && a.contains("agent_busy")),
         "alice's extra runs are refused at once with 409 agent_busy: {answers:?}"
+    );
+}
+
+/// F4: alice stops every process of hers the moment it exists, so her run
+/// in an admin cycle hangs until the agent's timeout (20 s). The cycle
+/// runs users side by side (`cycle_parallel`), so bob's run, after hers in
+/// the cycle's order, starts well before her timeout instead of after it.
+#[test]
+fn a_user_stopping_her_run_does_not_hold_up_the_others_in_a_cycle() {
+    if !require_root() {
+        return;
+    }
+    let (alice, bob) = (TestUser::new("alice"), TestUser::new("bob"));
+    assert!(alice.name < bob.name, "alice's turn comes before bob's");
+    let (d, agents_d) = daemon_with(&[], "", "[agents]\nkill_grace = \"1s\"\n");
+    let stamp = script(&d, "stamp.sh", "date +%s > out/started\nsleep 1");
+    std::fs::write(
+        agents_d.join("stamp.toml"),
+        format!(
+            "[agents.stamp]\ncommand = [\"/bin/sh\", \"{}\"]\ntimeout = \"20s\"\n",
+            stamp.display()
+        ),
+    )
+    .expect("write stamp.toml");
+    let d = start(d);
+    for u in [&alice, &bob] {
+        d.ok(Some(u), &["status"]);
+    }
+    let _spinner = KillOnDrop(
+        alice
+            .command("/bin/sh")
+            .args(["-c", "while :; do kill -STOP -1 2>/dev/null; done"])
+            .spawn()
+            .expect("start alice's spinner"),
+    );
+    let asked = unix_now();
+    let _cycle = KillOnDrop(
+        Command::new(PROFILECTL)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["agent", "run", "stamp", "--all"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn profilectl"),
+    );
+    let started = d.profile(&bob).join("out/started");
+    wait_for("bob's run", || {
+        std::fs::read_to_string(&started).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let bob_started: i64 = std::fs::read_to_string(&started)
+        .expect("read bob's stamp")
+        .trim()
+        .parse()
+        .expect("a time");
+    wait_for("alice's run to be recorded", || {
+        !runs(&d, &alice, "stamp").is_empty()
+    });
+    let alices = runs(&d, &alice, "stamp");
+    assert_eq!(
+        field(&alices[0], "status"),
+        "timeout",
+        "alice's stopped run hung until its timeout: {alices:?}"
+    );
+    assert!(
+        bob_started - asked < 8,
+        "bob's run started {} s after the cycle was asked for, behind alice's stopped run",
+        bob_started - asked
     );
 }
