@@ -226,6 +226,9 @@ pub struct Agents {
     /// Cycles of different agents running at once: admins' agents, and as
     /// many again of users' own agents (a pool of their own).
     pub max_parallel_agents: usize,
+    /// Users one cycle runs at once (each under her own lock), so a user
+    /// whose run hangs (stopped with SIGSTOP, say) delays only herself.
+    pub cycle_parallel: usize,
     /// A run's limit when its declaration gives none.
     pub default_timeout: Duration,
     /// The longest a user-declared agent may run (its own `timeout` and
@@ -279,6 +282,7 @@ struct RawKnowledge {
 #[serde(deny_unknown_fields)]
 struct RawAgents {
     max_parallel_agents: Option<NonZeroU64>,
+    cycle_parallel: Option<NonZeroU64>,
     default_timeout: Option<HumanDuration>,
     max_user_timeout: Option<HumanDuration>,
     kill_grace: Option<HumanDuration>,
@@ -703,6 +707,7 @@ fn agents_of(a: RawAgents) -> Agents {
         |d: Option<HumanDuration>, default: u64| d.map_or(Duration::from_secs(default), |d| d.0);
     Agents {
         max_parallel_agents: usize_of(a.max_parallel_agents, 2),
+        cycle_parallel: usize_of(a.cycle_parallel, 4),
         default_timeout: dur(a.default_timeout, 15 * 60),
         max_user_timeout: dur(a.max_user_timeout, 60 * 60),
         kill_grace: dur(a.kill_grace, 5),

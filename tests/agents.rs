@@ -291,7 +291,14 @@ fn failures_and_timeouts_are_recorded_and_the_cycle_goes_on() {
         .into_iter()
         .map(TestUser::new)
         .collect();
-    let (d, _) = daemon_with(&[], "", "[agents]\nkill_grace = \"1s\"\n");
+    // One user at a time, so the runs never overlap (with the default
+    // `cycle_parallel` they run side by side: see
+    // a_user_stopping_her_run_does_not_hold_up_the_others_in_a_cycle).
+    let (d, _) = daemon_with(
+        &[],
+        "",
+        "[agents]\nkill_grace = \"1s\"\ncycle_parallel = 1\n",
+    );
     let body = r#"case "$USER" in
   *bob) echo "bob fails"; exit 1 ;;
   *carol) sleep 1000 & echo $! > out/child; sleep 1000 ;;
@@ -1886,4 +1893,212 @@ fn a_users_tracer_holds_up_no_cycle_and_no_stop() {
     drop(runner);
     let logged = runs(&d, &alice, "held");
     assert_eq!(field(&logged[0], "status"), "stopped", "{logged:?}");
+}
+
+/// Runs `f` on a thread whose effective uid is `uid` (so the daemon's
+/// `SO_PEERCRED` names that account) and answers what it returns.
+fn as_uid<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: a raw syscall with integer arguments; it changes the
+        // effective uid of this thread only (the libc wrapper would change
+        // every thread's), and the thread ends when `f` returns, so no
+        // other code of the test runs with it.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_setresuid,
+                u32::MAX as libc::c_long,
+                libc::c_long::from(uid),
+                u32::MAX as libc::c_long,
+            )
+        };
+        assert_eq!(r, 0, "setresuid: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("the thread running as another uid")
+}
+
+/// The number of threads of process `pid`.
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count)
+}
+
+/// F2: alice's long agent holds her profile's lock, and she floods
+/// `POST /v1/agents/hog/run` over the socket, closing each connection at
+/// once. Her extra runs are refused at once with 409 agent_busy instead of
+/// each becoming a thread that waits minutes for her lock and then runs for
+/// an hour: the daemon's threads stay few, and bob's and root's requests
+/// are answered within 2 s throughout.
+#[test]
+fn a_flood_of_manual_runs_neither_piles_up_threads_nor_starves_anyone() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    if !require_root() {
+        return;
+    }
+    let (alice, bob) = (TestUser::new("alice"), TestUser::new("bob"));
+    let (d, _) = daemon_with(&[], "", "");
+    let d = start(d);
+    for u in [&alice, &bob] {
+        d.ok(Some(u), &["status"]);
+    }
+    let settings = d.profile(&alice).join("profile.toml");
+    std::fs::write(
+        &settings,
+        "[agents.hog]\ncommand = [\"/bin/sleep\", \"3600\"]\ntimeout = \"1h\"\n",
+    )
+    .expect("write alice's settings");
+    std::os::unix::fs::chown(&settings, Some(alice.uid), Some(alice.gid)).expect("chown");
+    let _hog = KillOnDrop(
+        alice
+            .command(PROFILECTL)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["agent", "run", "hog"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start alice's hog"),
+    );
+    wait_for("alice's hog to run", || has_processes(&alice));
+
+    let socket = d.socket.clone();
+    let flood = std::thread::spawn({
+        let uid = alice.uid;
+        move || {
+            as_uid(uid, move || {
+                let request = "POST /v1/agents/hog/run HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n";
+                let mut answers = Vec::new();
+                for i in 0..600 {
+                    let Ok(mut s) = UnixStream::connect(&socket) else {
+                        answers.push("cannot connect".to_owned());
+                        continue;
+                    };
+                    if s.write_all(request.as_bytes()).is_err() {
+                        answers.push("cannot write".to_owned());
+                        continue;
+                    }
+                    // Most connections are closed at once; every 20th
+                    // waits (a little) for its answer's status line.
+                    if i % 20 == 0 {
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                        let mut head = [0u8; 512];
+                        let n = s.read(&mut head).unwrap_or(0);
+                        answers.push(String::from_utf8_lossy(&head[..n]).into_owned());
+                    }
+                    drop(s);
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                answers
+            })
+        }
+    });
+    let daemon = d.pid();
+    let mut slowest = Duration::ZERO;
+    let mut most_threads = 0;
+    let mut failures = Vec::new();
+    while !flood.is_finished() {
+        for (who, path) in [
+            (Some(&bob), "/v1/me"),
+            (None, "/v1/health"),
+            (None, "/v1/profiles"),
+        ] {
+            let asked = Instant::now();
+            let (status, body) = d.api(who, "GET", path, None);
+            slowest = slowest.max(asked.elapsed());
+            if status != 200 {
+                failures.push(format!("{path}: {status} {body}"));
+            }
+        }
+        most_threads = most_threads.max(threads_of(daemon));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let answers = flood.join().expect("the flood");
+    most_threads = most_threads.max(threads_of(daemon));
+    assert!(
+        failures.is_empty(),
+        "requests failed during the flood: {failures:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "bob's and root's requests took up to {slowest:?} during alice's flood"
+    );
+    assert!(
+        most_threads < 100,
+        "the daemon grew to {most_threads} threads during alice's flood"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.starts_with("HTTP/1.1 409") && a.contains("agent_busy")),
+        "alice's extra runs are refused at once with 409 agent_busy: {answers:?}"
+    );
+}
+
+/// F4: alice stops every process of hers the moment it exists, so her run
+/// in an admin cycle hangs until the agent's timeout (20 s). The cycle
+/// runs users side by side (`cycle_parallel`), so bob's run, after hers in
+/// the cycle's order, starts well before her timeout instead of after it.
+#[test]
+fn a_user_stopping_her_run_does_not_hold_up_the_others_in_a_cycle() {
+    if !require_root() {
+        return;
+    }
+    let (alice, bob) = (TestUser::new("alice"), TestUser::new("bob"));
+    assert!(alice.name < bob.name, "alice's turn comes before bob's");
+    let (d, agents_d) = daemon_with(&[], "", "[agents]\nkill_grace = \"1s\"\n");
+    let stamp = script(&d, "stamp.sh", "date +%s > out/started\nsleep 1");
+    std::fs::write(
+        agents_d.join("stamp.toml"),
+        format!(
+            "[agents.stamp]\ncommand = [\"/bin/sh\", \"{}\"]\ntimeout = \"20s\"\n",
+            stamp.display()
+        ),
+    )
+    .expect("write stamp.toml");
+    let d = start(d);
+    for u in [&alice, &bob] {
+        d.ok(Some(u), &["status"]);
+    }
+    let _spinner = KillOnDrop(
+        alice
+            .command("/bin/sh")
+            .args(["-c", "while :; do kill -STOP -1 2>/dev/null; done"])
+            .spawn()
+            .expect("start alice's spinner"),
+    );
+    let asked = unix_now();
+    let _cycle = KillOnDrop(
+        Command::new(PROFILECTL)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["agent", "run", "stamp", "--all"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn profilectl"),
+    );
+    let started = d.profile(&bob).join("out/started");
+    wait_for("bob's run", || {
+        std::fs::read_to_string(&started).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let bob_started: i64 = std::fs::read_to_string(&started)
+        .expect("read bob's stamp")
+        .trim()
+        .parse()
+        .expect("a time");
+    wait_for("alice's run to be recorded", || {
+        !runs(&d, &alice, "stamp").is_empty()
+    });
+    let alices = runs(&d, &alice, "stamp");
+    assert_eq!(
+        field(&alices[0], "status"),
+        "timeout",
+        "alice's stopped run hung until its timeout: {alices:?}"
+    );
+    assert!(
+        bob_started - asked < 8,
+        "bob's run started {} s after the cycle was asked for, behind alice's stopped run",
+        bob_started - asked
+    );
 }

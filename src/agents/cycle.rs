@@ -1,10 +1,14 @@
-//! Cycles: one agent over its users, one user at a time, under the agent's
-//! lock and each user's lock; and the single run of one agent for one user.
+//! Cycles: one agent over its users, up to `cycle_parallel` at a time,
+//! under the agent's lock and each user's lock; and the single run of one
+//! agent for one user.
 //!
-//! Everything here is blocking and runs on a thread that lives for the
-//! whole cycle (the runner's parent-death signal is tied to it).
+//! Everything here is blocking and runs on threads that live for the
+//! whole cycle (the runner's parent-death signal is tied to the thread
+//! that starts a run).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use serde_json::json;
@@ -79,88 +83,191 @@ pub fn run_cycle(
         None => BTreeSet::new(),
     };
     users.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut ran = 0;
-    let mut last_profile = None;
+    users.retain(|a| !done.contains(&a.name));
+    // Up to `cycle_parallel` users at once, each under her own lock: the
+    // daemon never waits on one user's process while the others wait
+    // behind it (rule 3). A user who stops her run's processes holds one
+    // place until the run's timeout; the others go on beside her.
+    let width = config.agents.cycle_parallel.max(1);
+    let ran = AtomicUsize::new(0);
+    let stamp = Mutex::new(&mut held);
     // A user whose profile is busy (another agent holds her lock) is not
-    // waited for: the cycle holds the agent's lock and a scheduler slot,
-    // and waiting at one user would delay everyone after her. She is tried
-    // again once the others are done, then recorded as skipped.
-    let mut deferred = Vec::new();
-    for (pass, list) in [(Pass::First, users), (Pass::Again, Vec::new())] {
-        let list = match pass {
-            Pass::First => list,
-            Pass::Again => std::mem::take(&mut deferred),
-        };
-        for account in list {
-            if done.contains(&account.name) {
-                continue;
+    // waited for: waiting at one user would hold a place and the agent's
+    // lock. She is tried again once the others are done, then recorded as
+    // skipped.
+    let deferred = over_users(
+        state,
+        agent,
+        accounts,
+        trigger,
+        users,
+        width,
+        Pass::First,
+        &ran,
+        &stamp,
+    );
+    over_users(
+        state,
+        agent,
+        accounts,
+        trigger,
+        deferred,
+        width,
+        Pass::Again,
+        &ran,
+        &stamp,
+    );
+    CycleOutcome::Ran(ran.into_inner())
+}
+
+/// Runs `agent` for `users`, up to `width` at once (this thread and
+/// `width - 1` more, scoped: the cycle ends when its last run has). Each
+/// run done is written to the cycle's `stamp` (scheduled cycles) and
+/// counted in `ran`. Answers the users whose profile was busy in the
+/// first pass; in the second they are recorded as skipped.
+#[allow(clippy::too_many_arguments)]
+fn over_users(
+    state: &AppState,
+    agent: &Agent,
+    accounts: &Snapshot,
+    trigger: &Trigger,
+    users: Vec<Account>,
+    width: usize,
+    pass: Pass,
+    ran: &AtomicUsize,
+    stamp: &Mutex<&mut Held>,
+) -> Vec<Account> {
+    let turns = Turns {
+        state,
+        agent,
+        accounts,
+        trigger,
+        pass,
+        ran,
+        stamp,
+        queue: Mutex::new(users.into()),
+        deferred: Mutex::new(Vec::new()),
+    };
+    let helpers = width.min(locked(&turns.queue).len()).saturating_sub(1);
+    std::thread::scope(|s| {
+        for _ in 0..helpers {
+            let spawned = std::thread::Builder::new()
+                .name("agent-cycle".into())
+                .spawn_scoped(s, || turns.work());
+            if let Err(e) = spawned {
+                // Fewer at once, not fewer users: this thread works too.
+                tracing::warn!(
+                    "agent {}: cannot start another thread for the cycle ({e}); fewer users run at once",
+                    agent.key()
+                );
+                break;
             }
-            if state.agents.stopping() {
+        }
+        turns.work();
+    });
+    turns
+        .deferred
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One pass of a cycle, shared by the threads that run it.
+struct Turns<'a, 'h> {
+    state: &'a AppState,
+    agent: &'a Agent,
+    accounts: &'a Snapshot,
+    trigger: &'a Trigger,
+    pass: Pass,
+    ran: &'a AtomicUsize,
+    stamp: &'a Mutex<&'h mut Held>,
+    queue: Mutex<VecDeque<Account>>,
+    deferred: Mutex<Vec<Account>>,
+}
+
+impl Turns<'_, '_> {
+    /// Takes users from the queue until it is empty (or the daemon stops).
+    fn work(&self) {
+        let mut last_profile = None;
+        loop {
+            let Some(account) = locked(&self.queue).pop_front() else {
+                break;
+            };
+            if self.state.agents.stopping() {
                 tracing::info!(
                     "agent {}: stopping; the cycle ends before {}",
-                    agent.key(),
+                    self.agent.key(),
                     account.name
                 );
                 break;
             }
-            let profile = match state.root().open_owned(&account) {
-                Ok(Some(p)) => p,
-                Ok(None) => {
-                    tracing::info!(
-                        "agent {}: {}'s profile is gone or changed owner since the cycle began; skipped",
-                        agent.key(),
-                        account.name
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(
-                        "agent {}: cannot open {}'s profile: {e}",
-                        agent.key(),
-                        account.name
-                    );
-                    continue;
-                }
-            };
-            let lock = match try_user_lock(state, &account) {
-                Ok(Some(lock)) => lock,
-                Ok(None) if pass == Pass::First => {
-                    deferred.push(account);
-                    continue;
-                }
-                Ok(None) => {
-                    record_skipped(
-                        state,
-                        agent,
-                        &profile,
-                        trigger,
-                        format!(
-                            "another agent kept {}'s profile busy during the whole cycle (tried at her turn and again after the other users); this run was skipped, the next cycle tries again",
-                            account.name
-                        ),
-                    );
-                    last_profile = Some(profile);
-                    continue;
-                }
-                Err(e) => {
-                    record_error(state, agent, &profile, trigger, e);
-                    continue;
-                }
-            };
-            run_user(state, agent, &profile, accounts, trigger, false, lock);
-            ran += 1;
-            if trigger.slot().is_some()
-                && let Err(e) = held.done(&account.name)
-            {
-                tracing::error!("agent {}: {e}", agent.key());
+            if let Some(profile) = self.one(account) {
+                last_profile = Some(profile);
             }
-            last_profile = Some(profile);
+        }
+        if let Some(profile) = &last_profile {
+            runlog::sync_all(profile);
         }
     }
-    if let Some(profile) = &last_profile {
-        runlog::sync_all(profile);
+
+    /// `account`'s turn; answers her profile when a run was recorded in it.
+    fn one(&self, account: Account) -> Option<ProfileDir> {
+        let (state, agent, trigger) = (self.state, self.agent, self.trigger);
+        let profile = match state.root().open_owned(&account) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                tracing::info!(
+                    "agent {}: {}'s profile is gone or changed owner since the cycle began; skipped",
+                    agent.key(),
+                    account.name
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(
+                    "agent {}: cannot open {}'s profile: {e}",
+                    agent.key(),
+                    account.name
+                );
+                return None;
+            }
+        };
+        let lock = match try_user_lock(state, &account) {
+            Ok(Some(lock)) => lock,
+            Ok(None) if self.pass == Pass::First => {
+                locked(&self.deferred).push(account);
+                return None;
+            }
+            Ok(None) => {
+                record_skipped(
+                    state,
+                    agent,
+                    &profile,
+                    trigger,
+                    format!(
+                        "another agent kept {}'s profile busy during the whole cycle (tried at her turn and again after the other users); this run was skipped, the next cycle tries again",
+                        account.name
+                    ),
+                );
+                return Some(profile);
+            }
+            Err(e) => {
+                record_error(state, agent, &profile, trigger, e);
+                return None;
+            }
+        };
+        run_user(state, agent, &profile, self.accounts, trigger, false, lock);
+        self.ran.fetch_add(1, Ordering::Relaxed);
+        if trigger.slot().is_some()
+            && let Err(e) = locked(self.stamp).done(&account.name)
+        {
+            tracing::error!("agent {}: {e}", agent.key());
+        }
+        Some(profile)
     }
-    CycleOutcome::Ran(ran)
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A cycle's first pass over its users, or its second over those whose
@@ -184,17 +291,6 @@ fn user_lock_path(state: &AppState, account: &Account) -> std::path::PathBuf {
 /// agent holds it.
 pub fn try_user_lock(state: &AppState, account: &Account) -> Result<Option<Held>, String> {
     locks::try_lock(&user_lock_path(state, account))
-}
-
-/// Takes `account`'s profile lock, waiting at most `bound`. Only for a
-/// caller that holds no agent lock and no scheduler slot (a manual run),
-/// so the wait delays that user's own request only.
-pub fn wait_user_lock(
-    state: &AppState,
-    account: &Account,
-    bound: std::time::Duration,
-) -> Result<Option<Held>, String> {
-    locks::lock_within(&user_lock_path(state, account), bound)
 }
 
 /// The users already done in `slot`, starting its stamp if it is new;

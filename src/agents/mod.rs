@@ -11,6 +11,7 @@ pub mod cycle;
 pub mod decl;
 pub mod guard;
 pub mod locks;
+pub mod manual;
 pub mod plan;
 pub mod runlog;
 pub mod runner;
@@ -72,6 +73,8 @@ pub struct Agents {
     stop: AtomicBool,
     guard: std::sync::OnceLock<Option<guard::Guard>>,
     setup: std::sync::OnceLock<runner::Setup>,
+    /// The manual runs in flight (their budget).
+    pub manual: manual::Manual,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -286,38 +289,6 @@ pub fn run_cycle_now(state: &AppState, agent: &Agent) -> CycleOutcome {
         started.elapsed()
     );
     outcome
-}
-
-/// Runs `agent` for `profile`'s account now (someone asked): waits for
-/// the user's lock (at most `lock_wait`, holding nothing else, so only
-/// this user's request waits). A profile that stayed busy is recorded as a
-/// skipped run.
-///
-/// A single run takes the user's lock only, not the agent's: two runs in
-/// one profile never overlap, while runs of one agent for different users
-/// may (each in its own profile). So no user's run, however long she makes
-/// it last, holds anything another user's run waits for.
-pub fn run_one_now(
-    state: &AppState,
-    agent: &Agent,
-    profile: &ProfileDir,
-    trigger: &Trigger,
-) -> Run {
-    let wait = state.config().agents.lock_wait;
-    match cycle::wait_user_lock(state, profile.account(), wait) {
-        Ok(Some(lock)) => run_locked(state, agent, profile, trigger, lock),
-        Ok(None) => cycle::record_skipped(
-            state,
-            agent,
-            profile,
-            trigger,
-            format!(
-                "another agent kept {}'s profile busy for {wait:?}; this run was skipped",
-                profile.account().name
-            ),
-        ),
-        Err(e) => cycle::record_error(state, agent, profile, trigger, e),
-    }
 }
 
 /// Runs `agent` for `profile`'s account now if its profile is free (a

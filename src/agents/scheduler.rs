@@ -124,10 +124,13 @@ async fn run(state: Arc<AppState>) {
     tracing::info!("agents: waiting for {} run(s) in progress", tasks.len());
     // Each run ends within its own hard limits (runner.rs); this one bounds
     // the wait whatever else a cycle might be stuck on, so a stop always
-    // ends.
+    // ends. Manual runs live in the same cgroup tree: waited for too.
     let limit = state.config().agents.shutdown_grace + JOIN_SLACK;
-    let joined =
-        tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} }).await;
+    let joined = tokio::time::timeout(limit, async {
+        while tasks.join_next().await.is_some() {}
+        state.agents.manual.ended().await;
+    })
+    .await;
     if joined.is_err() {
         tracing::error!(
             "agents: {} run(s) had not ended {limit:?} after the stop was requested; the daemon stops without them (the agent guard kills their cgroups when it exits)",

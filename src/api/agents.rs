@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::extract::{ApiPath, ApiQuery, Caller};
 use super::{ApiError, AppState, blocking, page_size};
 use crate::agents::decl::{Action, Schedule};
-use crate::agents::{self, Agent, CycleOutcome, Owner, Run, Trigger, runlog};
+use crate::agents::{self, Agent, CycleOutcome, Owner, Run, manual, runlog};
 use crate::timefmt;
 
 /// One agent as `GET /v1/agents` shows it.
@@ -140,44 +141,64 @@ pub(super) async fn run(
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<RunQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    blocking(move || {
-        if q.all {
-            if !caller.admin {
-                return Err(ApiError::forbidden(
-                    "forbidden_cycle",
-                    "only admins may run a whole cycle (?all=true); run it for yourself without it",
-                ));
-            }
-            let agent = st.agents.admin_agents().remove(&name).ok_or_else(|| {
-                ApiError::not_found(format!("no admin agent named {name:?} (agents.d)"))
-            })?;
-            let answer = match agents::run_cycle_now(&st, &agent) {
-                CycleOutcome::Ran(users) => CycleAnswer {
-                    agent: name,
-                    result: "ran",
-                    users,
-                },
-                CycleOutcome::Busy | CycleOutcome::AlreadyDone => CycleAnswer {
-                    agent: name,
-                    result: "busy",
-                    users: 0,
-                },
-                CycleOutcome::Failed(e) => return Err(ApiError::internal(e)),
-            };
-            return serde_json::to_value(answer)
-                .map(Json)
-                .map_err(ApiError::internal);
+    if q.all {
+        if !caller.admin {
+            return Err(ApiError::forbidden(
+                "forbidden_cycle",
+                "only admins may run a whole cycle (?all=true); run it for yourself without it",
+            ));
         }
-        st.with_store(&caller, q.user.as_deref(), |s| {
-            let agent = find(agents::agents_for(&st, s.dir()).0, &name)?;
-            s.audit_access("agent.run", &name);
-            let run = agents::run_one_now(&st, &agent, s.dir(), &Trigger::Manual);
-            serde_json::to_value(run)
-                .map(Json)
-                .map_err(ApiError::internal)
+        let agent = st.agents.admin_agents().remove(&name).ok_or_else(|| {
+            ApiError::not_found(format!("no admin agent named {name:?} (agents.d)"))
+        })?;
+        let answer = match manual::cycle(st, agent).await.map_err(refused)? {
+            CycleOutcome::Ran(users) => CycleAnswer {
+                agent: name,
+                result: "ran",
+                users,
+            },
+            CycleOutcome::Busy | CycleOutcome::AlreadyDone => CycleAnswer {
+                agent: name,
+                result: "busy",
+                users: 0,
+            },
+            CycleOutcome::Failed(e) => return Err(ApiError::internal(e)),
+        };
+        return serde_json::to_value(answer)
+            .map(Json)
+            .map_err(ApiError::internal);
+    }
+    let admin = caller.admin;
+    let (agent, account) = {
+        let st = st.clone();
+        blocking(move || {
+            st.with_store(&caller, q.user.as_deref(), |s| {
+                let agent = find(agents::agents_for(&st, s.dir()).0, &name)?;
+                s.audit_access("agent.run", &name);
+                Ok((agent, s.dir().account().clone()))
+            })
         })
-    })
-    .await
+        .await?
+    };
+    // The run is not blocking work of the handler's: it has a budget and
+    // threads of its own (agents::manual).
+    let run = manual::run(st, agent, account, admin)
+        .await
+        .map_err(refused)?;
+    serde_json::to_value(run)
+        .map(Json)
+        .map_err(ApiError::internal)
+}
+
+/// The answer to a manual run or cycle that did not start.
+fn refused(r: manual::Refused) -> ApiError {
+    match r {
+        manual::Refused::Busy(why) => ApiError::new(StatusCode::CONFLICT, "agent_busy", why),
+        manual::Refused::Saturated(why) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "agent_runs_saturated", why)
+        }
+        manual::Refused::Failed(why) => ApiError::internal(why),
+    }
 }
 
 pub(super) async fn runs(
