@@ -85,6 +85,8 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         )
     })?;
     let (stop_tx, stop_rx) = signal_watch::channel(false);
+    // Before the listeners: a request right after start finds the agents.
+    let agents = crate::agents::start(state.clone());
     let mut servers = vec![tokio::spawn(server::serve_unix(
         listener,
         api::router(state.clone()),
@@ -105,7 +107,6 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         tracing::info!("serving on http://{addr}");
     }
     let flusher = tokio::spawn(flush_usage_every(state.clone(), stop_rx.clone()));
-    let agents = crate::agents::start(state.clone());
     let watchdog = service::start_watchdog(stop_rx.clone());
     service::ready();
 

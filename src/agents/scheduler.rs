@@ -40,6 +40,10 @@ const JOIN_SLACK: Duration = Duration::from_secs(45);
 /// Starts the scheduler; the handle ends once a stop was requested
 /// ([`super::Agents::request_stop`]) and every run has ended.
 pub fn start(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
+    // The admins' agents before this returns, so the API (started after
+    // it) never answers "no admin agent named …" for an agent in agents.d
+    // just because the scheduler's task has not run yet.
+    state.agents.refresh_admin(&state.config().paths.agents_dir);
     tokio::spawn(run(state))
 }
 
@@ -50,8 +54,6 @@ type InForce = HashMap<String, Vec<Agent>>;
 async fn run(state: Arc<AppState>) {
     let config = state.config();
     state.agents.start_guard();
-    // The admins' agents first: the API answers for them from now on.
-    state.agents.refresh_admin(&config.paths.agents_dir);
     {
         let st = state.clone();
         let runtime_dir = config.paths.runtime_dir.clone();
