@@ -14,6 +14,8 @@ mod auth;
 mod credentials;
 mod events;
 mod extract;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod guard;
 mod identity;
 mod knowledge;
@@ -74,6 +76,8 @@ pub struct AppState {
     pub knowledge: crate::store::KnowledgeHub,
     /// How the watcher watches (a reached inotify limit shows here).
     pub watch: Arc<crate::watch::Status>,
+    /// The searches each account has running.
+    pub search: crate::search::budget::Budget,
 }
 
 /// The state of logins and request accounting.
@@ -126,6 +130,7 @@ impl AppState {
             settings: crate::store::SettingsInForce::default(),
             knowledge,
             watch,
+            search: crate::search::budget::Budget::default(),
         }
     }
 

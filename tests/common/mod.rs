@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod peer;
 pub mod stream;
 
 use std::fs::File;
