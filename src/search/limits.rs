@@ -9,7 +9,9 @@
 //! therefore scanned here once, left to right and without recursion, and
 //! refused when it is too long, nests too deep, has too many words, or uses
 //! the range and set syntax (whose cost tantivy pays over the whole term
-//! dictionary, outside any time check). A [`QueryText`] is the only way to
+//! dictionary, outside any time check) or a `*` standing alone (match
+//! anything; after an operator and white space it makes tantivy's parser
+//! panic, found by the fuzz target). A [`QueryText`] is the only way to
 //! reach [`super::query::search`], so no text skips the check.
 //!
 //! The scanner follows the grammar's quoting: a `"` or `'` opens a phrase
@@ -72,6 +74,16 @@ pub enum Refusal {
         words: usize,
         /// The limit.
         max: usize,
+    },
+    /// A `*` standing for a term: tantivy's "any document" or "any value"
+    /// (its parser panics on `- *`: an "exists" query without a field).
+    #[error(
+        "`*` at character {at} stands alone for \"anything\", which search does not support; \
+         a `*` right after a quoted phrase (\"migra\"*) matches words that start with it"
+    )]
+    Wildcard {
+        /// Its 1-based character position.
+        at: usize,
     },
     /// Range or set syntax, which profiled does not search with.
     #[error(
@@ -164,6 +176,7 @@ fn check(text: &str) -> Result<(), Refusal> {
             ')' => depth = depth.saturating_sub(1),
             '[' | ']' | '{' | '}' => return Err(Refusal::Unsupported { found: c, at }),
             '<' | '>' if starts_term => return Err(Refusal::Unsupported { found: c, at }),
+            '*' if starts_term => return Err(Refusal::Wildcard { at }),
             _ => {}
         }
     }
@@ -223,6 +236,26 @@ mod tests {
                 "{q}: {:?}",
                 check(q)
             );
+        }
+    }
+
+    #[test]
+    fn a_star_standing_alone_is_refused() {
+        // `- *` made tantivy's parser panic ("Exist query without a field
+        // isn't allowed"); the fuzz target found it with `\r` for the space.
+        for (q, at) in [
+            ("*", 1),
+            ("- *", 3),
+            ("-\r\r*\r,", 4),
+            ("+\t*", 3),
+            ("title:*", 7),
+            ("a (*)", 4),
+        ] {
+            assert_eq!(check(q), Err(Refusal::Wildcard { at }), "{q:?}");
+        }
+        // Quoted, escaped, or a prefix after a phrase: text, not a term.
+        for q in ["\"migra\"*", "\"*\"", "\\*", "a*b"] {
+            assert_eq!(check(q), Ok(()), "{q:?}");
         }
     }
 
