@@ -13,6 +13,8 @@ pub mod client;
 pub mod config;
 pub mod creds;
 pub mod daemon;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod metrics;
 pub mod organize;
 pub mod profile;

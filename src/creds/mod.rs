@@ -29,6 +29,12 @@ mod settings;
 mod vault;
 
 pub use error::{Error, Result};
+
+/// Fuzz target `credentials` (see [`format`]).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_credentials(data: &[u8]) {
+    format::fuzz(data);
+}
 pub use format::{EntryInfo, MAX_RECIPIENTS, RESERVED_PROVIDERS, check_provider};
 pub use keys::KeyStore;
 pub use resolve::{LAST_USED_GRANULARITY, Resolved, Source};
