@@ -9,9 +9,9 @@
 //! therefore scanned here once, left to right and without recursion, and
 //! refused when it is too long, nests too deep, has too many words, or uses
 //! the range and set syntax (whose cost tantivy pays over the whole term
-//! dictionary, outside any time check) or a `*` standing alone (match
-//! anything; after an operator and white space it makes tantivy's parser
-//! panic, found by the fuzz target). A [`QueryText`] is the only way to
+//! dictionary, outside any time check) or a `*` anywhere but right after a
+//! phrase (match anything; after an operator and white space it makes
+//! tantivy's parser panic, found by the fuzz target). A [`QueryText`] is the only way to
 //! reach [`super::query::search`], so no text skips the check.
 //!
 //! The scanner follows the grammar's quoting: a `"` or `'` opens a phrase
@@ -75,11 +75,13 @@ pub enum Refusal {
         /// The limit.
         max: usize,
     },
-    /// A `*` standing for a term: tantivy's "any document" or "any value"
-    /// (its parser panics on `- *`: an "exists" query without a field).
+    /// A `*` anywhere but right after a phrase: where tantivy reads it as
+    /// a term it means "any document" or "any value" (and its parser
+    /// panics on `- *`: an "exists" query without a field).
     #[error(
-        "`*` at character {at} stands alone for \"anything\", which search does not support; \
-         a `*` right after a quoted phrase (\"migra\"*) matches words that start with it"
+        "`*` at character {at} is not right after a quoted phrase, where it would stand for \
+         \"anything\", which search does not support; put text with a `*` in quotes, and write \
+         \"migra\"* for words that start with migra"
     )]
     Wildcard {
         /// Its 1-based character position.
@@ -135,9 +137,9 @@ fn check(text: &str) -> Result<(), Refusal> {
     let mut in_word = false;
     let mut escaped = false;
     let mut quote: Option<char> = None;
-    // Whether the next character starts a term: where tantivy tries a
-    // range such as `>5` or `<=x`.
-    let mut term_start = true;
+    // Whether the previous character closed a phrase: the one place a `*`
+    // means something searchable (a prefix).
+    let mut after_phrase = false;
     for (i, c) in text.chars().enumerate() {
         let at = i + 1;
         if c.is_alphanumeric() {
@@ -146,11 +148,7 @@ fn check(text: &str) -> Result<(), Refusal> {
         } else {
             in_word = false;
         }
-        let starts_term = term_start;
-        // `+` and `-` are operators only where a term starts (`a->b` is a
-        // word).
-        term_start =
-            c.is_whitespace() || matches!(c, '(' | ':') || (starts_term && matches!(c, '+' | '-'));
+        let prefix = std::mem::take(&mut after_phrase);
         if escaped {
             escaped = false;
             continue;
@@ -162,6 +160,7 @@ fn check(text: &str) -> Result<(), Refusal> {
         if let Some(q) = quote {
             if c == q {
                 quote = None;
+                after_phrase = true;
             }
             continue;
         }
@@ -175,8 +174,11 @@ fn check(text: &str) -> Result<(), Refusal> {
             }
             ')' => depth = depth.saturating_sub(1),
             '[' | ']' | '{' | '}' => return Err(Refusal::Unsupported { found: c, at }),
-            '<' | '>' if starts_term => return Err(Refusal::Unsupported { found: c, at }),
-            '*' if starts_term => return Err(Refusal::Wildcard { at }),
+            // tantivy starts a new term wherever one ends, white space or
+            // not (`a^1<5` is a term and a range), so these are refused
+            // wherever they stand outside quotes.
+            '<' | '>' => return Err(Refusal::Unsupported { found: c, at }),
+            '*' if !prefix => return Err(Refusal::Wildcard { at }),
             _ => {}
         }
     }
@@ -200,7 +202,7 @@ mod tests {
             "met bob about the migration plan",
             "\"dual write\" AND (bob OR alice) -draft +plan",
             "tags:meeting title:(plan OR roadmap)",
-            "it's \"f(x)\" a->b c++ e-mail",
+            "it's \"f(x)\" \"a->b\" c++ e-mail",
             "\"phrase\"~2 \"prefix wor\"* word^2",
             "((((deep))))",
         ] {
@@ -230,6 +232,10 @@ mod tests {
             ("{a TO b}", '{'),
             ("body:>5", '>'),
             ("-<=x", '<'),
+            // Found by the fuzz target: a term ends at `^1` and a range
+            // starts right after it.
+            ("\"phr or p\" d^1<1y", '<'),
+            ("a->b", '>'),
         ] {
             assert!(
                 matches!(check(q), Err(Refusal::Unsupported { found: f, .. }) if f == found),
@@ -250,11 +256,15 @@ mod tests {
             ("+\t*", 3),
             ("title:*", 7),
             ("a (*)", 4),
+            ("(a)*", 4),
+            ("a^2*", 4),
+            ("\"a\"**", 5),
+            ("a*b", 2),
         ] {
             assert_eq!(check(q), Err(Refusal::Wildcard { at }), "{q:?}");
         }
         // Quoted, escaped, or a prefix after a phrase: text, not a term.
-        for q in ["\"migra\"*", "\"*\"", "\\*", "a*b"] {
+        for q in ["\"migra\"*", "'migra'*", "\"*\"", "\\*"] {
             assert_eq!(check(q), Ok(()), "{q:?}");
         }
     }
