@@ -10,18 +10,19 @@
 //! refused when it is too long, nests too deep, has too many words, or uses
 //! the range and set syntax (whose cost tantivy pays over the whole term
 //! dictionary, outside any time check) or a `*` anywhere but right after a
-//! phrase (match anything; after an operator and white space it makes
-//! tantivy's parser panic, found by the fuzz target). A [`QueryText`] is the only way to
-//! reach [`super::query::search`], so no text skips the check.
+//! phrase (match anything; after an operator and white space it made
+//! tantivy's parser panic, found by the fuzz target). A [`QueryText`] is
+//! the only way to reach [`super::query::search`], so no text skips the
+//! check.
 //!
 //! The scanner follows the grammar's quoting: a `"` or `'` opens a phrase
 //! that the same unescaped character closes, and `\` escapes the next
 //! character everywhere. Where tantivy would read a quote differently (a
 //! quote in the middle of a word), its parse fails at that quote, before it
 //! reaches anything after it, so the two never disagree about the part
-//! tantivy parses. The fuzz target `search_query` checks this: the depth of
-//! the syntax tree tantivy builds from an accepted text is never over
-//! [`MAX_DEPTH`].
+//! tantivy parses. The fuzz target `search_query` checks this: a text
+//! accepted here parses into a tree no deeper than the limits allow, with
+//! only plain term and phrase leaves.
 
 use std::fmt;
 
