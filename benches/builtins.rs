@@ -24,6 +24,8 @@ use common::{Daemon, TestUser, require_root};
 use profiled::builtin::{self, ingest};
 use profiled::config::Config;
 use profiled::profile::{ProfileDir, ProfilesRoot};
+use profiled::search::budget::TIME;
+use profiled::search::limits::QueryText;
 
 struct Size {
     profiles: usize,
@@ -171,15 +173,18 @@ fn main() {
     );
 
     let account = account_of(&big);
-    let queries: Vec<String> = (0..size.queries).map(|_| words.word()).collect();
+    let queries: Vec<QueryText> = (0..size.queries)
+        .map(|_| QueryText::new(&words.word()).expect("a word is a query"))
+        .collect();
     // Warm both: the page cache for rg, the reader for the index.
-    let _ = profiled::search::query::search(&d.state, &account, &queries[0], 10);
-    let _ = rg(&queries[0], &month);
+    let _ = profiled::search::query::search(&d.state, &account, &queries[0], 10, TIME);
+    let _ = rg(queries[0].as_str(), &month);
     let mut ours = Vec::new();
     let mut found = 0;
     for q in &queries {
         let start = Instant::now();
-        let hits = profiled::search::query::search(&d.state, &account, q, 10).expect("search");
+        let hits =
+            profiled::search::query::search(&d.state, &account, q, 10, TIME).expect("search");
         ours.push(start.elapsed());
         found += hits.hits.len();
     }
@@ -188,7 +193,7 @@ fn main() {
     let mut theirs = Vec::new();
     for q in &queries[..rg_runs] {
         let start = Instant::now();
-        rg(q, &month);
+        rg(q.as_str(), &month);
         theirs.push(start.elapsed());
     }
     ours.sort();

@@ -17,6 +17,8 @@ pub mod daemon;
 pub mod fdlimit;
 pub mod logging;
 pub mod manpages;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod metrics;
 pub mod organize;
 pub mod profile;

@@ -15,6 +15,8 @@ pub mod conn_budget;
 mod credentials;
 mod events;
 mod extract;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod guard;
 mod identity;
 mod knowledge;
@@ -81,6 +83,8 @@ pub struct AppState {
     pub watch: Arc<crate::watch::Status>,
     /// Connections and event streams each caller holds (rule 9).
     pub budgets: Budgets,
+    /// The searches each account has running.
+    pub search: crate::search::budget::Budget,
 }
 
 /// The state of logins and request accounting.
@@ -134,6 +138,7 @@ impl AppState {
             knowledge,
             watch,
             budgets: Budgets::new(budget::descriptor_ceiling(LISTENERS)),
+            search: crate::search::budget::Budget::default(),
         }
     }
 

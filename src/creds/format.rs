@@ -323,6 +323,24 @@ fn parse(text: &[u8]) -> std::result::Result<Plain, OpenError> {
     Ok(plain)
 }
 
+/// Fuzz target `credentials`: `data` as a credentials file's decrypted
+/// content, as a whole age file (its header and stanzas are parsed before
+/// the identity is found not to match: the content is reached through
+/// `parse` directly), and as a recipient a user gives.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz(data: &[u8]) {
+    static IDENTITIES: std::sync::OnceLock<Identities> = std::sync::OnceLock::new();
+    let ids = IDENTITIES.get_or_init(|| Identities {
+        current: age::x25519::Identity::generate(),
+        next: None,
+    });
+    let _ = parse(data);
+    let _ = open(data, ids);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = UserRecipient::parse(text);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,12 @@ mod vault;
 
 pub use endpoint::Endpoint;
 pub use error::{Error, Result};
+
+/// Fuzz target `credentials` (see [`format`]).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_credentials(data: &[u8]) {
+    format::fuzz(data);
+}
 pub use format::{EntryInfo, MAX_RECIPIENTS, RESERVED_PROVIDERS, check_provider};
 pub use keys::KeyStore;
 pub use resolve::{HostKey, LAST_USED_GRANULARITY, Resolved, Source, UserKey};

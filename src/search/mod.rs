@@ -8,6 +8,8 @@
 //! make root follow it (rule 1). The uid in the name means an account name
 //! given to a new person never serves the old person's index.
 
+pub mod budget;
+pub mod limits;
 pub mod query;
 pub mod update;
 
@@ -99,4 +101,38 @@ fn index_error(user: &str, e: impl std::fmt::Display) -> Error {
         user: user.to_owned(),
         reason: e.to_string(),
     }
+}
+
+/// Fuzz target `search_query`: `data` through [`limits::QueryText`] and,
+/// when accepted, tantivy's parser as a search runs it. An accepted text
+/// must never parse into a deeper tree than the limits allow (the scanner
+/// and tantivy must agree about nesting), nor into a range, set, exists or
+/// match-all leaf.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_query(data: &[u8]) {
+    use tantivy::query_grammar::{UserInputAst as A, UserInputLeaf as L};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(query) = limits::QueryText::new(text) else {
+        return;
+    };
+    if let Ok(ast) = tantivy::query_grammar::parse_query(query.as_str()) {
+        // Every `NOT` (a word) may add a level besides the parentheses.
+        let most = limits::MAX_DEPTH + limits::MAX_WORDS + 2;
+        // A stack, not recursion: the tree is what is being checked.
+        let mut stack = vec![(&ast, 1usize)];
+        while let Some((node, depth)) = stack.pop() {
+            assert!(depth <= most, "{query:?} parsed {depth} deep: {ast:?}");
+            match node {
+                A::Clause(children) => stack.extend(children.iter().map(|(_, c)| (c, depth + 1))),
+                A::Boost(inner, _) => stack.push((inner, depth + 1)),
+                A::Leaf(leaf) => assert!(
+                    matches!(**leaf, L::Literal(_)),
+                    "{query:?} parsed into {leaf:?}"
+                ),
+            }
+        }
+    }
+    let _ = query::parse(&query);
 }

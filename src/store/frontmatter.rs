@@ -247,6 +247,26 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // The toml crate stops at its recursion limit (80) for every kind of
+        // nesting; a record is at most 1 MiB, which would allow 500,000.
+        let n = 100_000;
+        for front in [
+            format!("[{}a]\nx = 1\n", "a.".repeat(n)),
+            format!("{}a = 1\n", "a.".repeat(n)),
+            format!("x = {}1{}\n", "[".repeat(n), "]".repeat(n)),
+            format!("x = {}1{}\n", "{a=".repeat(n), "}".repeat(n)),
+        ] {
+            let text = format!("+++\n{front}+++\nbody\n");
+            let err = parse::<toml::Table>(&text, &[]).err();
+            assert!(
+                err.as_ref().is_some_and(|e| e.reason.contains("recursion")),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
     fn errors_carry_the_file_line() {
         let text = "+++\nid = \"a\"\ntags = [\"x\"\n+++\nbody\n";
         let err = parse::<Front>(text, &[]).err();

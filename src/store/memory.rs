@@ -265,6 +265,16 @@ impl Store<'_> {
     }
 }
 
+/// The memory in `text`, the file `rel` named `stem`.md, as a read of it
+/// parses it (for the fuzz target `record`).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn parse(stem: &str, rel: &str, text: &str) -> Result<Memory> {
+    let doc = super::parse_record::<Front>(stem, rel, text, KNOWN)?;
+    Ok(to_memory(stem, rel, &doc.front, &doc.body))
+}
+
+impl Store<'_> {}
+
 /// Checks `new` and renders it as a new memory: its path, its file's
 /// text, and the memory.
 fn render_new(new: NewMemory) -> Result<(String, String, Memory)> {
@@ -340,6 +350,10 @@ fn to_memory(id: &str, rel: &str, front: &Front, body: &str) -> Memory {
 impl RecordFront for Front {
     fn id(&self) -> Option<&str> {
         self.id.as_deref()
+    }
+
+    fn tags(&self) -> &[String] {
+        &self.tags
     }
 }
 

@@ -26,6 +26,10 @@ use serde::{Deserialize, Serialize};
 use crate::audit::Auditor;
 use crate::profile::{self, ProfileDir};
 
+/// The most tags a record may have (each is a term in the search index
+/// and a line in listings; a person uses a handful).
+pub const MAX_TAGS: usize = 64;
+
 /// Something wrong with one file of a profile, for the user to fix.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
@@ -189,21 +193,7 @@ impl<'a> Store<'a> {
             Err(Error::Profile(profile::Error::NotFound { .. })) => return Ok(None),
             Err(e) => return Err(e),
         };
-        toml::from_str(&text).map(Some).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            // A whole table's span (an agent declaration) narrows to the
-            // line of the key the message names.
-            let at = crate::agents::decl::narrow_span(&text, span, e.message())
-                .start
-                .min(text.len());
-            Error::Invalid {
-                problem: Problem {
-                    file: rel.to_owned(),
-                    line: Some(text[..at].matches('\n').count() + 1),
-                    reason: e.message().to_owned(),
-                },
-            }
-        })
+        parse_toml(rel, &text).map(Some)
     }
 
     /// A problem for each symbolic link directly in `rel`: links are never
@@ -224,31 +214,14 @@ impl<'a> Store<'a> {
     }
 
     /// Reads and parses the record file `rel`, whose file name says its id
-    /// is `stem`; an `id` key that disagrees is an error on its line.
+    /// is `stem`.
     fn read_record<F: RecordFront>(
         &self,
         stem: &str,
         rel: &str,
         known: &[&str],
     ) -> Result<frontmatter::Document<F>> {
-        let text = self.read_text(rel)?;
-        let invalid = |line, reason| Error::Invalid {
-            problem: Problem {
-                file: rel.to_owned(),
-                line: Some(line),
-                reason,
-            },
-        };
-        let doc = frontmatter::parse::<F>(&text, known).map_err(|e| invalid(e.line, e.reason))?;
-        if let Some(id) = doc.front.id()
-            && id != stem
-        {
-            return Err(invalid(
-                line_of_key(&text, "id").unwrap_or(2),
-                format!("id {id:?} does not match the file name {stem}.md; rename one to match"),
-            ));
-        }
-        Ok(doc)
+        parse_record(stem, rel, &self.read_text(rel)?, known)
     }
 
     /// Renders and writes a record atomically.
@@ -278,6 +251,62 @@ impl<'a> Store<'a> {
         }
         out
     }
+}
+
+/// Parses `text`, the TOML file `rel` (errors name its line).
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(rel: &str, text: &str) -> Result<T> {
+    toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        // A whole table's span (an agent declaration) narrows to the
+        // line of the key the message names.
+        let at = crate::agents::decl::narrow_span(text, span, e.message())
+            .start
+            .min(text.len());
+        Error::Invalid {
+            problem: Problem {
+                file: rel.to_owned(),
+                line: Some(text[..at].matches('\n').count() + 1),
+                reason: e.message().to_owned(),
+            },
+        }
+    })
+}
+
+/// Parses `text`, the record file `rel` whose file name says its id is
+/// `stem`; an `id` key that disagrees is an error on its line, and so are
+/// more than [`MAX_TAGS`] tags.
+fn parse_record<F: RecordFront>(
+    stem: &str,
+    rel: &str,
+    text: &str,
+    known: &[&str],
+) -> Result<frontmatter::Document<F>> {
+    let invalid = |line, reason| Error::Invalid {
+        problem: Problem {
+            file: rel.to_owned(),
+            line: Some(line),
+            reason,
+        },
+    };
+    let doc = frontmatter::parse::<F>(text, known).map_err(|e| invalid(e.line, e.reason))?;
+    if let Some(id) = doc.front.id()
+        && id != stem
+    {
+        return Err(invalid(
+            line_of_key(text, "id").unwrap_or(2),
+            format!("id {id:?} does not match the file name {stem}.md; rename one to match"),
+        ));
+    }
+    if doc.front.tags().len() > MAX_TAGS {
+        return Err(invalid(
+            line_of_key(text, "tags").unwrap_or(2),
+            format!(
+                "{} tags and the most is {MAX_TAGS}; keep the ones that matter",
+                doc.front.tags().len()
+            ),
+        ));
+    }
+    Ok(doc)
 }
 
 /// The text of the record file `rel`: front matter and body.
@@ -353,6 +382,8 @@ fn problem_of(e: Error) -> Option<Problem> {
 trait RecordFront: Serialize + serde::de::DeserializeOwned {
     /// The `id` written in the file, if any.
     fn id(&self) -> Option<&str>;
+    /// The tags.
+    fn tags(&self) -> &[String];
 }
 
 /// Text as stored: ending in a newline, like every text file.
@@ -393,6 +424,15 @@ fn record_stems(entries: Vec<profile::Entry>) -> Vec<String> {
 
 /// Checks a list of tags from a request.
 fn check_tags(tags: &[String]) -> Result<()> {
+    if tags.len() > MAX_TAGS {
+        return Err(Error::Input {
+            field: "tags".into(),
+            reason: format!(
+                "{} tags and the most is {MAX_TAGS}; keep the ones that matter",
+                tags.len()
+            ),
+        });
+    }
     for t in tags {
         if t.trim().is_empty() || t.chars().count() > 64 || frontmatter::control_char(t).is_some() {
             return Err(Error::Input {
@@ -413,4 +453,31 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
                 .is_some_and(|r| r.trim_start().starts_with('='))
         })
         .map(|i| i + 1)
+}
+
+/// Fuzz target `record`: `text` as a memory file and as a task file, read
+/// as the store reads them; and `+++` front matter rendered back after a
+/// parse must parse to the same rendering.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_record(text: &str) {
+    let _ = memory::parse("evt-x", "memory/episodic/2026/01/evt-x.md", text);
+    let _ = task::parse("task-x", "memory/tasks/task-x.md", text);
+    let Ok(doc) = frontmatter::parse::<toml::Table>(text, &[]) else {
+        return;
+    };
+    let Ok(once) = frontmatter::render(&doc.front, &toml::Table::new(), &doc.body) else {
+        return;
+    };
+    let again = frontmatter::parse::<toml::Table>(&once, &[])
+        .unwrap_or_else(|e| panic!("a rendered record does not parse: {e:?}\n{once}"));
+    let twice = frontmatter::render(&again.front, &toml::Table::new(), &again.body);
+    assert_eq!(twice.as_deref(), Ok(once.as_str()), "render is not stable");
+}
+
+/// Fuzz target `settings`: `text` as `profile.toml` (the user's agents
+/// included) and as `persona/core.toml`.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_settings(text: &str) {
+    let _ = parse_toml::<UserSettings>("profile.toml", text);
+    let _ = parse_toml::<Persona>("persona/core.toml", text);
 }

@@ -262,6 +262,16 @@ impl Store<'_> {
     }
 }
 
+/// The task in `text`, the file `rel` named `stem`.md, as a read of it
+/// parses it (for the fuzz target `record`).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn parse(stem: &str, rel: &str, text: &str) -> Result<Task> {
+    let doc = super::parse_record::<Front>(stem, rel, text, KNOWN)?;
+    Ok(to_task(stem, rel, &doc.front, &doc.body))
+}
+
+impl Store<'_> {}
+
 /// One page of tasks from `index`, newest first, optionally only those in
 /// `status`.
 pub(super) fn pick<'a>(
@@ -308,6 +318,10 @@ fn to_task(id: &str, rel: &str, front: &Front, notes: &str) -> Task {
 impl RecordFront for Front {
     fn id(&self) -> Option<&str> {
         self.id.as_deref()
+    }
+
+    fn tags(&self) -> &[String] {
+        &self.tags
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod container;
 pub mod model;
+pub mod peer;
 pub mod stream;
 
 use std::fs::File;

@@ -148,6 +148,11 @@ impl Output {
             outln!("{}  {}  {:.2}  {}", h.id, h.kind, h.score, h.title);
             outln!("    {}", h.snippet);
         }
+        if hits.partial {
+            eprintln!(
+                "(partial: the search stopped at its time limit; fewer or rarer words answer in full)"
+            );
+        }
     }
 
     pub fn memories(&self, page: &Page<Memory>) {

@@ -509,6 +509,26 @@ fn parse(name: &str, bytes: &[u8]) -> Result<Vec<NewMemory>, String> {
     Ok(vec![memory(text.to_owned(), Vec::new())])
 }
 
+/// Fuzz target `inbox`: `data`'s first byte picks the file's kind (JSON,
+/// Markdown or text), the rest is the file, parsed and checked as ingest
+/// does.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz(data: &[u8]) {
+    let Some((&pick, bytes)) = data.split_first() else {
+        return;
+    };
+    let name = match pick % 3 {
+        0 => "note.json",
+        1 => "note.md",
+        _ => "note.txt",
+    };
+    if let Ok(memories) = parse(name, bytes) {
+        for m in &memories {
+            let _ = check(m);
+        }
+    }
+}
+
 /// The store's rules on a new memory, as a reason.
 fn check(m: &NewMemory) -> Result<(), String> {
     if m.text.trim().is_empty() {
