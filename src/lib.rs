@@ -15,10 +15,10 @@ pub mod config;
 pub mod creds;
 pub mod daemon;
 pub mod fdlimit;
-pub mod logging;
-pub mod manpages;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod logging;
+pub mod manpages;
 pub mod metrics;
 pub mod organize;
 pub mod profile;

@@ -149,7 +149,7 @@ impl Output {
             outln!("    {}", h.snippet);
         }
         if hits.partial {
-            eprintln!(
+            errln!(
                 "(partial: the search stopped at its time limit; fewer or rarer words answer in full)"
             );
         }
