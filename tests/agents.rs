@@ -1895,29 +1895,6 @@ fn a_users_tracer_holds_up_no_cycle_and_no_stop() {
     assert_eq!(field(&logged[0], "status"), "stopped", "{logged:?}");
 }
 
-/// Runs `f` on a thread whose effective uid is `uid` (so the daemon's
-/// `SO_PEERCRED` names that account) and answers what it returns.
-fn as_uid<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        // SAFETY: a raw syscall with integer arguments; it changes the
-        // effective uid of this thread only (the libc wrapper would change
-        // every thread's), and the thread ends when `f` returns, so no
-        // other code of the test runs with it.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_setresuid,
-                u32::MAX as libc::c_long,
-                libc::c_long::from(uid),
-                u32::MAX as libc::c_long,
-            )
-        };
-        assert_eq!(r, 0, "setresuid: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("the thread running as another uid")
-}
-
 /// The number of threads of process `pid`.
 fn threads_of(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count)
@@ -1966,7 +1943,7 @@ fn a_flood_of_manual_runs_neither_piles_up_threads_nor_starves_anyone() {
     let flood = std::thread::spawn({
         let uid = alice.uid;
         move || {
-            as_uid(uid, move || {
+            common::peer::as_uid(uid, move || {
                 let request = "POST /v1/agents/hog/run HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n";
                 let mut answers = Vec::new();
                 for i in 0..600 {

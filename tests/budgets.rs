@@ -37,27 +37,11 @@ fn raise_nofile() {
 /// `n` connections to `socket` whose peer credentials are `uid`'s; stops
 /// early only if connecting itself fails.
 fn connect_as(socket: &Path, uid: u32, n: usize) -> Vec<UnixStream> {
-    let socket = socket.to_owned();
-    std::thread::spawn(move || {
-        // SAFETY: a raw syscall with integer arguments; it changes the
-        // effective uid of this thread only (the libc wrapper would change
-        // every thread's), and the thread ends right after, so no other
-        // code of the test runs with it.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_setresuid,
-                u32::MAX as libc::c_long,
-                libc::c_long::from(uid),
-                u32::MAX as libc::c_long,
-            )
-        };
-        assert_eq!(r, 0, "setresuid: {}", std::io::Error::last_os_error());
+    common::peer::as_uid(uid, || {
         (0..n)
-            .map_while(|_| UnixStream::connect(&socket).ok())
+            .map_while(|_| UnixStream::connect(socket).ok())
             .collect()
     })
-    .join()
-    .expect("the connecting thread")
 }
 
 /// Writes `req` and reads the answer's head, and its body when it has a

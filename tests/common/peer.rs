@@ -15,6 +15,22 @@ use rustix::process::{Gid, Uid};
 
 use super::TestUser;
 
+/// Runs `f` on a new thread whose effective uid is `uid` (its gid and
+/// groups stay root's): enough for the daemon's `SO_PEERCRED` to name that
+/// account on a connection the thread makes; its result.
+pub fn as_uid<T: Send>(uid: u32, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let keep = None::<Uid>;
+            rustix::thread::set_thread_res_uid(keep, Some(Uid::from_raw(uid)), keep)
+                .expect("set the thread's effective uid");
+            f()
+        })
+        .join()
+        .expect("the thread as the account")
+    })
+}
+
 /// Runs `f` on a new thread whose uid and gid are `user`'s; its result.
 pub fn as_user<T: Send>(user: &TestUser, f: impl FnOnce() -> T + Send) -> T {
     let (uid, gid) = (user.uid, user.gid);
