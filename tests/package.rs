@@ -16,12 +16,11 @@ use std::time::{Duration, Instant};
 use common::container::{Container, require_programs};
 use common::{free_port, http_request, require_root, tag};
 
-/// The exposure `systemd-analyze security` may give the unit, in tenths.
-/// 2.6 is the least the daemon allows today: RestrictSUIDSGID=yes (2.5)
-/// waits for an openat fallback in the file layer (systemd answers openat2
-/// with ENOSYS under it), and dropping CAP_DAC_*/CAP_FOWNER (2.5) for the
-/// work inside profiles to run with the user's fsuid everywhere.
-const MAX_EXPOSURE_TENTHS: u32 = 26;
+/// The exposure `systemd-analyze security` may give the unit, in tenths
+/// (issue 12 asks for 2.5 or less). Under the unit's RestrictSUIDSGID=yes
+/// systemd answers openat2 with ENOSYS, so this test's login, capture and
+/// agent run also exercise the file layer's stepwise fallback.
+const MAX_EXPOSURE_TENTHS: u32 = 25;
 
 /// The whole life of the package on one machine, in order: each step needs
 /// the previous one.

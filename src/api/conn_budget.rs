@@ -102,6 +102,10 @@ pub async fn bind(State(st): State<Arc<AppState>>, req: Request, next: Next) -> 
     else {
         return next.run(req).await;
     };
+    // The connection's earlier request bound it: no standing to look up.
+    if place.is_bound_to(peer.uid) {
+        return next.run(req).await;
+    }
     let checked = ext.get::<Checked>().copied();
     let standing = st.standing(peer.uid, checked).await;
     let limits = st.config().limits.connections;

@@ -151,6 +151,16 @@ impl Place {
         }
     }
 
+    /// Whether the connection counts against `uid` already: binding it to
+    /// `uid` again would change nothing (the usual keep-alive request).
+    pub fn is_bound_to(&self, uid: UserId) -> bool {
+        self.bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|s| s.uid() == uid)
+    }
+
     /// A request on the connection authenticated as `uid`: from now on the
     /// connection counts against `uid` in `pool` (leaving the lobby, or the
     /// account it was bound to before). Refused when `uid` holds its

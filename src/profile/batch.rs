@@ -18,7 +18,7 @@ use std::os::fd::OwnedFd;
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
-use super::dir::{FILE_MODE, ProfileDir, append_whole, exact_mode, open_log};
+use super::dir::{FILE_MODE, NewEntry, ProfileDir, append_whole, exact_mode, open_log};
 use super::sys::{check_regular, check_rel, errno, open_beneath, split_parent, stat};
 use super::{Error, Result};
 
@@ -194,7 +194,7 @@ impl<'p> Batch<'p> {
         let (parent, name) = split_parent(rel);
         let _as = self.profile.as_account()?;
         let dir = self.dir(parent.unwrap_or(""))?;
-        let fd = open_log(dir, name, rel)?;
+        let fd = open_log(dir, name, rel, NewEntry::SyncedByCommit)?;
         check_regular(&stat(&fd, rel)?, self.profile.account().uid, u64::MAX, rel)?;
         self.dirty = true;
         append_whole(&File::from(fd), data, rel)

@@ -309,7 +309,7 @@ impl ProfileDir {
         let _as = self.as_account()?;
         let (parent, name) = split_parent(rel);
         let dir = self.ensure_dir_opt(parent)?;
-        let fd = open_log(&dir, name, rel)?;
+        let fd = open_log(&dir, name, rel, NewEntry::SyncNow)?;
         check_regular(&stat(&fd, rel)?, self.account.uid, u64::MAX, rel)?;
         let file = File::from(fd);
         append_whole(&file, line, rel)?;
@@ -522,10 +522,25 @@ pub(super) fn exact_mode(fd: impl AsFd, mode: u32) -> std::result::Result<(), Er
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
 }
 
+/// When the directory entry of a log file just created becomes durable.
+#[derive(Clone, Copy)]
+pub(super) enum NewEntry {
+    /// Fsync its directory before the first line is written.
+    SyncNow,
+    /// A batch's commit syncs the whole filesystem: an fsync per new file
+    /// would only slow the batch down (one per ingested file's journal).
+    SyncedByCommit,
+}
+
 /// Opens the log file `name` in `dir` to append, creating it when missing
 /// (0600, owned by the account that the thread acts as); a new file's
-/// directory entry is made durable.
-pub(super) fn open_log(dir: impl AsFd, name: &str, rel: &str) -> Result<OwnedFd> {
+/// directory entry is made durable as `new_entry` says.
+pub(super) fn open_log(
+    dir: impl AsFd,
+    name: &str,
+    rel: &str,
+    new_entry: NewEntry,
+) -> Result<OwnedFd> {
     let dir = dir.as_fd();
     let flags = OFlags::WRONLY | OFlags::APPEND;
     loop {
@@ -542,7 +557,9 @@ pub(super) fn open_log(dir: impl AsFd, name: &str, rel: &str) -> Result<OwnedFd>
         match created {
             Ok(fd) => {
                 exact_mode(&fd, FILE_MODE).map_err(|e| errno(rel, "chmod", e))?;
-                rustix::fs::fsync(dir).map_err(|e| errno(rel, "fsync directory", e))?;
+                if let NewEntry::SyncNow = new_entry {
+                    rustix::fs::fsync(dir).map_err(|e| errno(rel, "fsync directory", e))?;
+                }
                 return Ok(fd);
             }
             // Another appender created it first: open theirs.

@@ -5,7 +5,9 @@
 //! No path under a profile is ever opened by name from the filesystem root:
 //! everything goes through a directory handle with `openat2` and
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS |
-//! RESOLVE_NO_XDEV`, and every opened file is checked with `fstat`.
+//! RESOLVE_NO_XDEV` (or, where `openat2` is unavailable, a walk of one
+//! component at a time with the same refusals: `stepwise`), and every
+//! opened file is checked with `fstat`.
 
 mod batch;
 mod dir;
@@ -13,6 +15,7 @@ mod fsid;
 mod layout;
 mod root;
 mod shared;
+mod stepwise;
 mod sys;
 mod walk;
 

@@ -2,11 +2,12 @@
 //! into [`Error`] values that name the relative path.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
-use super::{Error, Refusal, Result};
+use super::{Error, Refusal, Result, stepwise};
 use crate::accounts::UserId;
 
 /// The resolution rules of every open inside a profile (rule 1).
@@ -37,13 +38,35 @@ pub(super) fn open_beneath(
     } else {
         ALWAYS
     };
-    let mut tries = 0;
-    loop {
-        match rustix::fs::openat2(dir.as_fd(), rel, flags | always, mode, BENEATH) {
-            Ok(fd) => return Ok(fd),
-            Err(Errno::AGAIN) if tries < 16 => tries += 1,
-            Err(e) => return Err(errno(rel, "open", e)),
+    if !OPENAT2_MISSING.load(Ordering::Relaxed) {
+        let mut tries = 0;
+        loop {
+            match rustix::fs::openat2(dir.as_fd(), rel, flags | always, mode, BENEATH) {
+                Ok(fd) => return Ok(fd),
+                Err(Errno::AGAIN) if tries < 16 => tries += 1,
+                Err(Errno::NOSYS) => {
+                    openat2_missing();
+                    break;
+                }
+                Err(e) => return Err(errno(rel, "open", e)),
+            }
         }
+    }
+    stepwise::open(dir.as_fd(), rel, flags | always, mode).map_err(|e| errno(rel, "open", e))
+}
+
+/// Set once `openat2` has answered ENOSYS: the process's seccomp filter or
+/// kernel will not change, so every later open goes straight to the walk.
+static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
+
+/// Notes, once, that opens now walk one component at a time.
+fn openat2_missing() {
+    if !OPENAT2_MISSING.swap(true, Ordering::Relaxed) {
+        tracing::info!(
+            "openat2 is not available (a kernel before 5.6, or a seccomp filter such as \
+             systemd's RestrictSUIDSGID=yes): opening profile files one path component at a \
+             time, with the same refusals (docs/SECURITY.md, rule 1)"
+        );
     }
 }
 

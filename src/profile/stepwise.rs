@@ -1,0 +1,187 @@
+//! Opening a path beneath a directory handle one component at a time, for
+//! when `openat2` is unavailable: kernels before 5.6, and systemd units
+//! with `RestrictSUIDSGID=yes`, whose seccomp filter answers every
+//! `openat2` with ENOSYS because it cannot inspect the call's mode.
+//!
+//! It keeps rule 1 (docs/SECURITY.md) without the kernel's help: `..` is
+//! refused outright, each directory on the way is opened with `O_PATH |
+//! O_NOFOLLOW` from the previous one and checked with `fstat` (a link is
+//! refused, as `RESOLVE_NO_SYMLINKS` would; anything else that is not a
+//! directory too), and every step must stay on the device of the starting
+//! handle (`RESOLVE_NO_XDEV`; a bind mount of the same filesystem is not
+//! seen, and only root can make one). The final component is opened with
+//! the caller's flags, which always hold `O_NOFOLLOW`. A rename racing the
+//! walk cannot lead it out: every step is relative to a handle already
+//! checked, never to a name looked up again.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+/// Opens `rel` beneath `dir` as `openat2` with `RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV` would,
+/// answering with the errno `openat2` gives for the same refusal (ELOOP for
+/// a link, EXDEV for `..` or another device, ENOTDIR, ENOENT).
+pub(super) fn open(
+    dir: BorrowedFd<'_>,
+    rel: &str,
+    flags: OFlags,
+    mode: Mode,
+) -> Result<OwnedFd, Errno> {
+    let device = rustix::fs::fstat(dir)?.st_dev;
+    let mut parts = rel.split('/').filter(|c| !c.is_empty() && *c != ".");
+    let Some(mut name) = parts.next() else {
+        return open_last(dir, ".", flags, mode, device);
+    };
+    let mut at: Option<OwnedFd> = None;
+    for next in parts {
+        let here = at.as_ref().map_or(dir, AsFd::as_fd);
+        at = Some(step(here, name, device)?);
+        name = next;
+    }
+    open_last(
+        at.as_ref().map_or(dir, AsFd::as_fd),
+        name,
+        flags,
+        mode,
+        device,
+    )
+}
+
+/// Opens the directory `name` in `dir` for further lookups, refusing a
+/// link, anything not a directory and another device.
+fn step(dir: BorrowedFd<'_>, name: &str, device: u64) -> Result<OwnedFd, Errno> {
+    refuse_parent(name)?;
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Symlink => Err(Errno::LOOP),
+        FileType::Directory if st.st_dev == device => Ok(fd),
+        FileType::Directory => Err(Errno::XDEV),
+        _ => Err(Errno::NOTDIR),
+    }
+}
+
+/// Opens the final component with the caller's flags (which hold
+/// `O_NOFOLLOW`), then checks that it is on the starting device.
+fn open_last(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    flags: OFlags,
+    mode: Mode,
+    device: u64,
+) -> Result<OwnedFd, Errno> {
+    refuse_parent(name)?;
+    let fd = rustix::fs::openat(dir, name, flags | OFlags::NOFOLLOW, mode)?;
+    if rustix::fs::fstat(&fd)?.st_dev != device {
+        return Err(Errno::XDEV);
+    }
+    Ok(fd)
+}
+
+/// `..` could climb out of the profile; `openat2` answers EXDEV for it.
+fn refuse_parent(name: &str) -> Result<(), Errno> {
+    if name == ".." {
+        Err(Errno::XDEV)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
+
+    const READ: OFlags = OFlags::RDONLY
+        .union(OFlags::NOFOLLOW)
+        .union(OFlags::CLOEXEC);
+    const HANDLE: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
+
+    /// `a/b/file` and `outside` in a scratch directory removed on drop; the
+    /// handle is `a`.
+    struct Tree {
+        top: PathBuf,
+        root: OwnedFd,
+    }
+
+    impl Tree {
+        fn new() -> Tree {
+            let top =
+                std::env::temp_dir().join(format!("profiled-stepwise-{}", ulid::Ulid::generate()));
+            fs::create_dir_all(top.join("a/b")).expect("scratch tree");
+            fs::write(top.join("a/b/file"), "x").expect("scratch file");
+            fs::write(top.join("outside"), "secret").expect("scratch file");
+            let root = rustix::fs::open(top.join("a"), HANDLE, Mode::empty()).expect("open a");
+            Tree { top, root }
+        }
+
+        fn open(&self, rel: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+            open(self.root.as_fd(), rel, flags, Mode::from_raw_mode(0o600))
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.top);
+        }
+    }
+
+    #[test]
+    fn opens_a_nested_file_and_the_handle_itself() {
+        let t = Tree::new();
+        let fd = t.open("b/file", READ).expect("b/file");
+        assert_eq!(rustix::fs::fstat(&fd).expect("fstat").st_size, 1);
+        t.open("./b//file", READ).expect("./b//file");
+        t.open("", READ | OFlags::DIRECTORY).expect("the handle");
+    }
+
+    #[test]
+    fn refuses_links_anywhere_on_the_path() {
+        let t = Tree::new();
+        symlink(&t.top, t.top.join("a/up")).expect("link");
+        symlink("b", t.top.join("a/inner")).expect("link");
+        symlink("file", t.top.join("a/b/last")).expect("link");
+        for rel in ["up/outside", "inner/file", "b/last", "up"] {
+            assert_eq!(t.open(rel, READ).err(), Some(Errno::LOOP), "{rel}");
+        }
+    }
+
+    #[test]
+    fn refuses_dot_dot_and_a_file_used_as_a_directory() {
+        let t = Tree::new();
+        for rel in ["../outside", "b/../../outside", "b/.."] {
+            assert_eq!(t.open(rel, READ).err(), Some(Errno::XDEV), "{rel}");
+        }
+        assert_eq!(t.open("b/file/x", READ).err(), Some(Errno::NOTDIR));
+        assert_eq!(t.open("b/none", READ).err(), Some(Errno::NOENT));
+    }
+
+    #[test]
+    fn creates_beneath_with_the_callers_flags() {
+        let t = Tree::new();
+        let create = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+        t.open("b/new", create).expect("create b/new");
+        assert!(t.top.join("a/b/new").is_file());
+        assert_eq!(t.open("b/new", create).err(), Some(Errno::EXIST));
+    }
+
+    #[test]
+    fn refuses_another_device() {
+        // /proc is always a filesystem of its own, mounted on /.
+        let slash = rustix::fs::open("/", HANDLE, Mode::empty()).expect("open /");
+        let here = rustix::fs::fstat(&slash).expect("fstat /").st_dev;
+        assert_ne!(here, rustix::fs::stat("/proc").expect("stat /proc").st_dev);
+        let open = |rel, flags| open(slash.as_fd(), rel, flags, Mode::empty()).err();
+        assert_eq!(open("proc/self", OFlags::PATH), Some(Errno::XDEV));
+        assert_eq!(open("proc", READ | OFlags::DIRECTORY), Some(Errno::XDEV));
+    }
+}
