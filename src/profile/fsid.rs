@@ -17,6 +17,9 @@
 //! its supplementary groups is refused. Inside the account's own profile
 //! (0700, its own files) that never matters.
 
+use std::cell::Cell;
+use std::marker::PhantomData;
+
 use nix::unistd::{Gid, Uid, setfsgid, setfsuid};
 
 use super::{Error, Result};
@@ -26,12 +29,29 @@ use crate::accounts::Account;
 /// way to learn whether a change took.
 const QUERY: u32 = u32::MAX;
 
+thread_local! {
+    /// The (uid, gid) a live guard set on this thread: a guard for the same
+    /// account inside it (an operation calling another) then needs no
+    /// system call.
+    static ACTING: Cell<Option<(u32, u32)>> = const { Cell::new(None) };
+}
+
 /// While alive, the thread's filesystem identity is the account's; dropping
-/// it (also while unwinding from a panic) restores the previous one.
+/// it (also while unwinding from a panic) restores the previous one. It
+/// belongs to the thread that made it (not `Send`): the identity is the
+/// thread's.
 #[must_use = "the identity is restored as soon as the guard is dropped"]
 pub(super) struct AsAccount {
+    /// What to put back; `None` for a guard inside one for the same account.
+    restore: Option<Restore>,
+    not_send: PhantomData<*const ()>,
+}
+
+/// The thread's identity before a guard changed it.
+struct Restore {
     uid: Uid,
     gid: Gid,
+    acting: Option<(u32, u32)>,
 }
 
 impl AsAccount {
@@ -39,9 +59,23 @@ impl AsAccount {
     /// while the thread still has root's fsuid). Refuses to go on when the
     /// kernel did not take the change (a daemon without `CAP_SETUID`).
     pub(super) fn enter(account: &Account) -> Result<AsAccount> {
+        let wanted = (account.uid.0, account.gid.0);
+        if ACTING.get() == Some(wanted) {
+            return Ok(AsAccount {
+                restore: None,
+                not_send: PhantomData,
+            });
+        }
         let gid = setfsgid(Gid::from_raw(account.gid.0));
         let uid = setfsuid(Uid::from_raw(account.uid.0));
-        let guard = AsAccount { uid, gid };
+        let guard = AsAccount {
+            restore: Some(Restore {
+                uid,
+                gid,
+                acting: ACTING.get(),
+            }),
+            not_send: PhantomData,
+        };
         let now_uid = setfsuid(Uid::from_raw(QUERY));
         let now_gid = setfsgid(Gid::from_raw(QUERY));
         if now_uid.as_raw() != account.uid.0 || now_gid.as_raw() != account.gid.0 {
@@ -59,15 +93,18 @@ impl AsAccount {
                 ),
             });
         }
+        ACTING.set(Some(wanted));
         Ok(guard)
     }
 }
 
 impl Drop for AsAccount {
     fn drop(&mut self) {
+        let Some(r) = &self.restore else { return };
         // The uid first: going back to fsuid 0 brings the capabilities back.
-        setfsuid(self.uid);
-        setfsgid(self.gid);
+        setfsuid(r.uid);
+        setfsgid(r.gid);
+        ACTING.set(r.acting);
     }
 }
 
@@ -125,5 +162,44 @@ mod tests {
         .join()
         .expect("thread");
         assert_eq!(after, before);
+    }
+
+    #[test]
+    fn a_guard_inside_another_keeps_or_restores_the_outer_identity() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let account = |uid, gid| Account {
+            name: "nested-test".into(),
+            uid: UserId(uid),
+            gid: GroupId(gid),
+            home: "/".into(),
+        };
+        let (a, b) = (account(65_534, 65_533), account(65_532, 65_531));
+        std::thread::spawn(move || {
+            let before = current();
+            {
+                let _outer = AsAccount::enter(&a).expect("enter a");
+                {
+                    let _same = AsAccount::enter(&a).expect("enter a again");
+                    assert_eq!(current(), (65_534, 65_533));
+                }
+                // The inner guard for the same account put nothing back.
+                assert_eq!(current(), (65_534, 65_533));
+                {
+                    let _other = AsAccount::enter(&b).expect("enter b");
+                    assert_eq!(current(), (65_532, 65_531));
+                    let _again = AsAccount::enter(&a).expect("a inside b");
+                    assert_eq!(current(), (65_534, 65_533));
+                }
+                assert_eq!(current(), (65_534, 65_533));
+            }
+            assert_eq!(current(), before);
+            // And a new guard after all of them really changes it again.
+            let _as = AsAccount::enter(&b).expect("enter b");
+            assert_eq!(current(), (65_532, 65_531));
+        })
+        .join()
+        .expect("thread");
     }
 }
