@@ -828,6 +828,72 @@ fn a_broken_profile_toml_keeps_the_last_good_agents_in_force() {
     assert_eq!(v["problems"].as_array().map_or(0, Vec::len), 0, "{v}");
 }
 
+/// Issue 13: an editor saving in place (truncate, then write) leaves a
+/// valid prefix of the file on disk for a moment (empty, or the lines
+/// before `[agents]`); read then, it would take the user's agents away.
+#[test]
+fn an_edit_written_in_place_byte_by_byte_never_takes_the_agents_away() {
+    use std::io::Write;
+    if !require_root() {
+        return;
+    }
+    let alice = TestUser::new("alice");
+    let (d, _) = daemon_with(&[], "", "");
+    let d = start(d);
+    d.ok(Some(&alice), &["status"]);
+    let settings = d.profile(&alice).join("profile.toml");
+    // Every prefix that ends before `[agents.mine]` is valid TOML without
+    // the agent: the empty file, the first line, the comment.
+    let text = |name: &str| {
+        format!(
+            "display_name = \"{name}\"\n# a comment long enough to be read half written\n\
+             [agents.mine]\ncommand = [\"/bin/true\"]\n"
+        )
+    };
+    std::fs::write(&settings, text("Alice")).expect("write profile.toml");
+    std::os::unix::fs::chown(&settings, Some(alice.uid), Some(alice.gid)).expect("chown");
+    let names = |d: &Daemon| {
+        let (status, v) = d.api(Some(&alice), "GET", "/v1/agents", None);
+        assert_eq!(status, 200, "{v}");
+        v["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["name"].as_str().map(str::to_owned))
+            .collect::<Vec<String>>()
+    };
+    assert!(names(&d).contains(&"mine".to_owned()));
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (done, settings) = (done.clone(), settings.clone());
+        std::thread::spawn(move || {
+            for pass in 0..12 {
+                let mut file = std::fs::File::create(&settings).expect("truncate profile.toml");
+                for byte in text(if pass % 2 == 0 { "Al" } else { "Alice" }).bytes() {
+                    file.write_all(&[byte]).expect("write a byte");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let mut polls = 0;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        let now = names(&d);
+        assert!(
+            now.contains(&"mine".to_owned()),
+            "poll {polls}: the agent vanished while profile.toml was written: {now:?}"
+        );
+        polls += 1;
+    }
+    writer.join().expect("writer");
+    assert!(polls > 0, "the agents were never polled while the file was written");
+    assert!(names(&d).contains(&"mine".to_owned()));
+    let (_, v) = d.api(Some(&alice), "GET", "/v1/settings", None);
+    assert_eq!(v["settings"]["display_name"], "Alice", "the last edit applies: {v}");
+}
+
 /// An nsswitch.conf of our own, removed on drop.
 struct NsswitchFile(PathBuf);
 

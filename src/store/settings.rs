@@ -2,12 +2,26 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
 
 use super::{Problem, Result, Store};
 
 const PATH: &str = "profile.toml";
+
+/// How old a changed `profile.toml`'s last write must be before it is
+/// taken. An editor saving in place (nano, `echo >`) truncates the file and
+/// then writes it, and a prefix of a valid file is often valid itself (an
+/// empty file is): read mid-save, it would replace the settings in force
+/// with a fraction of them, and the user's agents and model would vanish
+/// for a moment.
+pub const SETTLE: Duration = Duration::from_millis(200);
+
+/// The longest a reader waits for a file still being written to settle;
+/// after that the settings in force stay as they were (a writer that never
+/// stops only keeps its own edits from applying).
+const MAX_WAIT: Duration = Duration::from_millis(1000);
 
 /// The user's settings. Unknown keys are refused so a typo is caught.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -59,7 +73,21 @@ pub struct InForce {
 struct Kept {
     /// The file's stamp when read (`None`: there was no file).
     stamp: Option<String>,
+    /// Whether the file had settled when read; an unsettled read is
+    /// repeated at the next use even when the stamp is the same.
+    settled: bool,
     in_force: InForce,
+}
+
+/// Whether a reader waits for a file still being written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Up to [`MAX_WAIT`]: a request or an agent run just after an edit
+    /// sees the edit.
+    UntilSettled,
+    /// Never: the watcher, whose thread serves every profile (it reads
+    /// after holding a settings change back for [`SETTLE`] instead).
+    No,
 }
 
 /// The settings in force of every profile read so far, keyed by account
@@ -76,19 +104,44 @@ impl SettingsInForce {
     /// the daemon reads instead of the file (the watcher calls it when the
     /// file changes, so the last valid version is known before a broken
     /// edit replaces it).
+    ///
+    /// A file changed less than [`SETTLE`] ago is waited for (up to
+    /// [`MAX_WAIT`]); one still changing after that leaves the settings in
+    /// force as they were.
     pub fn get(&self, store: &Store<'_>) -> InForce {
+        self.read(store, Wait::UntilSettled)
+    }
+
+    /// [`SettingsInForce::get`] without waiting: a file changed less than
+    /// [`SETTLE`] ago leaves the settings in force as they were.
+    pub fn get_now(&self, store: &Store<'_>) -> InForce {
+        self.read(store, Wait::No)
+    }
+
+    fn read(&self, store: &Store<'_>, wait: Wait) -> InForce {
         let account = store.dir().account();
         let key = (account.name.clone(), account.uid.0);
-        let stamp = match store.dir().stamp(PATH) {
-            Ok(s) => s.map(|s| s.key()),
-            Err(e) => Some(format!("unreadable: {e}")),
+        let waiting_since = Instant::now();
+        let (stamp, settled) = loop {
+            let (stamp, unsettled_for) = match store.dir().stamp(PATH) {
+                Ok(Some(s)) => (Some(s.key()), settling(s.modified(), SystemTime::now())),
+                Ok(None) => (None, None),
+                Err(e) => (Some(format!("unreadable: {e}")), None),
+            };
+            let waited = waiting_since.elapsed();
+            match unsettled_for {
+                Some(left) if wait == Wait::UntilSettled && waited < MAX_WAIT => {
+                    std::thread::sleep(left.min(MAX_WAIT - waited));
+                }
+                left => break (stamp, left.is_none()),
+            }
         };
         let mut map = self
             .by_account
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(kept) = map.get(&key)
-            && kept.stamp == stamp
+            && (kept.stamp == stamp && kept.settled || !settled)
         {
             return kept.in_force.clone();
         }
@@ -115,9 +168,34 @@ impl SettingsInForce {
             key,
             Kept {
                 stamp,
+                settled,
                 in_force: in_force.clone(),
             },
         );
         in_force
+    }
+}
+
+/// How much longer a file last modified at `modified` is still settling
+/// ([`SETTLE`]); `None` once settled. A time in the future (a clock set
+/// back, `touch -d`) counts as settled: it would otherwise never settle.
+fn settling(modified: SystemTime, now: SystemTime) -> Option<Duration> {
+    let age = now.duration_since(modified).ok()?;
+    SETTLE.checked_sub(age).filter(|left| !left.is_zero())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_settles_once_its_last_write_is_settle_old() {
+        let now = SystemTime::now();
+        assert_eq!(settling(now, now), Some(SETTLE));
+        let half = SETTLE / 2;
+        assert_eq!(settling(now - half, now), Some(SETTLE - half));
+        assert_eq!(settling(now - SETTLE, now), None);
+        assert_eq!(settling(now - SETTLE * 10, now), None);
+        assert_eq!(settling(now + Duration::from_secs(60), now), None);
     }
 }

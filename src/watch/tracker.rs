@@ -117,7 +117,9 @@ impl Tracker {
             actor: user,
             on_behalf: false,
         };
-        Some(cache.get(&Store::new(&tracked.dir, &auditor)))
+        // Never waits: this thread serves every profile (settings changes
+        // reach here once the file settled, see `held`).
+        Some(cache.get_now(&Store::new(&tracked.dir, &auditor)))
     }
 
     /// Opens (or re-opens) `user`'s profile if it is an eligible account's
