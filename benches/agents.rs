@@ -57,9 +57,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let full = std::env::args().any(|a| a == "--bench");
     let (accounts, rounds) = if full { (1000, 3) } else { (3, 1) };
     // BENCH_ACCOUNTS overrides the count (to look at a smaller run).

@@ -25,9 +25,7 @@ const SECONDS: &str = "5s";
 const ROUNDS: usize = 3;
 
 fn main() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let full = std::env::args().any(|a| a == "--bench");
     let user = TestUser::new("bench");
     user.set_password(PASSWORD);

@@ -90,9 +90,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let full = std::env::args().any(|a| a == "--bench");
     let size = if full { FULL } else { SMOKE };
     let d = Daemon::start("");

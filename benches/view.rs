@@ -50,9 +50,7 @@ const SMOKE: Plan = Plan {
 };
 
 fn main() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let full = std::env::args().any(|a| a == "--bench");
     let plan = if full { FULL } else { SMOKE };
     let user = TestUser::new("view");

@@ -175,10 +175,9 @@ fi
 "#;
 
 #[test]
+#[ignore = "needs root"]
 fn external_agent_runs_as_each_user_with_only_its_credentials() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (alice, bob, carol) = (
         TestUser::new("alice"),
         TestUser::new("bob"),
@@ -283,10 +282,9 @@ fn external_agent_runs_as_each_user_with_only_its_credentials() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn failures_and_timeouts_are_recorded_and_the_cycle_goes_on() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let users: Vec<TestUser> = ["alice", "bob", "carol", "dave", "erin"]
         .into_iter()
         .map(TestUser::new)
@@ -352,10 +350,9 @@ echo "done for $USER""#;
 }
 
 #[test]
+#[ignore = "needs root"]
 fn two_daemons_sharing_a_lock_dir_run_each_user_once_per_cycle() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let users: Vec<TestUser> = ["alice", "bob", "carol"]
         .into_iter()
         .map(TestUser::new)
@@ -433,10 +430,9 @@ fn two_daemons_sharing_a_lock_dir_run_each_user_once_per_cycle() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn kill9_of_the_daemon_takes_its_agents_down_and_leaves_no_stale_lock() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let (d, agents_d) = daemon_with(&[], "", "");
     let hang = script(
@@ -478,10 +474,9 @@ fn kill9_of_the_daemon_takes_its_agents_down_and_leaves_no_stale_lock() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigterm_lets_the_run_finish_within_the_grace_then_kills_it() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let (d, agents_d) = daemon_with(&[], "", "[agents]\nshutdown_grace = \"1s\"\n");
     let hang = script(&d, "slow.sh", "sleep 1000 &\necho $! > out/pid\nwait");
@@ -505,10 +500,9 @@ fn sigterm_lets_the_run_finish_within_the_grace_then_kills_it() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn invalid_declarations_are_reported_and_the_rest_still_run() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     let (d, agents_d) = daemon_with(
@@ -606,10 +600,9 @@ fn invalid_declarations_are_reported_and_the_rest_still_run() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_file_dropped_in_the_inbox_triggers_a_run_for_that_user_only() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     let (d, agents_d) = daemon_with(&[], "", "[agents]\ndebounce = \"1s\"\n");
@@ -649,10 +642,9 @@ fn a_file_dropped_in_the_inbox_triggers_a_run_for_that_user_only() {
 /// the index agent follows, `profilectl remember` finds them, and the same
 /// files dropped again add nothing.
 #[test]
+#[ignore = "needs root"]
 fn dropped_files_become_memories_that_remember_finds_once() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let shipped = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/agents.d/builtin.toml"),
@@ -718,10 +710,9 @@ fn dropped_files_become_memories_that_remember_finds_once() {
 /// A built-in that needs the user to act (organize with no model set)
 /// records a run whose error says what to set, and sends nothing.
 #[test]
+#[ignore = "needs root"]
 fn a_builtin_that_needs_the_user_records_what_to_do() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let shipped = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/agents.d/builtin.toml"),
@@ -743,10 +734,9 @@ fn a_builtin_that_needs_the_user_records_what_to_do() {
 /// A run log that grew large is rotated to `<agent>.jsonl.1` before the
 /// next line, so it stays readable (`agent logs`) and bounded.
 #[test]
+#[ignore = "needs root"]
 fn a_full_run_log_is_rotated_and_stays_readable() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let (d, _) = daemon_with(
         &[(
@@ -788,10 +778,9 @@ fn a_full_run_log_is_rotated_and_stays_readable() {
 /// the last good declarations in force, reports file:line, and a fixed file
 /// applies at once.
 #[test]
+#[ignore = "needs root"]
 fn a_broken_profile_toml_keeps_the_last_good_agents_in_force() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let (d, _) = daemon_with(&[], "", "");
     let d = start(d);
@@ -832,11 +821,10 @@ fn a_broken_profile_toml_keeps_the_last_good_agents_in_force() {
 /// valid prefix of the file on disk for a moment (empty, or the lines
 /// before `[agents]`); read then, it would take the user's agents away.
 #[test]
+#[ignore = "needs root"]
 fn an_edit_written_in_place_byte_by_byte_never_takes_the_agents_away() {
     use std::io::Write;
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let (d, _) = daemon_with(&[], "", "");
     let d = start(d);
@@ -888,10 +876,16 @@ fn an_edit_written_in_place_byte_by_byte_never_takes_the_agents_away() {
         polls += 1;
     }
     writer.join().expect("writer");
-    assert!(polls > 0, "the agents were never polled while the file was written");
+    assert!(
+        polls > 0,
+        "the agents were never polled while the file was written"
+    );
     assert!(names(&d).contains(&"mine".to_owned()));
     let (_, v) = d.api(Some(&alice), "GET", "/v1/settings", None);
-    assert_eq!(v["settings"]["display_name"], "Alice", "the last edit applies: {v}");
+    assert_eq!(
+        v["settings"]["display_name"], "Alice",
+        "the last edit applies: {v}"
+    );
 }
 
 /// An nsswitch.conf of our own, removed on drop.
@@ -912,10 +906,9 @@ impl Drop for NsswitchFile {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_cycle_snapshot_of_the_account_files_answers_as_nss_does() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     use profiled::accounts::{self, Files, Snapshot};
     let user = TestUser::new("snap");
     let (first, second, other) = (
@@ -968,10 +961,9 @@ fn a_cycle_snapshot_of_the_account_files_answers_as_nss_does() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_account_removed_between_cycles_gets_no_run() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (stay, leave) = (TestUser::new("stay"), TestUser::new("leave"));
     let (d, _) = daemon_with(
         &[(
@@ -1002,10 +994,9 @@ fn an_account_removed_between_cycles_gets_no_run() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_program_that_cannot_start_is_an_error_that_says_why_and_names_are_found_in_path() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let user = TestUser::new("exec");
     let (d, agents_d) = daemon_with(&[], "", "");
     // Written without the execute bit.
@@ -1039,10 +1030,9 @@ fn a_program_that_cannot_start_is_an_error_that_says_why_and_names_are_found_in_
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_agents_output_reaches_the_terminal_escaped() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let bob = TestUser::new("bob");
     let (d, _) = daemon_with(&[], "", "");
     let d = start(d);
@@ -1144,10 +1134,9 @@ fn same_memory(a: u32, b: u32) -> Option<bool> {
 /// agent_busy, and no process running as alice ever shares the daemon's
 /// address space.
 #[test]
+#[ignore = "needs root"]
 fn a_user_stopping_her_processes_freezes_no_agent_and_never_holds_the_daemons_memory() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (alice, bob) = (TestUser::new("alice"), TestUser::new("bob"));
     let (d, agents_d) = daemon_with(
         &[],
@@ -1249,10 +1238,9 @@ fn a_user_stopping_her_processes_freezes_no_agent_and_never_holds_the_daemons_me
 /// Item 8: an agent that double-forks and detaches (`setsid`) a sleeper;
 /// once the run has ended nothing of alice's is left.
 #[test]
+#[ignore = "needs root"]
 fn a_detached_grandchild_is_gone_when_the_run_ends() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let (d, agents_d) = daemon_with(&[], "", "");
     let escape = script(
@@ -1287,10 +1275,9 @@ fn a_detached_grandchild_is_gone_when_the_run_ends() {
 /// run's cgroup, detached processes included; a restarted daemon runs
 /// again.
 #[test]
+#[ignore = "needs root"]
 fn a_detached_grandchild_is_gone_after_kill9_of_the_daemon() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let (d, agents_d) = daemon_with(&[], "", "");
     let hang = script(
@@ -1326,10 +1313,9 @@ fn a_detached_grandchild_is_gone_after_kill9_of_the_daemon() {
 /// of its own) leaves no zombie behind: none whose parent is the daemon,
 /// none of alice's at all.
 #[test]
+#[ignore = "needs root"]
 fn orphans_an_agent_leaves_are_reaped_not_left_as_zombies() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let (d, agents_d) = daemon_with(&[], "", "");
     let orphans = script(
@@ -1404,10 +1390,9 @@ fn sleep_until(t: i64) {
 /// skipped, with the reason), so bob's runs over 10 s are as many as
 /// without her hogging, within one.
 #[test]
+#[ignore = "needs root"]
 fn bobs_run_rate_is_unchanged_while_alice_hogs_her_profile_lock() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (alice, bob) = (TestUser::new("alice"), TestUser::new("bob"));
     let (d, agents_d) = daemon_with(&[], "", "[agents]\nlock_wait = \"20s\"\n");
     std::fs::write(
@@ -1468,10 +1453,9 @@ fn bobs_run_rate_is_unchanged_while_alice_hogs_her_profile_lock() {
 /// `timeout = "1h"` runs for `max_user_timeout` only, and her agent list
 /// says so.
 #[test]
+#[ignore = "needs root"]
 fn a_users_agent_runs_no_longer_than_the_administrators_cap() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let (d, _) = daemon_with(
         &[],
@@ -1520,14 +1504,10 @@ fn cgroup2_mount() -> Option<String> {
 /// back to process groups: `/v1/health` and the log say so and why, runs
 /// still work, and what an agent leaves in its process group is killed.
 #[test]
+#[ignore = "needs root"]
 fn without_a_writable_cgroup_runs_fall_back_to_process_groups_and_say_so() {
-    if !require_root() {
-        return;
-    }
-    let Some(mount) = cgroup2_mount() else {
-        eprintln!("skipped: no cgroup2 mount on this host");
-        return;
-    };
+    require_root();
+    let mount = cgroup2_mount().expect("this test needs a cgroup2 mount (Linux 4.5 or later)");
     let alice = TestUser::new("alice");
     let (d, agents_d) = daemon_with(&[], "", "");
     let leave = script(
@@ -1595,10 +1575,9 @@ fn without_a_writable_cgroup_runs_fall_back_to_process_groups_and_say_so() {
 /// restarted daemon kills and removes what its previous life left in its
 /// cgroups before it runs anything.
 #[test]
+#[ignore = "needs root"]
 fn a_restarted_daemon_kills_what_its_previous_life_left_running() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let (d, agents_d) = daemon_with(&[], "", "");
     let hang = script(
@@ -1666,10 +1645,9 @@ fn a_restarted_daemon_kills_what_its_previous_life_left_running() {
 /// run long (each holding a slot for as long as it runs) do not hold up
 /// an admin agent: bob's ticks over 10 s are as many as without them.
 #[test]
+#[ignore = "needs root"]
 fn users_long_own_agents_take_no_slot_from_the_admins_agents() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (alice, bob, carol) = (
         TestUser::new("alice"),
         TestUser::new("bob"),
@@ -1743,10 +1721,9 @@ impl Drop for WithDeepTrees {
 /// long) that crashed the daemon's recursive removal as root, and again at
 /// every restart. The run ends, the daemon answers, and restarts cleanly.
 #[test]
+#[ignore = "needs root"]
 fn an_agent_cannot_build_a_deep_tree_in_its_credentials_directory() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let (d, agents_d) = daemon_with(&[], "", "");
     let deep = d.scratch.path.join("deep.py");
@@ -1813,10 +1790,9 @@ print("built a tree 20000 deep")
 /// of levels deep in it (the agent could write there) neither crashes the
 /// start-up nor is walked: it is reported and left, and the daemon runs.
 #[test]
+#[ignore = "needs root"]
 fn a_stale_credentials_directory_with_a_deep_tree_is_reported_not_walked() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let (d, _) = daemon_with(&[], "", "");
     let credentials = d.scratch.path.join("run/credentials");
@@ -1895,10 +1871,9 @@ fn ended(pid: u32) -> bool {
 /// happens, and a SIGTERM during such a held run stops the daemon within a
 /// bound.
 #[test]
+#[ignore = "needs root"]
 fn a_users_tracer_holds_up_no_cycle_and_no_stop() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     let (d, agents_d) = daemon_with(
@@ -1983,12 +1958,11 @@ fn threads_of(pid: u32) -> usize {
 /// an hour: the daemon's threads stay few, and bob's and root's requests
 /// are answered within 2 s throughout.
 #[test]
+#[ignore = "needs root"]
 fn a_flood_of_manual_runs_neither_piles_up_threads_nor_starves_anyone() {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (alice, bob) = (TestUser::new("alice"), TestUser::new("bob"));
     let (d, _) = daemon_with(&[], "", "");
     let d = start(d);
@@ -2093,10 +2067,9 @@ fn a_flood_of_manual_runs_neither_piles_up_threads_nor_starves_anyone() {
 /// runs users side by side (`cycle_parallel`), so bob's run, after hers in
 /// the cycle's order, starts well before her timeout instead of after it.
 #[test]
+#[ignore = "needs root"]
 fn a_user_stopping_her_run_does_not_hold_up_the_others_in_a_cycle() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // Account names carry a random tag: take bobs until one sorts after
     // alice, so her turn in the cycle's order comes first (the others are
     // removed as they drop).

@@ -88,10 +88,9 @@ fn count_files(dir: &Path) -> usize {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_hundred_inbox_files_become_memories_found_by_remember_and_not_twice() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let d = Daemon::start("");
     let alice = TestUser::new("alice");
     let (config, dir) = profile_of(&d, &alice);
@@ -164,10 +163,9 @@ fn a_hundred_inbox_files_become_memories_found_by_remember_and_not_twice() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bad_inbox_files_are_set_aside_with_a_reason_and_nothing_is_lost() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let d = Daemon::start("");
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
@@ -269,10 +267,9 @@ impl Drop for Mutable {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_failed_batch_leaves_every_inbox_file_in_place_and_the_next_run_finishes_it() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let d = Daemon::start("");
     let alice = TestUser::new("alice");
     let (config, dir) = profile_of(&d, &alice);
@@ -334,10 +331,9 @@ fn a_failed_batch_leaves_every_inbox_file_in_place_and_the_next_run_finishes_it(
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_batch_cut_short_is_finished_from_its_journal_without_loss_or_duplicates() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let d = Daemon::start("");
     let alice = TestUser::new("alice");
     let (config, dir) = profile_of(&d, &alice);
@@ -415,10 +411,9 @@ fn a_batch_cut_short_is_finished_from_its_journal_without_loss_or_duplicates() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_single_file_hash_store_moves_into_shards_and_still_finds_duplicates() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let d = Daemon::start("");
     let alice = TestUser::new("alice");
     let (config, dir) = profile_of(&d, &alice);
@@ -463,10 +458,9 @@ fn the_single_file_hash_store_moves_into_shards_and_still_finds_duplicates() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_small_size_limit_makes_smaller_batches_and_refuses_what_cannot_fit() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let d = Daemon::start("");
     let alice = TestUser::new("alice");
     let (config, _) = profile_of(&d, &alice);
@@ -515,10 +509,9 @@ fn a_small_size_limit_makes_smaller_batches_and_refuses_what_cannot_fit() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn search_answers_only_the_callers_own_records() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let d = Daemon::start("");
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
@@ -586,10 +579,9 @@ fn use_model(dir: &ProfileDir, url: &str) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn organize_uses_each_users_own_key_and_stops_on_a_missing_or_rejected_key() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let d = Daemon::start("");
     let tag = common::tag();
     let alice_key = format!("sk-alice-{tag}");
@@ -693,10 +685,9 @@ fn organize_uses_each_users_own_key_and_stops_on_a_missing_or_rejected_key() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn organize_without_a_model_sends_nothing_and_says_what_to_set() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let d = Daemon::start("");
     let erin = TestUser::new("erin");
     let (config, dir) = profile_of(&d, &erin);

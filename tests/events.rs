@@ -11,10 +11,9 @@ use common::{Daemon, KillOnDrop, PROFILECTL, TestUser, capture, memory_file, req
 use serde_json::Value;
 
 #[test]
+#[ignore = "needs root"]
 fn an_editor_save_is_one_update_for_its_owner_and_nothing_for_others() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     let d = Daemon::start("");
@@ -51,10 +50,9 @@ fn id_of(v: &Value) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn reconnecting_with_last_event_id_gets_the_missed_events_in_order() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let d = Daemon::start("");
     let live = Stream::settled(&d, &alice);
@@ -110,11 +108,10 @@ fn watched_inodes(pid: u32) -> Vec<u64> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_symlink_in_a_profile_is_neither_followed_nor_watched() {
     use std::os::unix::fs::MetadataExt;
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let d = Daemon::start("");
     let events = Stream::settled(&d, &alice);
@@ -161,10 +158,9 @@ fn a_symlink_in_a_profile_is_neither_followed_nor_watched() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_burst_across_profiles_reaches_each_owner_and_nobody_else() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // The figure: 10,000 files across 100 profiles.
     const USERS: usize = 100;
     const FILES: usize = 100;
@@ -219,10 +215,9 @@ fn a_burst_across_profiles_reaches_each_owner_and_nobody_else() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn polling_reports_the_same_change() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let d = Daemon::start("[watch]\nmode = \"poll\"\npoll_interval = \"1s\"\n");
     let events = Stream::settled(&d, &alice);
@@ -235,10 +230,9 @@ fn polling_reports_the_same_change() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn admins_watch_another_profile_audited_and_users_cannot() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     let d = Daemon::start("");
@@ -261,11 +255,10 @@ fn admins_watch_another_profile_audited_and_users_cannot() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_stream_works_over_tcp_with_a_token() {
     use std::io::{Read, Write};
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     alice.set_password("correct horse 5");
     let d = Daemon::start("");
@@ -300,10 +293,9 @@ fn the_stream_works_over_tcp_with_a_token() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_invalid_profile_toml_keeps_the_last_good_settings_and_is_reported_until_fixed() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let d = Daemon::start("");
     let events = Stream::settled(&d, &alice);
@@ -374,10 +366,9 @@ fn an_invalid_profile_toml_keeps_the_last_good_settings_and_is_reported_until_fi
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_system_config_is_reloaded_when_it_changes_and_a_bad_one_is_refused() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     let d = Daemon::start("");
@@ -407,10 +398,9 @@ fn the_system_config_is_reloaded_when_it_changes_and_a_bad_one_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_save_that_moves_the_original_away_first_is_one_update() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let d = Daemon::start("");
     let events = Stream::settled(&d, &alice);
@@ -437,10 +427,9 @@ fn a_save_that_moves_the_original_away_first_is_one_update() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_profile_removed_while_running_reports_its_records_deleted() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let d = Daemon::start("");
     let events = Stream::settled(&d, &alice);
@@ -474,10 +463,9 @@ fn memories_listed(d: &Daemon, user: &TestUser) -> (Vec<(String, String)>, Vec<S
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_hand_edit_is_listed_once_its_event_arrives() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let d = Daemon::start("");
     let events = Stream::settled(&d, &alice);
@@ -546,10 +534,9 @@ fn a_hand_edit_is_listed_once_its_event_arrives() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_text_too_long_for_the_view_is_listed_whole() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let d = Daemon::start("");
     let long = format!("{}\n", "a long memory. ".repeat(400));

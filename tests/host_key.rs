@@ -120,10 +120,9 @@ const ADMIN_AGENT: &str = "grab-admin";
 const USER_AGENT: &str = "grab-mine";
 
 #[test]
+#[ignore = "needs root"]
 fn agents_get_the_users_own_keys_only_never_the_hosts() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     let d = configure(
@@ -240,10 +239,9 @@ fn tags_of(d: &Daemon, user: &TestUser) -> Vec<Value> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn organize_sends_the_host_key_only_to_the_endpoint_the_admin_pinned() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let pinned = FakeModel::start(String::new());
     let hers = FakeModel::start(String::new());
     let d = start_with(
@@ -325,10 +323,9 @@ fn organize_sends_the_host_key_only_to_the_endpoint_the_admin_pinned() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_error_answer_from_the_users_endpoint_reaches_her_log_as_a_status_only() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // What root may fetch and she may not (a metadata service, a port the
     // firewall opens to root only), answering with an error status.
     let secret_text = fresh("root-only-answer");
@@ -439,10 +436,9 @@ print $c "HTTP/1.1 500 Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"; 
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_pinned_loopback_port_taken_by_a_user_gets_no_host_key() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let port = common::free_port();
     let url = format!("http://127.0.0.1:{port}/v1");

@@ -17,10 +17,9 @@ fn chmod(path: &Path, mode: u32) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_file_its_owner_made_unreadable_is_refused_with_what_to_do() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let d = Daemon::start("");
     let id = capture(&d, &alice, "a memory alice will lock away from herself");
@@ -45,10 +44,9 @@ fn a_file_its_owner_made_unreadable_is_refused_with_what_to_do() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_directory_its_owner_made_read_only_is_not_written_by_the_daemon() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let d = Daemon::start("");
     d.ok(Some(&alice), &["status"]);

@@ -63,10 +63,9 @@ fn is(v: &Value, ty: &str, id: &str) -> bool {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_entry_reaches_everyone_attributed_to_its_author_who_alone_may_change_it() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     let d = Daemon::start("");
@@ -134,10 +133,9 @@ fn an_entry_reaches_everyone_attributed_to_its_author_who_alone_may_change_it() 
 }
 
 #[test]
+#[ignore = "needs root"]
 fn terminal_escapes_in_shared_titles_are_refused_and_never_printed_raw() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     let d = Daemon::start("");
@@ -232,10 +230,9 @@ fn terminal_escapes_in_shared_titles_are_refused_and_never_printed_raw() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_author_written_in_the_file_is_ignored() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     let d = Daemon::start("");
@@ -266,10 +263,9 @@ fn an_author_written_in_the_file_is_ignored() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn writers_create_entries_directly_and_planted_links_are_never_served() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     let carol = TestUser::new("carol");
@@ -384,10 +380,9 @@ fn writers_create_entries_directly_and_planted_links_are_never_served() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_admin_removes_anyones_entry_and_it_is_audited_in_the_authors_log() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let admin = TestUser::new("admin");
     let d = Daemon::start(&format!("[accounts]\nadmins = [\"{}\"]\n", admin.name));

@@ -11,10 +11,9 @@ use common::{Daemon, PROFILED, TestUser, capture, require_root};
 use nix::sys::signal::Signal;
 
 #[test]
+#[ignore = "needs root"]
 fn a_group_writable_profiles_root_stops_the_daemon_with_the_fix() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut d = Daemon::configure("");
     std::fs::create_dir_all(&d.profiles).expect("create profiles root");
     std::fs::set_permissions(&d.state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -78,10 +77,9 @@ fn check_config_reports_file_line_and_key() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_layout_that_would_hand_state_directories_to_accounts_is_refused() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let mut d = Daemon::configure("");
     // The state directory named like alice, inside the profiles root: she
@@ -137,10 +135,9 @@ fn a_layout_that_would_hand_state_directories_to_accounts_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ready_is_sent_to_notify_socket_and_sigterm_drains_and_exits_zero() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let d = Daemon::configure("");
     let notify_path = d.scratch.path.join("notify.sock");
@@ -214,10 +211,9 @@ fn ready_is_sent_to_notify_socket_and_sigterm_drains_and_exits_zero() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sighup_reloads_the_config_and_a_bad_one_keeps_the_old() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let carol = TestUser::new("carol");
     let d = Daemon::start("");
@@ -248,10 +244,9 @@ fn sighup_reloads_the_config_and_a_bad_one_keeps_the_old() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_root_owned_tree_is_adopted_without_touching_its_content() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let d = Daemon::start("");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles.example/alice");
@@ -323,10 +318,9 @@ fn a_root_owned_tree_is_adopted_without_touching_its_content() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_profile_owned_by_another_uid_is_a_conflict_until_an_admin_adopts_it() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let old = TestUser::new("old");
     let d = Daemon::start("");

@@ -21,10 +21,9 @@ fn token_of(reply: &common::HttpReply) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn alice_logs_in_and_uses_her_token_and_never_a_cookie() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     alice.set_password(PASSWORD);
     let d = Daemon::start("");
@@ -106,10 +105,9 @@ fn alice_logs_in_and_uses_her_token_and_never_a_cookie() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn every_failed_login_looks_the_same_and_locking_ends_access() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let sys = TestUser::with_args("sys", &["-r"]);
     alice.set_password(PASSWORD);
@@ -140,10 +138,9 @@ fn every_failed_login_looks_the_same_and_locking_ends_access() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_expired_accounts_tokens_stop_on_the_next_request() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let carol = TestUser::new("carol");
     let dave = TestUser::new("dave");
     carol.set_password(PASSWORD);
@@ -178,10 +175,9 @@ fn an_expired_accounts_tokens_stop_on_the_next_request() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn leaving_the_admin_group_ends_admin_rights_on_the_next_request() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let admins = TestGroup::new("adm");
     let alice = TestUser::new("alice");
     alice.set_password(PASSWORD);
@@ -201,10 +197,9 @@ fn leaving_the_admin_group_ends_admin_rights_on_the_next_request() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_token_never_reaches_another_profile() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     alice.set_password(PASSWORD);
@@ -229,10 +224,9 @@ fn a_token_never_reaches_another_profile() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn forged_hosts_and_cross_origin_changes_are_refused() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     alice.set_password(PASSWORD);
     let d = Daemon::start("");
@@ -288,10 +282,9 @@ fn forged_hosts_and_cross_origin_changes_are_refused() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_attack_on_alice_is_throttled_and_bob_logs_in_meanwhile() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     bob.set_password(PASSWORD);
@@ -334,10 +327,9 @@ fn an_attack_on_alice_is_throttled_and_bob_logs_in_meanwhile() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_guesser_is_held_up_even_between_the_owners_own_logins() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let mallory = TestUser::new("mallory");
     alice.set_password(PASSWORD);
@@ -376,10 +368,9 @@ fn a_guesser_is_held_up_even_between_the_owners_own_logins() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_spray_across_made_up_names_never_locks_others_out() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let bob = TestUser::new("bob");
     bob.set_password(PASSWORD);
     // Fewer free attempts than the spray, so a client-wide block would show.
@@ -409,10 +400,9 @@ fn a_spray_across_made_up_names_never_locks_others_out() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn slow_pam_conversations_do_not_stall_the_api() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let d = Arc::new(Daemon::start_auth("", "max_concurrent_logins = 4"));
     capture(&d, &alice, "still readable");
@@ -447,10 +437,9 @@ fn slow_pam_conversations_do_not_stall_the_api() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn expired_revoked_and_logged_out_credentials_fail() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     alice.set_password(PASSWORD);
     let mut d = Daemon::start_auth("", "session_idle_timeout = \"2s\"");
@@ -515,10 +504,9 @@ fn expired_revoked_and_logged_out_credentials_fail() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_admin_revokes_another_users_sessions() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     alice.set_password(PASSWORD);
     let d = Daemon::start("");
@@ -537,10 +525,9 @@ fn an_admin_revokes_another_users_sessions() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn per_account_rate_limits_answer_429_with_retry_after() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
     let d = Daemon::start(&format!(
@@ -559,10 +546,9 @@ fn per_account_rate_limits_answer_429_with_retry_after() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn metrics_openapi_and_usage_logs() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let alice = TestUser::new("alice");
     alice.set_password(PASSWORD);
     let mut d = Daemon::start("");
@@ -623,10 +609,9 @@ fn metrics_openapi_and_usage_logs() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_daemon_refuses_to_start_without_its_pam_service() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut d = Daemon::configure("");
     std::fs::remove_file(&d.pam_file).expect("remove the PAM file");
     let err = d.spawn().expect_err("must refuse");

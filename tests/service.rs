@@ -43,10 +43,9 @@ fn monotonic_usec(seen: &[String]) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_daemon_pings_the_watchdog_and_tells_systemd_of_each_reload() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut d = Daemon::configure("");
     let path = d.scratch.path.join("notify.sock");
     let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
@@ -116,10 +115,9 @@ fn the_daemon_pings_the_watchdog_and_tells_systemd_of_each_reload() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn under_journald_each_line_has_its_priority_and_no_timestamp_and_other_crates_are_quiet() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut d = Daemon::configure("");
     let dir = d.scratch.path.join("agents.d");
     std::fs::create_dir(&dir).expect("agents.d");
@@ -183,10 +181,9 @@ fn under_journald_each_line_has_its_priority_and_no_timestamp_and_other_crates_a
 }
 
 #[test]
+#[ignore = "needs root"]
 fn without_the_journal_lines_keep_their_timestamps() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut d = Daemon::configure("");
     // JOURNAL_STREAM inherited from a service, but stderr is a file.
     d.spawn_with(&[], &[("JOURNAL_STREAM", "1:1")])
@@ -203,10 +200,9 @@ fn without_the_journal_lines_keep_their_timestamps() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_soft_open_file_limit_is_raised_to_the_hard_limit() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut d = Daemon::configure("");
     d.spawn_with(&["prlimit", "--nofile=256:8192", "--"], &[])
         .expect("the daemon starts");

@@ -88,10 +88,9 @@ fn health(d: &Daemon, user: &TestUser) -> serde_json::Value {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_reached_watch_limit_is_reported_with_the_sysctl_and_the_rest_is_polled() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let _one = SYSCTL.lock().unwrap_or_else(|p| p.into_inner());
     let alice = TestUser::new("alice");
     let bob = TestUser::new("bob");
@@ -161,10 +160,9 @@ fn a_reached_watch_limit_is_reported_with_the_sysctl_and_the_rest_is_polled() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_overflowing_event_queue_is_rescanned_and_no_change_is_lost() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let _one = SYSCTL.lock().unwrap_or_else(|p| p.into_inner());
     const FILES: usize = 300;
     let alice = TestUser::new("alice");

@@ -121,10 +121,12 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn the_identity_is_the_accounts_inside_and_restored_after_even_on_panic() {
-        if !rustix::process::geteuid().is_root() {
-            return;
-        }
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "needs root: it changes the thread's fsuid (run scripts/test as root)"
+        );
         let before = current();
         let account = Account {
             name: "nobody-test".into(),
@@ -165,10 +167,12 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn a_guard_inside_another_keeps_or_restores_the_outer_identity() {
-        if !rustix::process::geteuid().is_root() {
-            return;
-        }
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "needs root: it changes the thread's fsuid (run scripts/test as root)"
+        );
         let account = |uid, gid| Account {
             name: "nested-test".into(),
             uid: UserId(uid),

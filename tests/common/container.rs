@@ -19,11 +19,10 @@ pub const NEEDS: &[(&str, &str)] = &[
     ("mount", "apt-get install mount"),
 ];
 
-/// Whether every program is there (`(program, how to install it)`). Under
-/// CI a missing one is a failure (.ci/run installs them all); elsewhere the
-/// test says what to install and passes without running, as
-/// `require_root` does.
-pub fn require_programs(programs: &[(&str, &str)]) -> bool {
+/// Fails the test unless every program is there (`(program, how to
+/// install it)`), naming what to install (.ci/run installs them all): a
+/// test that could not run never reports "ok".
+pub fn require_programs(programs: &[(&str, &str)]) {
     let missing: Vec<String> = programs
         .iter()
         .filter(|(program, _)| {
@@ -35,15 +34,11 @@ pub fn require_programs(programs: &[(&str, &str)]) -> bool {
         })
         .map(|(program, install)| format!("{program} (install: {install})"))
         .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let message = format!("missing: {}", missing.join(", "));
-    if std::env::var_os("CI").is_some() {
-        panic!("{message}; .ci/run must install them");
-    }
-    eprintln!("skipped: {message}");
-    false
+    assert!(
+        missing.is_empty(),
+        "missing: {}; .ci/run installs them all",
+        missing.join(", ")
+    );
 }
 
 /// A booted container.
