@@ -18,11 +18,7 @@ pub const DEFAULT_SOCKET: &str = "/run/profiled/api.sock";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The socket could not be reached.
-    #[error(
-        "cannot reach profiled at {}: {source}; is the daemon running (systemctl status profiled)? \
-         Another socket can be named with --socket or PROFILED_SOCKET",
-        socket.display()
-    )]
+    #[error("{}", connect_message(socket, source))]
     Connect {
         /// The socket path.
         socket: PathBuf,
@@ -48,6 +44,41 @@ pub enum Error {
         /// The problem's detail.
         detail: String,
     },
+}
+
+/// What to say when `socket` could not be reached: what the error means
+/// and what to try, for the default socket (the packaged service) or one
+/// the user named.
+fn connect_message(socket: &Path, source: &std::io::Error) -> String {
+    let at = socket.display();
+    let what = match source.kind() {
+        std::io::ErrorKind::NotFound => "no socket is there".to_owned(),
+        std::io::ErrorKind::ConnectionRefused => "nothing listens on the socket".to_owned(),
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (the socket or a directory above it is closed to you)".to_owned()
+        }
+        _ => source.to_string(),
+    };
+    if socket == Path::new(DEFAULT_SOCKET) {
+        format!(
+            "cannot reach profiled at {at}: {what}; is the service running? \
+             (`systemctl status profiled`; started by hand, it serves the socket its \
+             profiled.toml names: point profilectl at it with --socket or PROFILED_SOCKET)"
+        )
+    } else {
+        format!(
+            "cannot reach profiled at {at} (named by --socket or PROFILED_SOCKET): {what}; \
+             is a daemon running with [paths] socket = \"{at}\" in its profiled.toml?"
+        )
+    }
+}
+
+impl Error {
+    /// Whether the daemon could not be reached at all (as opposed to
+    /// answering with a refusal): profilectl exits 3 for it.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::Http(_))
+    }
 }
 
 /// A raw answer.

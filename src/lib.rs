@@ -1,7 +1,9 @@
 //! profiled: per-account AI-assistant profiles on a shared Linux host.
 //!
 //! The daemon (`profiled`) and its client (`profilectl`) share this library.
-//! Each module has one job; see `docs/` and DESIGN.md for the whole picture.
+//! Each module has one job; docs/DESIGN.md is the map of the whole. A
+//! comment's "rule N" is a security rule of docs/SECURITY.md, where each is
+//! written down with its threat, its mechanism and the tests that prove it.
 
 pub mod accounts;
 pub mod agents;

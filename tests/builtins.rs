@@ -684,6 +684,32 @@ fn organize_uses_each_users_own_key_and_stops_on_a_missing_or_rejected_key() {
     assert_eq!(model.requests().len(), before);
 }
 
+/// Issue 13: a model that cannot be reached fails the run (it used to
+/// report "ok" with a remark), and the memories wait for the next one.
+#[test]
+#[ignore = "needs root"]
+fn organize_whose_model_cannot_be_reached_fails_the_run() {
+    require_root();
+    let d = Daemon::start("");
+    let erin = TestUser::new("erin");
+    let (config, dir) = profile_of(&d, &erin);
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    use_model(&dir, &format!("http://127.0.0.1:{port}/v1"));
+    set_key(&d, &erin, "sk-erin-unreachable");
+    capture(&d, &erin, "a note");
+    let err = builtin::organize(&config, &dir).expect_err("the run fails");
+    let says = err.to_string();
+    assert!(
+        says.contains("the model call failed after 0 memories were tagged, 1 wait"),
+        "{says}"
+    );
+    // The agents layer records an error as the run's status (`error`).
+}
+
 #[test]
 #[ignore = "needs root"]
 fn organize_without_a_model_sends_nothing_and_says_what_to_set() {

@@ -254,6 +254,89 @@ fn admins_watch_another_profile_audited_and_users_cannot() {
     assert!(err.contains("only admins"), "{err}");
 }
 
+/// Issue 13: `profilectl events | head -1` ends when `head` does, and
+/// `profilectl memories | head -1` neither panics nor complains: a closed
+/// pipe ends profilectl quietly, with status 0, as it does ripgrep.
+#[test]
+#[ignore = "needs root"]
+fn profilectl_ends_quietly_when_its_reader_goes_away() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    require_root();
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("");
+    capture(&d, &alice, "a note");
+    let spawn = |args: &[&str]| {
+        alice
+            .command(PROFILECTL)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn profilectl")
+    };
+    let finish = |mut child: std::process::Child, what: &str| {
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("{what} still runs 10 s after its reader went away");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("read stderr");
+        assert!(status.success(), "{what}: {status}, stderr: {stderr}");
+        let lower = stderr.to_lowercase();
+        assert!(
+            !lower.contains("panicked")
+                && !lower.contains("broken pipe")
+                && !lower.contains("error"),
+            "{what} complains about a closed pipe: {stderr}"
+        );
+    };
+
+    // A listing whose reader is gone before it prints.
+    let mut list = spawn(&["memories", "--limit", "100"]);
+    drop(list.stdout.take());
+    finish(list, "profilectl memories");
+
+    // A stream whose reader goes after the first event: the next event
+    // ends it (it used to run on, writing into the closed pipe forever).
+    let mut events = spawn(&["events"]);
+    let stdout = events.stdout.take().expect("stdout");
+    let (tx, first) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+        // The reader and the pipe's read end are dropped here.
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        capture(&d, &alice, "an event to read");
+        if let Ok(line) = first.recv_timeout(Duration::from_millis(200)) {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event reached profilectl events"
+        );
+    };
+    assert!(!line.is_empty());
+    capture(&d, &alice, "an event nobody reads");
+    finish(events, "profilectl events");
+}
+
 #[test]
 #[ignore = "needs root"]
 fn the_stream_works_over_tcp_with_a_token() {

@@ -259,6 +259,150 @@ fn tasks_persona_and_stdin_capture_through_profilectl() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// Issue 13: a daemon that cannot be reached is exit status 3 (a refusal
+/// is 1), with a hint that fits the socket named, and JSON with `--json`.
+#[test]
+fn an_unreachable_daemon_is_its_own_exit_status_with_a_fitting_hint() {
+    let socket = std::env::temp_dir().join(format!("pft-nothing-{}.sock", common::tag()));
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::PROFILECTL)
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .env_remove("PROFILED_SOCKET")
+            .output()
+            .expect("run profilectl")
+    };
+    let out = run(&["status"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("no socket is there")
+            && said.contains("named by --socket or PROFILED_SOCKET"),
+        "{said}"
+    );
+    let out = run(&["--json", "memories"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let error: serde_json::Value =
+        serde_json::from_slice(&out.stderr).expect("a JSON error on stderr");
+    assert_eq!(error["error"]["code"], "unreachable", "{error}");
+}
+
+/// Issue 13: the task verbs a person expects (start, cancel, edit), a bad
+/// status refused by profilectl with the choices and by the API in plain
+/// words, columns that line up, and `status --check` failing on a profile
+/// with a file to fix.
+#[test]
+#[ignore = "needs root"]
+fn task_verbs_plain_errors_and_a_status_check() {
+    require_root();
+    let alice = TestUser::new("alice");
+    let d = Daemon::start("");
+    let id = d.ok(Some(&alice), &["task", "add", "write the report"]);
+    let id = id.trim();
+    let other = d.ok(Some(&alice), &["task", "add", "book travel"]);
+    let other = other.trim();
+
+    let started = d.ok(Some(&alice), &["task", "start", id]);
+    assert!(started.contains("[in_progress]"), "{started}");
+    let edited = d.ok(
+        Some(&alice),
+        &[
+            "task",
+            "edit",
+            id,
+            "--title",
+            "write the final report",
+            "--due",
+            "2026-12-24",
+            "--tag",
+            "work",
+        ],
+    );
+    assert!(
+        edited.contains("write the final report") && edited.contains("due 2026-12-24"),
+        "{edited}"
+    );
+    let (_, task) = d.api(Some(&alice), "GET", &format!("/v1/tasks/{id}"), None);
+    assert_eq!(task["tags"], serde_json::json!(["work"]), "{task}");
+    assert_eq!(task["status"], "in_progress", "{task}");
+    let nothing = d.ctl(Some(&alice), &["task", "edit", id]);
+    assert_eq!(nothing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("nothing to change"));
+    let listed = d.ok(Some(&alice), &["task", "list", "--status", "in_progress"]);
+    assert!(listed.contains(id) && !listed.contains(other), "{listed}");
+    // The titles line up whatever the status.
+    let all = d.ok(Some(&alice), &["task", "list"]);
+    let starts: Vec<usize> = all
+        .lines()
+        .filter(|l| l.starts_with("task-"))
+        .map(|l| l.find("write").or_else(|| l.find("book")).expect("a title"))
+        .collect();
+    assert_eq!(starts.len(), 2, "{all}");
+    assert_eq!(starts[0], starts[1], "{all}");
+    let cancelled = d.ok(Some(&alice), &["task", "cancel", id]);
+    assert!(cancelled.contains("[cancelled]"), "{cancelled}");
+
+    let bogus = d.ctl(Some(&alice), &["task", "list", "--status", "bogus"]);
+    assert_eq!(bogus.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&bogus.stderr);
+    assert!(
+        said.contains("possible values: todo, in_progress, done, cancelled"),
+        "{said}"
+    );
+    let (status, v) = d.api(Some(&alice), "GET", "/v1/tasks?status=bogus", None);
+    assert_eq!(status, 400, "{v}");
+    let detail = v["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("status: \"bogus\" is not one of todo, in_progress, done, cancelled")
+            && !detail.contains("deserialize"),
+        "{v}"
+    );
+    let (status, v) = d.api(Some(&alice), "GET", "/v1/memories?limit=abc", None);
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("limit: not a whole number"),
+        "{v}"
+    );
+
+    // Nouns and defaults a person tries first.
+    let captured = d.ok(Some(&alice), &["capture", "a note to list"]);
+    let listed = d.ok(Some(&alice), &["memory", "list", "--limit", "5"]);
+    assert!(listed.contains(captured.trim()), "{listed}");
+    d.ok(Some(&alice), &["persona", "set", "name", "Sage"]);
+    let persona = d.ok(Some(&alice), &["persona"]);
+    assert!(persona.contains("name = \"Sage\""), "{persona}");
+    let version = d.ok(Some(&alice), &["--version"]);
+    assert!(version.starts_with("profilectl "), "{version}");
+
+    // A refusal with --json is JSON on stderr, and exits 1.
+    let out = d.ctl(
+        Some(&alice),
+        &["--json", "task", "done", "task-01AAAAAAAAAAAAAAAAAAAAAAAA"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let error: serde_json::Value =
+        serde_json::from_slice(&out.stderr).expect("a JSON error on stderr");
+    assert_eq!(error["error"]["status"], 404, "{error}");
+    assert_eq!(error["error"]["code"], "not_found", "{error}");
+
+    // A file that needs fixing: `status` says so, `status --check` fails.
+    d.ok(Some(&alice), &["status", "--check"]);
+    let broken = d.profile(&alice).join(format!("memory/tasks/{other}.md"));
+    std::fs::write(&broken, "+++\nthis is not toml\n+++\n").expect("break a task");
+    std::os::unix::fs::chown(&broken, Some(alice.uid), Some(alice.gid)).expect("chown");
+    let out = d.ctl(Some(&alice), &["status", "--check"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 problem in your profile needs fixing"),
+        "{out:?}"
+    );
+    d.ok(Some(&alice), &["status"]);
+}
+
 /// Two requests that both need a new directory (the first captures of a
 /// month) never see it half made: it appears already owned by the account.
 #[test]

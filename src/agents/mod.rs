@@ -1,7 +1,7 @@
 //! Agents: declarations (agents.d and profile.toml), the scheduler
 //! (intervals, cron expressions, path triggers), cycles under flock locks,
 //! the external-process runner of rule 3 and the built-ins' dispatch.
-//! See docs/CONFIG.md for the declaration format and DESIGN.md "Agents".
+//! See docs/CONFIG.md for the declaration format and docs/DESIGN.md, "An agent run".
 
 pub mod builtin;
 pub mod catalog;

@@ -207,8 +207,68 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             Err(rejection) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_query",
-                rejection.body_text(),
+                plain_query_error(&rejection.body_text()),
             )),
         }
+    }
+}
+
+/// serde's words for a bad query string (`Failed to deserialize query
+/// string: status: unknown variant `bogus`, expected one of …`) as a person
+/// reads them: `status: "bogus" is not one of todo, in_progress, …`.
+fn plain_query_error(text: &str) -> String {
+    let text = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(text);
+    let (field, reason) = match text.split_once(": ") {
+        Some((f, r)) if !f.is_empty() && f.chars().all(|c| c.is_alphanumeric() || c == '_') => {
+            (Some(f), r)
+        }
+        _ => (None, text),
+    };
+    let unquote = |s: &str| s.replace('`', "");
+    let reason = if let Some(rest) = reason.strip_prefix("unknown variant `")
+        && let Some((value, expected)) = rest.split_once("`, expected one of ")
+    {
+        format!("\"{value}\" is not one of {}", unquote(expected))
+    } else if let Some(rest) = reason.strip_prefix("unknown field `")
+        && let Some((name, expected)) = rest.split_once("`, expected ")
+    {
+        format!(
+            "there is no parameter \"{name}\" (this route takes {})",
+            unquote(expected).trim_start_matches("one of ")
+        )
+    } else if reason == "invalid digit found in string" {
+        "not a whole number".to_owned()
+    } else if reason == "number too large to fit in target type" {
+        "too large a number".to_owned()
+    } else {
+        reason.to_owned()
+    };
+    let said = match field {
+        Some(f) => format!("{f}: {reason}"),
+        None => reason,
+    };
+    format!("the query string is not valid: {said} (docs/API.md lists each route's parameters)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_query_error;
+
+    #[test]
+    fn query_errors_are_told_in_plain_words() {
+        let said = |t: &str| plain_query_error(&format!("Failed to deserialize query string: {t}"));
+        assert_eq!(
+            said("status: unknown variant `bogus`, expected one of `todo`, `in_progress`"),
+            "the query string is not valid: status: \"bogus\" is not one of todo, in_progress \
+             (docs/API.md lists each route's parameters)"
+        );
+        assert!(said("limit: invalid digit found in string").contains("limit: not a whole number"));
+        assert!(
+            said("unknown field `lmit`, expected one of `limit`, `before`")
+                .contains("there is no parameter \"lmit\" (this route takes limit, before)")
+        );
+        assert!(said("something else").contains("not valid: something else"));
     }
 }

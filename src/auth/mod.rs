@@ -1,6 +1,6 @@
 //! Who may use the loopback TCP listener: PAM logins, hashed sessions and
 //! personal tokens, failed-login throttling and per-account request rates
-//! (DESIGN.md rules 5 and 6).
+//! (docs/SECURITY.md, rules 5 and 6).
 
 pub mod client;
 pub mod pam;

@@ -53,6 +53,19 @@ pub enum Error {
     /// The credentials could not be opened (not a missing key).
     #[error("organize: {0}")]
     Creds(#[from] creds::Error),
+    /// A call to the model failed (not a refused key): the run stopped
+    /// there, and the next one tries again.
+    #[error(
+        "organize: the model call failed after {tagged} memories were tagged, {waiting} wait          for the next run: {reason}"
+    )]
+    Model {
+        /// Why, as the HTTP client or the endpoint said.
+        reason: String,
+        /// Memories tagged before the failure (kept).
+        tagged: u64,
+        /// Memories left for the next run.
+        waiting: u64,
+    },
 }
 
 #[derive(Deserialize)]
@@ -148,6 +161,7 @@ pub fn run_with(
     let (mut prompt, mut completion, mut total) = (0u64, 0u64, 0u64);
     let mut problems = Vec::new();
     let mut attention = None;
+    let mut failed = None;
     for m in &todo {
         let text: String = m.text.chars().take(MAX_TEXT_CHARS).collect();
         requests += 1;
@@ -190,13 +204,22 @@ pub fn run_with(
             }
             Err(chat::Error::Failed(reason)) => {
                 // Stop here: the next scheduled run tries again, no loop.
-                problems.push(format!("stopped: {reason}"));
+                failed = Some(reason);
                 break;
             }
         }
     }
     if requests > 0 {
         record_tokens(dir, provider, name, requests, prompt, completion, total);
+    }
+    // A run whose model could not be reached is a failed run (its status
+    // says so), not an "ok" with a remark.
+    if let Some(reason) = failed {
+        return Err(Error::Model {
+            reason,
+            tagged,
+            waiting: (todo.len() as u64).saturating_sub(tagged),
+        });
     }
     let mut summary = Summary::of(
         vec![

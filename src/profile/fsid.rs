@@ -1,4 +1,4 @@
-//! The thread's filesystem identity (DESIGN.md rule 12): work inside a
+//! The thread's filesystem identity (docs/SECURITY.md, rule 12): work inside a
 //! profile runs with the calling thread's fsuid/fsgid set to the profile's
 //! owner, so the kernel checks every access as that account would be
 //! checked, on top of the `openat2` and `fstat` checks of rule 1. A mistake

@@ -1,6 +1,6 @@
 //! Profiles on disk: the profiles root, provisioning and adoption, and the
 //! safe file layer through which every profile file is read or written
-//! (DESIGN.md security rules 1 and 2).
+//! (docs/SECURITY.md, rules 1 and 2).
 //!
 //! No path under a profile is ever opened by name from the filesystem root:
 //! everything goes through a directory handle with `openat2` and

@@ -216,30 +216,25 @@ fn records(
     kind: &'static str,
     out: &mut BTreeMap<String, Found>,
 ) -> Result<(), Error> {
-    let entries = match dir.list(rel) {
-        Ok(e) => e,
+    let stamps = match dir.stamps(rel) {
+        Ok(s) => s,
         Err(e) if e.is_not_found() => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    for e in entries {
-        if e.kind != EntryKind::File {
-            continue;
-        }
-        let Some(id) = e.name.strip_suffix(".md") else {
+    for (name, stamp) in stamps {
+        let Some(id) = name.strip_suffix(".md") else {
             continue;
         };
         if !valid_id(id) {
             continue;
         }
-        if let Some(stamp) = dir.stamp(&format!("{rel}/{}", e.name))? {
-            out.insert(
-                id.to_owned(),
-                Found {
-                    kind,
-                    stamp: stamp.key(),
-                },
-            );
-        }
+        out.insert(
+            id.to_owned(),
+            Found {
+                kind,
+                stamp: stamp.key(),
+            },
+        );
     }
     Ok(())
 }

@@ -34,6 +34,18 @@ pub enum TaskStatus {
     Cancelled,
 }
 
+impl TaskStatus {
+    /// The status as the API, the files and the command line write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Todo => "todo",
+            TaskStatus::InProgress => "in_progress",
+            TaskStatus::Done => "done",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Front {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -345,4 +357,21 @@ fn parse_due(due: Option<&str>) -> Result<Option<Datetime>> {
         }),
     })
     .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TaskStatus;
+
+    #[test]
+    fn a_status_is_written_as_serde_writes_it() {
+        for s in [
+            TaskStatus::Todo,
+            TaskStatus::InProgress,
+            TaskStatus::Done,
+            TaskStatus::Cancelled,
+        ] {
+            assert_eq!(serde_json::to_value(s).ok(), Some(s.as_str().into()));
+        }
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// profilectl: your profiled profile from the shell. The daemon knows who
 /// you are from the socket; no password is needed.
@@ -26,7 +26,11 @@ pub struct Args {
 #[derive(Subcommand)]
 pub enum Command {
     /// Who you are, your profile, and any files in it that need fixing.
-    Status,
+    Status {
+        /// Exit 1 when a file needs fixing (for scripts and monitoring).
+        #[arg(long)]
+        check: bool,
+    },
     /// Capture a memory: TEXT, or `-` to read it from standard input.
     Capture {
         /// The text, or `-` for standard input.
@@ -35,15 +39,8 @@ pub enum Command {
         #[arg(long = "tag", short)]
         tags: Vec<String>,
     },
-    /// List memories, newest first.
-    Memories {
-        /// How many.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-        /// Start after this id (the `next` of a previous page).
-        #[arg(long)]
-        before: Option<String>,
-    },
+    /// List memories, newest first (also `memory list`).
+    Memories(MemoryPage),
     /// Search your memories and tasks: ranked hits with snippets. QUERY
     /// takes words, "quoted phrases", AND/OR/NOT and tags:NAME.
     Remember {
@@ -53,15 +50,17 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         limit: usize,
     },
-    /// Show or remove one memory.
+    /// List memories, show or remove one.
     #[command(subcommand)]
     Memory(MemoryCommand),
     /// Tasks.
     #[command(subcommand)]
     Task(TaskCommand),
-    /// The assistant's persona.
-    #[command(subcommand)]
-    Persona(PersonaCommand),
+    /// The assistant's persona: shows it, or `persona set KEY VALUE`.
+    Persona {
+        #[command(subcommand)]
+        command: Option<PersonaCommand>,
+    },
     /// Profiles on this host (admins).
     #[command(subcommand)]
     Profile(ProfileCommand),
@@ -113,8 +112,21 @@ pub enum Command {
     },
 }
 
+/// Which page of memories.
+#[derive(clap::Args)]
+pub struct MemoryPage {
+    /// How many.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Start after this id (the `next` of a previous page).
+    #[arg(long)]
+    pub before: Option<String>,
+}
+
 #[derive(Subcommand)]
 pub enum MemoryCommand {
+    /// List memories, newest first (as `memories`).
+    List(MemoryPage),
     /// Show a memory.
     Show {
         /// Its id.
@@ -142,9 +154,9 @@ pub enum TaskCommand {
     },
     /// List tasks, newest first.
     List {
-        /// Only tasks in this status: todo, in_progress, done, cancelled.
-        #[arg(long)]
-        status: Option<String>,
+        /// Only tasks in this status.
+        #[arg(long, value_enum)]
+        status: Option<TaskStatusArg>,
         /// How many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -152,10 +164,38 @@ pub enum TaskCommand {
         #[arg(long)]
         before: Option<String>,
     },
+    /// Mark a task in progress.
+    Start {
+        /// Its id.
+        id: String,
+    },
     /// Mark a task done.
     Done {
         /// Its id.
         id: String,
+    },
+    /// Mark a task cancelled (kept, unlike `rm`).
+    Cancel {
+        /// Its id.
+        id: String,
+    },
+    /// Change a task's title, notes, due date or tags; what is not given
+    /// stays as it is.
+    Edit {
+        /// Its id.
+        id: String,
+        /// A new one-line title.
+        #[arg(long)]
+        title: Option<String>,
+        /// New notes (replacing the old).
+        #[arg(long)]
+        notes: Option<String>,
+        /// A new due date, e.g. 2026-12-01; "" removes it.
+        #[arg(long)]
+        due: Option<String>,
+        /// The tags (repeatable; replaces them all).
+        #[arg(long = "tag", short)]
+        tags: Option<Vec<String>>,
     },
     /// Delete a task.
     Rm {
@@ -215,4 +255,29 @@ pub enum ProfileCommand {
         /// The account.
         name: String,
     },
+}
+
+/// A task status as the command line takes it (the API's names).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum TaskStatusArg {
+    /// Not started.
+    Todo,
+    /// Being worked on.
+    #[value(name = "in_progress")]
+    InProgress,
+    /// Finished.
+    Done,
+    /// Dropped.
+    Cancelled,
+}
+
+impl From<TaskStatusArg> for profiled::store::TaskStatus {
+    fn from(s: TaskStatusArg) -> Self {
+        match s {
+            TaskStatusArg::Todo => Self::Todo,
+            TaskStatusArg::InProgress => Self::InProgress,
+            TaskStatusArg::Done => Self::Done,
+            TaskStatusArg::Cancelled => Self::Cancelled,
+        }
+    }
 }

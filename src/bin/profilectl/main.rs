@@ -1,7 +1,9 @@
 //! `profilectl`: the command-line client of profiled's Unix socket.
 //!
-//! Exit status: 0 success, 1 error (the daemon's message on stderr),
-//! 2 usage.
+//! Exit status: 0 success; 1 the daemon refused, or what was asked ran and
+//! failed (its message on stderr); 2 usage; 3 the daemon could not be
+//! reached. With `--json` an error is a JSON object on stderr:
+//! `{"error": {"code", "status", "detail"}}` (docs/OPERATIONS.md).
 
 // Every print goes through render::emit, which escapes control characters.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -22,7 +24,7 @@ use clap::Parser;
 use hyper::Method;
 use profiled::api::{Me, NewToken, ProfileChange, ProfileRow, TokenInfo};
 use profiled::client::{self, Client};
-use profiled::store::{Memory, Page, Persona, Task};
+use profiled::store::{Memory, Page, Persona, Task, TaskStatus};
 use serde_json::{Value, json};
 
 use args::{
@@ -45,8 +47,12 @@ impl From<client::Error> for Failure {
     }
 }
 
+/// The exit status for a daemon that could not be reached.
+const UNREACHABLE: u8 = 3;
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    let json = args.json;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -57,28 +63,46 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Client(e)) => {
-            errln!("profilectl: {e}");
-            ExitCode::FAILURE
+    let failure = match runtime.block_on(run(args)) {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(f) => f,
+    };
+    let (code, status, detail, exit) = match failure {
+        Failure::Client(client::Error::Api {
+            status,
+            code,
+            detail,
+        }) => (code, Some(status), detail, 1),
+        Failure::Client(e) if e.is_unreachable() => {
+            ("unreachable".to_owned(), None, e.to_string(), UNREACHABLE)
         }
-        Err(Failure::Failed(msg)) => {
-            errln!("profilectl: {msg}");
-            ExitCode::FAILURE
-        }
-        Err(Failure::Usage(msg)) => {
-            errln!("profilectl: {msg}");
-            ExitCode::from(2)
-        }
+        Failure::Client(e) => ("client_error".to_owned(), None, e.to_string(), 1),
+        Failure::Failed(msg) => ("failed".to_owned(), None, msg, 1),
+        Failure::Usage(msg) => ("usage".to_owned(), None, msg, 2),
+    };
+    if json {
+        let error = json!({"error": {"code": code, "status": status, "detail": detail}});
+        errln!("{error}");
+    } else {
+        errln!("profilectl: {detail}");
     }
+    ExitCode::from(exit)
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
     let client = Client::new(&args.socket, args.user.clone());
     let out = render::Output { json: args.json };
     match args.command {
-        Command::Status => out.me(&client.get::<Me>("/v1/me").await?),
+        Command::Status { check } => {
+            let me = client.get::<Me>("/v1/me").await?;
+            out.me(&me);
+            if check && !me.problems.is_empty() {
+                return Err(Failure::Failed(match me.problems.len() {
+                    1 => "1 problem in your profile needs fixing (above)".to_owned(),
+                    n => format!("{n} problems in your profile need fixing (above)"),
+                }));
+            }
+        }
         Command::Capture { text, tags } => {
             let text = if text == "-" { read_stdin()? } else { text };
             let m: Memory = client
@@ -90,9 +114,9 @@ async fn run(args: Args) -> Result<(), Failure> {
                 .await?;
             out.created(&m.id, &m);
         }
-        Command::Memories { limit, before } => {
-            let mut path = format!("/v1/memories?limit={limit}");
-            if let Some(b) = before {
+        Command::Memories(page) | Command::Memory(MemoryCommand::List(page)) => {
+            let mut path = format!("/v1/memories?limit={}", page.limit);
+            if let Some(b) = page.before {
                 path.push_str(&format!("&before={}", client::encode(&b)));
             }
             out.memories(&client.get::<Page<Memory>>(&path).await?);
@@ -122,31 +146,59 @@ async fn run(args: Args) -> Result<(), Failure> {
         }) => {
             let mut path = format!("/v1/tasks?limit={limit}");
             if let Some(s) = status {
-                path.push_str(&format!("&status={}", client::encode(&s)));
+                let status = profiled::store::TaskStatus::from(s);
+                path.push_str(&format!("&status={}", status.as_str()));
             }
             if let Some(b) = before {
                 path.push_str(&format!("&before={}", client::encode(&b)));
             }
             out.tasks(&client.get::<Page<Task>>(&path).await?);
         }
+        Command::Task(TaskCommand::Start { id }) => {
+            let patch = json!({"status": TaskStatus::InProgress});
+            out.task_line(&patch_task(&client, &id, &patch).await?);
+        }
         Command::Task(TaskCommand::Done { id }) => {
-            let t: Task = client
-                .send(
-                    Method::PATCH,
-                    &record_path("tasks", &id),
-                    &json!({"status": "done"}),
-                )
-                .await?;
-            out.task_line(&t);
+            let patch = json!({"status": TaskStatus::Done});
+            out.task_line(&patch_task(&client, &id, &patch).await?);
+        }
+        Command::Task(TaskCommand::Cancel { id }) => {
+            let patch = json!({"status": TaskStatus::Cancelled});
+            out.task_line(&patch_task(&client, &id, &patch).await?);
+        }
+        Command::Task(TaskCommand::Edit {
+            id,
+            title,
+            notes,
+            due,
+            tags,
+        }) => {
+            let mut patch = serde_json::Map::new();
+            for (key, value) in [("title", title), ("notes", notes), ("due", due)] {
+                if let Some(v) = value {
+                    patch.insert(key.to_owned(), Value::String(v));
+                }
+            }
+            if let Some(tags) = tags {
+                patch.insert("tags".to_owned(), json!(tags));
+            }
+            if patch.is_empty() {
+                return Err(Failure::Usage(
+                    "task edit: nothing to change; give --title, --notes, --due or --tag".into(),
+                ));
+            }
+            out.task_line(&patch_task(&client, &id, &Value::Object(patch)).await?);
         }
         Command::Task(TaskCommand::Rm { id }) => {
             delete(&client, &record_path("tasks", &id)).await?;
             out.done(&format!("removed {id}"));
         }
-        Command::Persona(PersonaCommand::Show) => {
-            out.persona(&client.get::<Persona>("/v1/persona").await?)
-        }
-        Command::Persona(PersonaCommand::Set { key, value }) => {
+        Command::Persona {
+            command: None | Some(PersonaCommand::Show),
+        } => out.persona(&client.get::<Persona>("/v1/persona").await?),
+        Command::Persona {
+            command: Some(PersonaCommand::Set { key, value }),
+        } => {
             check_persona_key(&key)?;
             let current: Value = client.get("/v1/persona").await?;
             let updated = set_persona_key(current, &key, &value);
@@ -267,4 +319,11 @@ fn set_persona_key(mut current: Value, key: &str, value: &str) -> Value {
         }
     }
     current
+}
+
+/// Changes task `id` with `patch` (PATCH /v1/tasks/{id}).
+async fn patch_task(client: &Client, id: &str, patch: &Value) -> Result<Task, Failure> {
+    Ok(client
+        .send(Method::PATCH, &record_path("tasks", id), patch)
+        .await?)
 }

@@ -53,16 +53,24 @@ pub enum Stream {
 }
 
 /// Writes `args` to `stream` with its control characters escaped
-/// ([`escape_controls`]). A closed pipe (`profilectl … | head`) is not an
-/// error worth a panic: what cannot be written is dropped.
+/// ([`escape_controls`]). When the reader of stdout went away
+/// (`profilectl events | head -1`), nothing more will be read: profilectl
+/// exits at once, quietly and successfully, as ripgrep does (a stream
+/// would otherwise run on forever). Other write errors drop the text.
 pub fn emit(stream: Stream, args: std::fmt::Arguments<'_>) {
     // Wiped when dropped: `creds reveal` prints a secret through here.
     let text = zeroize::Zeroizing::new(std::fmt::format(args));
     let safe = escape_controls(&text);
-    let _ = match stream {
+    let written = match stream {
         Stream::Out => std::io::stdout().lock().write_all(safe.as_bytes()),
         Stream::Err => std::io::stderr().lock().write_all(safe.as_bytes()),
     };
+    if let Err(e) = written
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        drop(text);
+        std::process::exit(0);
+    }
 }
 
 /// `text` with every control character (C0, DEL, C1) but the newline
@@ -204,16 +212,14 @@ impl Output {
         if self.json {
             return self.print_json(t);
         }
-        let status = serde_json::to_value(t.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        // Padded to the longest status, `[in_progress]`, so titles align.
+        let status = format!("[{}]", t.status.as_str());
         let due = t
             .due
             .as_deref()
             .map(|d| format!("  due {d}"))
             .unwrap_or_default();
-        outln!("{}  [{status}]  {}{due}", t.id, t.title);
+        outln!("{}  {status:<13}  {}{due}", t.id, t.title);
     }
 
     pub fn persona(&self, p: &Persona) {
