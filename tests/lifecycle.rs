@@ -57,16 +57,45 @@ fn check_config_reports_file_line_and_key() {
     assert!(err.contains("uid_mni"), "{err}");
 
     let good = dir.join("good.toml");
+    let agents_d = dir.join("agents.d");
+    std::fs::create_dir(&agents_d).expect("agents.d");
     std::fs::write(
         &good,
-        "[accounts]\nadmins = [\"ops\"]\n[limits]\nmax_page_size = 50\n",
+        format!(
+            "[accounts]\nadmins = [\"ops\"]\n[limits]\nmax_page_size = 50\n\
+             [paths]\nagents_dir = \"{}\"\n",
+            agents_d.display()
+        ),
     )
     .expect("write");
-    let out = Command::new(PROFILED)
-        .args(["check-config", "--config"])
-        .arg(&good)
-        .output()
-        .expect("run check-config");
+    let check = || {
+        Command::new(PROFILED)
+            .args(["check-config", "--config"])
+            .arg(&good)
+            .output()
+            .expect("run check-config")
+    };
+    let out = check();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Issue 13: a broken agent declaration fails the check too, with its
+    // file and line (the daemon only logs it and keeps the previous ones).
+    let tidy = agents_d.join("tidy.toml");
+    std::fs::write(&tidy, "[agents.tidy]\ncommand = 5\n").expect("write");
+    let out = check();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:2:", tidy.display())), "{err}");
+    std::fs::write(
+        &tidy,
+        "[agents.tidy]\ncommand = [\"/bin/true\"]\nevery = \"1h\"\n",
+    )
+    .expect("write");
+    let out = check();
     assert_eq!(
         out.status.code(),
         Some(0),

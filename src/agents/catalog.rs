@@ -67,17 +67,7 @@ impl AdminAgents {
     /// and its problem is reported (logged once per change). Returns
     /// whether anything changed.
     pub fn refresh(&mut self, dir: &Path) -> bool {
-        let mut present = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.ends_with(".toml") && !name.starts_with('.') {
-                    present.push(path);
-                }
-            }
-        }
+        let present = declaration_files(dir);
         let before = self.files.len();
         self.files.retain(|p, _| present.contains(p));
         let mut changed = before != self.files.len();
@@ -149,6 +139,32 @@ impl AdminAgents {
             .filter_map(|f| f.problem.clone())
             .collect()
     }
+}
+
+/// The declaration files in `dir`: `*.toml`, not hidden (an editor's
+/// temporary file is not a declaration).
+fn declaration_files(dir: &Path) -> Vec<PathBuf> {
+    let mut present = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".toml") && !name.starts_with('.') {
+                present.push(entry.path());
+            }
+        }
+    }
+    present.sort();
+    present
+}
+
+/// What is wrong with each declaration file in `dir` (`file:line:
+/// reason`), as the daemon would read them: `profiled check-config`.
+pub fn check_dir(dir: &Path) -> Vec<String> {
+    declaration_files(dir)
+        .iter()
+        .filter_map(|path| load_file(path).err())
+        .collect()
 }
 
 /// Reads one agents.d file: all of it validates or none of it counts.

@@ -76,9 +76,20 @@ fn main() -> ExitCode {
             Ok(c) => {
                 let source = c
                     .source
+                    .as_ref()
                     .map(|p| p.display().to_string())
                     .unwrap_or_default();
+                // The admins' agent declarations too: the daemon would only
+                // log a broken one, keeping that file's previous agents.
+                let problems = profiled::agents::catalog::check_dir(&c.paths.agents_dir);
+                for problem in &problems {
+                    eprintln!("profiled: {problem}");
+                }
+                if !problems.is_empty() {
+                    return ExitCode::FAILURE;
+                }
                 println!("{source}: ok");
+                println!("{}: ok", c.paths.agents_dir.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
