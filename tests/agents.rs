@@ -105,6 +105,15 @@ fn has_processes(user: &TestUser) -> bool {
         })
 }
 
+/// Whether `user` runs a process named `name` (her agent, say, rather than
+/// the profilectl that asked for it, which is hers too).
+fn runs_program(user: &TestUser, name: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-u", &user.uid.to_string(), "-x", name])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// `ps` of `user`'s processes, for failure messages.
 fn ps(user: &TestUser) -> String {
     Command::new("ps")
@@ -1429,7 +1438,7 @@ fn bobs_run_rate_is_unchanged_while_alice_hogs_her_profile_lock() {
             .spawn()
             .expect("start alice's hog"),
     );
-    wait_for("alice's hog to run", || has_processes(&alice));
+    wait_for("alice's hog to run", || runs_program(&alice, "sleep"));
     let from = unix_now() + 2;
     sleep_until(from + window + 3);
     let hogged = slots_in(&d, &bob, "tick", from, from + window);
@@ -1987,7 +1996,9 @@ fn a_flood_of_manual_runs_neither_piles_up_threads_nor_starves_anyone() {
             .spawn()
             .expect("start alice's hog"),
     );
-    wait_for("alice's hog to run", || has_processes(&alice));
+    // Her agent itself, not the profilectl that asked for it (hers too):
+    // until the daemon started the run, a request could start it instead.
+    wait_for("alice's hog to run", || runs_program(&alice, "sleep"));
 
     let socket = d.socket.clone();
     let flood = std::thread::spawn({
