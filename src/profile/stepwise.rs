@@ -7,16 +7,20 @@
 //! refused outright, each directory on the way is opened with `O_PATH |
 //! O_NOFOLLOW` from the previous one and checked with `fstat` (a link is
 //! refused, as `RESOLVE_NO_SYMLINKS` would; anything else that is not a
-//! directory too), and every step must stay on the device of the starting
-//! handle (`RESOLVE_NO_XDEV`; a bind mount of the same filesystem is not
-//! seen, and only root can make one). The final component is opened with
-//! the caller's flags, which always hold `O_NOFOLLOW`. A rename racing the
-//! walk cannot lead it out: every step is relative to a handle already
-//! checked, never to a name looked up again.
+//! directory too), and every step must stay on the mount of the starting
+//! handle (`RESOLVE_NO_XDEV`), told by the mount id `statx` gives (Linux
+//! 5.8). Where the kernel has no mount ids, the device stands in for the
+//! mount, for directories only: overlayfs reports a file's device as that
+//! of the layer it lives in, not the overlay's, so a file of the same
+//! mount would be refused; a mount on a file rather than a directory is
+//! then not seen (only root can make one). The final component is opened
+//! with the caller's flags, which always hold `O_NOFOLLOW`. A rename
+//! racing the walk cannot lead it out: every step is relative to a handle
+//! already checked, never to a name looked up again.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxFlags};
 use rustix::io::Errno;
 
 /// Opens `rel` beneath `dir` as `openat2` with `RESOLVE_BENEATH |
@@ -29,15 +33,15 @@ pub(super) fn open(
     flags: OFlags,
     mode: Mode,
 ) -> Result<OwnedFd, Errno> {
-    let device = rustix::fs::fstat(dir)?.st_dev;
+    let start = Place::of(dir)?.0;
     let mut parts = rel.split('/').filter(|c| !c.is_empty() && *c != ".");
     let Some(mut name) = parts.next() else {
-        return open_last(dir, ".", flags, mode, device);
+        return open_last(dir, ".", flags, mode, start);
     };
     let mut at: Option<OwnedFd> = None;
     for next in parts {
         let here = at.as_ref().map_or(dir, AsFd::as_fd);
-        at = Some(step(here, name, device)?);
+        at = Some(step(here, name, start)?);
         name = next;
     }
     open_last(
@@ -45,13 +49,49 @@ pub(super) fn open(
         name,
         flags,
         mode,
-        device,
+        start,
     )
 }
 
+/// Which mount a file is on: its mount id where the kernel gives one, else
+/// its device (see the module comment for what that misses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    Mount(u64),
+    Device(u64),
+}
+
+impl Place {
+    /// The place of `fd`, and its file type.
+    fn of(fd: impl AsFd) -> Result<(Place, FileType), Errno> {
+        let st = rustix::fs::statx(
+            fd,
+            "",
+            AtFlags::EMPTY_PATH,
+            StatxFlags::TYPE | StatxFlags::MNT_ID,
+        )?;
+        let kind = FileType::from_raw_mode(u32::from(st.stx_mode));
+        let place = if st.stx_mask & StatxFlags::MNT_ID.bits() != 0 {
+            Place::Mount(st.stx_mnt_id)
+        } else {
+            Place::Device(rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor))
+        };
+        Ok((place, kind))
+    }
+
+    /// Whether a file of `kind` at `self` is on the mount `start` names.
+    fn within(self, kind: FileType, start: Place) -> bool {
+        match (self, start) {
+            (Place::Mount(_), _) | (_, Place::Mount(_)) => self == start,
+            // Devices: directories only (overlayfs, above).
+            (Place::Device(_), Place::Device(_)) => kind != FileType::Directory || self == start,
+        }
+    }
+}
+
 /// Opens the directory `name` in `dir` for further lookups, refusing a
-/// link, anything not a directory and another device.
-fn step(dir: BorrowedFd<'_>, name: &str, device: u64) -> Result<OwnedFd, Errno> {
+/// link, anything not a directory and another mount.
+fn step(dir: BorrowedFd<'_>, name: &str, start: Place) -> Result<OwnedFd, Errno> {
     refuse_parent(name)?;
     let fd = rustix::fs::openat(
         dir,
@@ -59,27 +99,28 @@ fn step(dir: BorrowedFd<'_>, name: &str, device: u64) -> Result<OwnedFd, Errno> 
         OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let st = rustix::fs::fstat(&fd)?;
-    match FileType::from_raw_mode(st.st_mode) {
+    let (place, kind) = Place::of(&fd)?;
+    match kind {
         FileType::Symlink => Err(Errno::LOOP),
-        FileType::Directory if st.st_dev == device => Ok(fd),
+        FileType::Directory if place.within(kind, start) => Ok(fd),
         FileType::Directory => Err(Errno::XDEV),
         _ => Err(Errno::NOTDIR),
     }
 }
 
 /// Opens the final component with the caller's flags (which hold
-/// `O_NOFOLLOW`), then checks that it is on the starting device.
+/// `O_NOFOLLOW`), then checks that it is on the starting mount.
 fn open_last(
     dir: BorrowedFd<'_>,
     name: &str,
     flags: OFlags,
     mode: Mode,
-    device: u64,
+    start: Place,
 ) -> Result<OwnedFd, Errno> {
     refuse_parent(name)?;
     let fd = rustix::fs::openat(dir, name, flags | OFlags::NOFOLLOW, mode)?;
-    if rustix::fs::fstat(&fd)?.st_dev != device {
+    let (place, kind) = Place::of(&fd)?;
+    if !place.within(kind, start) {
         return Err(Errno::XDEV);
     }
     Ok(fd)
@@ -175,13 +216,22 @@ mod tests {
     }
 
     #[test]
-    fn refuses_another_device() {
-        // /proc is always a filesystem of its own, mounted on /.
+    fn refuses_another_mount() {
+        // /proc is always a mount of its own, on /.
         let slash = rustix::fs::open("/", HANDLE, Mode::empty()).expect("open /");
-        let here = rustix::fs::fstat(&slash).expect("fstat /").st_dev;
-        assert_ne!(here, rustix::fs::stat("/proc").expect("stat /proc").st_dev);
         let open = |rel, flags| open(slash.as_fd(), rel, flags, Mode::empty()).err();
         assert_eq!(open("proc/self", OFlags::PATH), Some(Errno::XDEV));
         assert_eq!(open("proc", READ | OFlags::DIRECTORY), Some(Errno::XDEV));
+    }
+
+    #[test]
+    fn without_mount_ids_only_a_directory_on_another_device_is_refused() {
+        let (a, b) = (Place::Device(1), Place::Device(2));
+        // overlayfs: a file reports its layer's device.
+        assert!(b.within(FileType::RegularFile, a));
+        assert!(!b.within(FileType::Directory, a));
+        assert!(a.within(FileType::Directory, a));
+        assert!(!Place::Mount(2).within(FileType::RegularFile, Place::Mount(1)));
+        assert!(Place::Mount(1).within(FileType::RegularFile, Place::Mount(1)));
     }
 }
