@@ -537,7 +537,7 @@ impl ProfileDir {
 /// The entries of the directory `fd` (shown as `rel`) but `.` and `..`,
 /// with their kinds (asked of the file itself where the directory does not
 /// say); names that are not UTF-8 are left out.
-fn read_entries(fd: &OwnedFd, rel: &str) -> Result<Vec<(String, FileType)>> {
+pub(super) fn read_entries(fd: &OwnedFd, rel: &str) -> Result<Vec<(String, FileType)>> {
     let dir = rustix::fs::Dir::read_from(fd).map_err(|e| errno(rel, "read directory", e))?;
     let mut out = Vec::new();
     for entry in dir {

@@ -11,8 +11,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::FileType;
 
 use super::Result;
-use super::dir::ProfileDir;
-use super::sys::{check_dir, check_rel, errno, open_dir_beneath, stat};
+use super::dir::{ProfileDir, read_entries};
+use super::sys::{check_dir, check_rel, open_dir_beneath, stat};
 
 /// How deep a walk goes below its start: deeper than any directory that
 /// holds records (`memory/episodic/YYYY/MM`).
@@ -101,20 +101,9 @@ impl ProfileDir {
 /// The names of the directories in `fd` (links and files left out; names
 /// that are not UTF-8 too).
 fn subdirs(fd: &OwnedFd, rel: &str) -> Result<Vec<String>> {
-    let dir = rustix::fs::Dir::read_from(fd).map_err(|e| errno(rel, "read directory", e))?;
-    let mut out = Vec::new();
-    for entry in dir {
-        let entry = entry.map_err(|e| errno(rel, "read directory", e))?;
-        let Ok(name) = entry.file_name().to_str() else {
-            continue;
-        };
-        if name == "." || name == ".." {
-            continue;
-        }
-        // `Unknown` (some filesystems) is opened and checked like the rest.
-        if matches!(entry.file_type(), FileType::Directory | FileType::Unknown) {
-            out.push(name.to_owned());
-        }
-    }
-    Ok(out)
+    Ok(read_entries(fd, rel)?
+        .into_iter()
+        .filter(|(_, kind)| *kind == FileType::Directory)
+        .map(|(name, _)| name)
+        .collect())
 }
