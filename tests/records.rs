@@ -288,6 +288,37 @@ fn an_unreachable_daemon_is_its_own_exit_status_with_a_fitting_hint() {
     assert_eq!(error["error"]["code"], "unreachable", "{error}");
 }
 
+/// Issue 13: `--help` shows examples, and lists the global options apart
+/// from each command's own.
+#[test]
+fn help_has_examples_and_global_options_apart() {
+    let help = |args: &[&str]| {
+        let out = std::process::Command::new(common::PROFILECTL)
+            .args(args)
+            .output()
+            .expect("run profilectl");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let top = help(&["--help"]);
+    assert!(
+        top.contains("Examples:") && top.contains("profilectl task start ID"),
+        "{top}"
+    );
+    let list = help(&["task", "list", "--help"]);
+    let (own, global) = list
+        .split_once("Global options:")
+        .expect("a global options heading");
+    assert!(
+        own.contains("--status") && !own.contains("--socket"),
+        "{list}"
+    );
+    assert!(
+        global.contains("--socket") && global.contains("--json"),
+        "{list}"
+    );
+}
+
 /// Issue 13: the task verbs a person expects (start, cancel, edit), a bad
 /// status refused by profilectl with the choices and by the API in plain
 /// words, columns that line up, and `status --check` failing on a profile

@@ -4,20 +4,40 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// Where `--help` lists the options every command takes, apart from the
+/// command's own.
+const GLOBAL: &str = "Global options";
+
+/// The top-level `--help`'s examples.
+const EXAMPLES: &str = "\
+Examples:
+  profilectl status --check                  who you are; exit 1 if a file needs fixing
+  profilectl capture -t work \"Met Bob about the migration\"
+  echo \"a longer note\" | profilectl capture -
+  profilectl remember 'migration AND bob'    search memories and tasks
+  profilectl task add \"Write the report\" --due 2026-12-24
+  profilectl task list --status todo
+  profilectl task start ID                   also: done, cancel, edit, rm
+  profilectl events | head -5                live changes of your profile
+  profilectl --json memories --limit 5       JSON for scripts
+
+Exit status: 0 ok, 1 the daemon refused or the command failed, 2 usage,
+3 the daemon could not be reached (docs/OPERATIONS.md, \"profilectl\").";
+
 /// profilectl: your profiled profile from the shell. The daemon knows who
 /// you are from the socket; no password is needed.
 #[derive(Parser)]
 // The package's name is profiled; the command's is not.
-#[command(name = "profilectl", version)]
+#[command(name = "profilectl", version, after_help = EXAMPLES)]
 pub struct Args {
     /// The daemon's socket.
-    #[arg(long, global = true, env = "PROFILED_SOCKET", default_value = profiled::client::DEFAULT_SOCKET)]
+    #[arg(long, global = true, env = "PROFILED_SOCKET", default_value = profiled::client::DEFAULT_SOCKET, help_heading = GLOBAL)]
     pub socket: PathBuf,
     /// Act on another account's profile (admins only).
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", help_heading = GLOBAL)]
     pub user: Option<String>,
-    /// Print JSON instead of text.
-    #[arg(long, global = true)]
+    /// Print JSON instead of text (errors too, on standard error).
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
     #[command(subcommand)]
     pub command: Command,
