@@ -31,7 +31,7 @@ use crate::accounts::{Account, Eligibility, Snapshot};
 use crate::api::AppState;
 use crate::audit::Auditor;
 use crate::profile::{ProfileDir, ProfileState};
-use crate::store::Store;
+use crate::store::{Store, Wait};
 
 /// What started a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,13 +175,15 @@ impl Agents {
 }
 
 /// The agents that run for `account` (whose profile is `profile`), and
-/// what is wrong in their profile.toml's `[agents]`.
-pub fn agents_for(state: &AppState, profile: &ProfileDir) -> (Vec<Agent>, Vec<String>) {
+/// what is wrong in their profile.toml's `[agents]`; a profile.toml still
+/// being written is waited for as `wait` says (a request waits, the
+/// scheduler never does).
+pub fn agents_for(state: &AppState, profile: &ProfileDir, wait: Wait) -> (Vec<Agent>, Vec<String>) {
     let user = profile.account().name.clone();
     let auditor = Auditor::daemon(state.system_log(), "profiled");
     // An invalid profile.toml keeps its last good agents and overrides in
     // force (rule 7); its problem is reported beside them.
-    let in_force = state.settings.get(&Store::new(profile, &auditor));
+    let in_force = state.settings.read(&Store::new(profile, &auditor), wait);
     let (own, problem) = (
         in_force.settings.agents.clone(),
         in_force.problem.map(|p| p.to_string()),
@@ -252,8 +254,10 @@ pub fn eligible_accounts(state: &AppState, accounts: &Snapshot) -> Vec<Account> 
 
 /// The users a cycle of `agent` covers, by name: for an admin's agent every
 /// eligible profile that did not switch it off, for a user's agent that
-/// user. Each profile is opened only while it is looked at.
-pub fn users_of(state: &AppState, agent: &Agent, accounts: &Snapshot) -> Vec<Account> {
+/// user. Each profile is opened only while it is looked at; a profile.toml
+/// still being written is waited for as `wait` says (an admin's request
+/// waits, a scheduled cycle does not).
+pub fn users_of(state: &AppState, agent: &Agent, accounts: &Snapshot, wait: Wait) -> Vec<Account> {
     eligible_accounts(state, accounts)
         .into_iter()
         .filter(|account| {
@@ -263,14 +267,14 @@ pub fn users_of(state: &AppState, agent: &Agent, accounts: &Snapshot) -> Vec<Acc
             };
             mine && matches!(
                 state.root().open_owned(account),
-                Ok(Some(profile)) if has_agent(state, &profile, agent)
+                Ok(Some(profile)) if has_agent(state, &profile, agent, wait)
             )
         })
         .collect()
 }
 
-fn has_agent(state: &AppState, profile: &ProfileDir, agent: &Agent) -> bool {
-    agents_for(state, profile)
+fn has_agent(state: &AppState, profile: &ProfileDir, agent: &Agent, wait: Wait) -> bool {
+    agents_for(state, profile, wait)
         .0
         .iter()
         .any(|a| a.key() == agent.key())
@@ -280,7 +284,7 @@ fn has_agent(state: &AppState, profile: &ProfileDir, agent: &Agent) -> bool {
 pub fn run_cycle_now(state: &AppState, agent: &Agent) -> CycleOutcome {
     let started = std::time::Instant::now();
     let accounts = Snapshot::new();
-    let users = users_of(state, agent, &accounts);
+    let users = users_of(state, agent, &accounts, Wait::UntilSettled);
     let listed = started.elapsed();
     let outcome = cycle::run_cycle(state, agent, users, &accounts, &Trigger::Manual);
     tracing::info!(

@@ -26,6 +26,7 @@ use super::decl::Schedule;
 use super::{Agent, Owner, Trigger, agents_for, credsdir, cycle, eligible_accounts, users_of};
 use crate::accounts::{self, Snapshot};
 use crate::api::AppState;
+use crate::store::Wait;
 use crate::watch::Body;
 
 /// How often the scheduler looks at the clock and agents.d.
@@ -168,7 +169,7 @@ async fn refresh_all(state: &Arc<AppState>) -> InForce {
             .into_iter()
             .filter_map(|account| {
                 let profile = st.root().open_owned(&account).ok()??;
-                Some((account.name, agents_for(&st, &profile).0))
+                Some((account.name, agents_for(&st, &profile, Wait::No).0))
             })
             .collect()
     })
@@ -179,7 +180,7 @@ async fn refresh_all(state: &Arc<AppState>) -> InForce {
 fn agents_of_user(state: &AppState, user: &str) -> Option<Vec<Agent>> {
     let account = accounts::by_name(user).ok()??;
     let profile = state.root().open_owned(&account).ok()??;
-    Some(agents_for(state, &profile).0)
+    Some(agents_for(state, &profile, Wait::No).0)
 }
 
 /// Every agent with a schedule, once: the admins' and the users' own.
@@ -232,7 +233,7 @@ fn start_due_cycles(
             let _permit = permit;
             let started = Instant::now();
             let accounts = Snapshot::new();
-            let users = users_of(&st, &agent, &accounts);
+            let users = users_of(&st, &agent, &accounts, Wait::No);
             match cycle::run_cycle(&st, &agent, users, &accounts, &Trigger::Schedule(due)) {
                 cycle::CycleOutcome::Failed(e) => {
                     tracing::error!("agent {}: the cycle could not run: {e}", agent.key());

@@ -12,6 +12,7 @@ use super::extract::{ApiPath, ApiQuery, Caller};
 use super::{ApiError, AppState, blocking, page_size};
 use crate::agents::decl::{Action, Schedule};
 use crate::agents::{self, Agent, CycleOutcome, Owner, Run, manual, runlog};
+use crate::store::Wait;
 use crate::timefmt;
 
 /// One agent as `GET /v1/agents` shows it.
@@ -121,7 +122,7 @@ pub(super) async fn list(
     blocking(move || {
         let admin = caller.admin;
         st.with_store(&caller, q.user.as_deref(), |s| {
-            let (agents, mut problems) = agents::agents_for(&st, s.dir());
+            let (agents, mut problems) = agents::agents_for(&st, s.dir(), Wait::UntilSettled);
             if admin {
                 problems.extend(st.agents.admin_problems());
             }
@@ -173,7 +174,10 @@ pub(super) async fn run(
         let st = st.clone();
         blocking(move || {
             st.with_store(&caller, q.user.as_deref(), |s| {
-                let agent = find(agents::agents_for(&st, s.dir()).0, &name)?;
+                let agent = find(
+                    agents::agents_for(&st, s.dir(), Wait::UntilSettled).0,
+                    &name,
+                )?;
                 s.audit_access("agent.run", &name);
                 Ok((agent, s.dir().account().clone()))
             })
@@ -210,7 +214,10 @@ pub(super) async fn runs(
     let limit = page_size(q.limit, st.config().limits.max_page_size);
     blocking(move || {
         st.with_store(&caller, q.user.as_deref(), |s| {
-            let agent = find(agents::agents_for(&st, s.dir()).0, &name)?;
+            let agent = find(
+                agents::agents_for(&st, s.dir(), Wait::UntilSettled).0,
+                &name,
+            )?;
             s.audit_access("agent.runs", &name);
             Ok(Json(runlog::newest(s.dir(), &agent.name, limit)?))
         })

@@ -13,7 +13,12 @@
 //! mount, for directories only: overlayfs reports a file's device as that
 //! of the layer it lives in, not the overlay's, so a file of the same
 //! mount would be refused; a mount on a file rather than a directory is
-//! then not seen (only root can make one). The final component is opened
+//! then not seen (root can make one, and a user with FUSE's `fusermount`;
+//! its content is then hers). Unlike `openat2`, which refuses at the
+//! crossing, the walk looks at the other mount (`statx`, and the final
+//! open) before refusing it: a user's FUSE server that never answers could
+//! hold the thread, where `/etc/fuse.conf` has `user_allow_other` (without
+//! it FUSE refuses root at once). The final component is opened
 //! with the caller's flags, which always hold `O_NOFOLLOW`. A rename
 //! racing the walk cannot lead it out: every step is relative to a handle
 //! already checked, never to a name looked up again.
@@ -64,10 +69,12 @@ enum Place {
 impl Place {
     /// The place of `fd`, and its file type.
     fn of(fd: impl AsFd) -> Result<(Place, FileType), Errno> {
+        // DONT_SYNC: what the kernel has is enough, a network or FUSE
+        // filesystem is not asked again.
         let st = rustix::fs::statx(
             fd,
             "",
-            AtFlags::EMPTY_PATH,
+            AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
             StatxFlags::TYPE | StatxFlags::MNT_ID,
         )?;
         let kind = FileType::from_raw_mode(u32::from(st.stx_mode));

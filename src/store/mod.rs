@@ -15,7 +15,7 @@ mod view;
 pub use knowledge::{KnowledgeEntry, KnowledgeHub, NewKnowledge, Removed, id_of as knowledge_id};
 pub use memory::{Memory, MemoryUpdate, NewMemory};
 pub use persona::Persona;
-pub use settings::{InForce, SETTLE, SettingsInForce, UserSettings};
+pub use settings::{InForce, SETTLE, SettingsInForce, UserSettings, Wait};
 pub use task::{NewTask, Task, TaskPatch, TaskStatus};
 pub use view::{ProfileView, Views};
 

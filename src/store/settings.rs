@@ -80,13 +80,14 @@ struct Kept {
 }
 
 /// Whether a reader waits for a file still being written.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Wait {
-    /// Up to [`MAX_WAIT`]: a request or an agent run just after an edit
-    /// sees the edit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Up to [`MAX_WAIT`]: a request just after an edit sees the edit.
     UntilSettled,
-    /// Never: the watcher, whose thread serves every profile (it reads
-    /// after holding a settings change back for [`SETTLE`] instead).
+    /// Never: what serves every profile from one thread or loop (the
+    /// watcher, the agent scheduler and its cycles), which a user who
+    /// keeps rewriting her file must not hold up. The watcher reports a
+    /// settings change once the file settled, so they read it then.
     No,
 }
 
@@ -118,7 +119,9 @@ impl SettingsInForce {
         self.read(store, Wait::No)
     }
 
-    fn read(&self, store: &Store<'_>, wait: Wait) -> InForce {
+    /// The settings in force, waiting for a file still being written as
+    /// `wait` says.
+    pub fn read(&self, store: &Store<'_>, wait: Wait) -> InForce {
         let account = store.dir().account();
         let key = (account.name.clone(), account.uid.0);
         let waiting_since = Instant::now();
@@ -136,16 +139,23 @@ impl SettingsInForce {
                 left => break (stamp, left.is_none()),
             }
         };
-        let mut map = self
-            .by_account
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(kept) = map.get(&key)
-            && (kept.stamp == stamp && kept.settled || !settled)
-        {
-            return kept.in_force.clone();
-        }
-        let previous = map.get(&key).map(|k| k.in_force.settings.clone());
+        let lock = || {
+            self.by_account
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        // The file is read without the lock held: one profile's slow file
+        // must not hold up every other profile's settings.
+        let previous = {
+            let map = lock();
+            match map.get(&key) {
+                Some(kept) if kept.stamp == stamp && kept.settled || !settled => {
+                    return kept.in_force.clone();
+                }
+                Some(kept) => Some(kept.in_force.settings.clone()),
+                None => None,
+            }
+        };
         let in_force = match store.settings() {
             Ok(settings) => InForce {
                 settings: Arc::new(settings),
@@ -164,7 +174,7 @@ impl SettingsInForce {
                 }
             }
         };
-        map.insert(
+        lock().insert(
             key,
             Kept {
                 stamp,
